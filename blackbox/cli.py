@@ -1,0 +1,237 @@
+"""The ``blackbox`` command line: wiring only (typer), one group per area.
+
+Library errors become one line on stderr and exit code 1, never a traceback. With
+``--json`` the last line of stdout is one JSON object. Progress bars go to stderr.
+
+(The app lives here rather than in the repository-root ``cli.py`` because a wheel may not
+install a generic top-level ``cli`` module; the root ``cli.py`` runs this app from a
+checkout. See docs/architecture.md.)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+
+from ._version import __version__
+from .errors import BlackboxError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="blackbox",
+    help="Black-box and zeroth-order adaptation of pretrained models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold API keys
+    add_completion=False,
+)
+runs_app = typer.Typer(help="Inspect and resume run directories.", no_args_is_help=True)
+optimizers_app = typer.Typer(help="List the zeroth-order optimizers.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(optimizers_app, name="optimizers")
+
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
+PROGRESS_OPT = typer.Option(None, "--progress/--no-progress", help="Show a progress bar on stderr (default: when stderr is a terminal).")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one stderr line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BlackboxError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted; the run keeps its last checkpoint (resume with `blackbox runs resume DIR`)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"blackbox {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Black-box and zeroth-order adaptation of pretrained models."""
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``["a=0.1", "q=4"]`` → ``{"a": "0.1", "q": "4"}`` (values are coerced by the config)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BlackboxError(f"--set: expected key=value, received {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class _Progress:
+    """A rich progress bar fed by optimizer callbacks (queries / budget, loss, ETA)."""
+
+    def __init__(self, budget: int, enabled: bool, done: int = 0) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]queries"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  best {task.fields[best]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.task = self.progress.add_task("run", total=budget, completed=done, loss="-", best="-")
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+    def __call__(self, info: Any) -> None:
+        if self.enabled:
+            self.progress.update(self.task, completed=info.queries, loss=f"{info.loss:.4g}", best=f"{info.best_loss:.4g}")
+
+
+def _show_progress(flag: Optional[bool]) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    data = result.to_json()
+    if as_json:
+        _emit_json(data)
+        return
+    typer.echo(
+        f"{data['optimizer']}: best loss {data['best_loss']} after {data['queries']}/{data['budget']} queries "
+        f"({data['wall_seconds']:.2f} s) -> {data['run_dir']}"
+    )
+
+
+@app.command()
+@handle_errors
+def optimize(
+    objective: str = typer.Option(..., "--objective", help="Built-in (sphere, rosenbrock, noisy_quadratic, logistic) or MODULE:FUNCTION."),
+    dim: int = typer.Option(..., "--dim", help="Number of parameters."),
+    optimizer: str = typer.Option("spsa-gc", "--optimizer", help="Optimizer name (see `blackbox optimizers list`)."),
+    budget: int = typer.Option(..., "--budget", help="Total objective evaluations allowed, calibration included."),
+    seed: int = typer.Option(0, "--seed", help="Seed; the same seed gives the same run."),
+    run_dir: str = typer.Option(..., "--run-dir", help="New directory for config, checkpoints and history."),
+    x0: float = typer.Option(0.0, "--x0", help="Starting value of every parameter."),
+    sets: list[str] = typer.Option([], "--set", help="Hyperparameter override key=value (repeatable)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N rounds (0: every --checkpoint-seconds)."),
+    checkpoint_seconds: float = typer.Option(5.0, "--checkpoint-seconds", help="Checkpoint at least this often."),
+    as_json: bool = JSON_OPT,
+    progress: Optional[bool] = PROGRESS_OPT,
+) -> None:
+    """Minimise a Python objective with a zeroth-order optimizer, in a resumable run directory."""
+    from .runs import RunConfig, start_run
+
+    config = RunConfig(
+        objective=objective,
+        dim=dim,
+        optimizer=optimizer,
+        budget=budget,
+        seed=seed,
+        x0=x0,
+        hyperparameters=parse_sets(sets),
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    with _Progress(budget, _show_progress(progress)) as bar:
+        result = start_run(run_dir, config, callbacks=(bar,))
+    _print_result(result, as_json)
+
+
+@runs_app.command("show")
+@handle_errors
+def runs_show(run_dir: str = typer.Argument(..., help="Run directory."), as_json: bool = JSON_OPT) -> None:
+    """Show a run's config, progress and result."""
+    from .runs import show_run
+
+    info = show_run(run_dir)
+    if as_json:
+        _emit_json(info)
+        return
+    req = info["config"]["request"]
+    status = "finished" if info["finished"] else "in progress (resume with `blackbox runs resume`)"
+    typer.echo(f"run {info['run_dir']}: {req['optimizer']} on {req['objective']} (d={req['dim']}, seed={req['seed']})")
+    typer.echo(f"  queries {info['queries']}/{info['budget']}, best loss {info['best_loss']}, {status}")
+    resolved = info["config"].get("resolved", {})
+    gains = {k: resolved.get(k) for k in ("a", "c", "o", "step0") if k in resolved}
+    if gains:
+        typer.echo("  gains " + ", ".join(f"{k}={v}" for k, v in gains.items()))
+
+
+@runs_app.command("resume")
+@handle_errors
+def runs_resume(
+    run_dir: str = typer.Argument(..., help="Run directory to continue."),
+    as_json: bool = JSON_OPT,
+    progress: Optional[bool] = PROGRESS_OPT,
+) -> None:
+    """Continue a run from its last checkpoint; the result is identical to an uninterrupted run."""
+    from .runs import Run
+
+    run = Run.load(run_dir)
+    with _Progress(run.config.budget, _show_progress(progress), done=run.opt.queries) as bar:
+        result = run.execute((bar,), resumed=True)
+    _print_result(result, as_json)
+
+
+@optimizers_app.command("list")
+@handle_errors
+def optimizers_list(as_json: bool = JSON_OPT) -> None:
+    """List optimizers with their hyperparameters and defaults."""
+    from .registry import optimizers
+
+    rows = []
+    for entry in optimizers.entries():
+        cls = entry.obj
+        params = cls.Config.describe() if hasattr(cls, "Config") else []
+        rows.append({"name": entry.name, "summary": entry.summary, "source": entry.source, "hyperparameters": params})
+    if as_json:
+        _emit_json({"optimizers": rows})
+        return
+    for row in rows:
+        typer.echo(f"{row['name']}  [{row['source']}]  {row['summary']}")
+        for p in row["hyperparameters"]:
+            typer.echo(f"    {p['name']} = {p['default']!r}  {p['help']}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""The ask/tell front shared by every optimizer, and its explicit, serialisable state.
+
+An optimizer proposes all candidate points of one round with :meth:`Optimizer.ask` (so a
+caller can evaluate them in one batch or concurrently), consumes their losses with
+:meth:`Optimizer.tell`, and gives its current answer with :meth:`Optimizer.recommend`.
+Budgets are counted in objective evaluations ("queries"); ``ask`` refuses a round that
+would exceed the budget, so a run can never overshoot it.
+
+All randomness is derived from ``(seed, round)`` with :class:`numpy.random.SeedSequence`,
+never from a long-lived generator, so the state to checkpoint is small and a resumed run
+replays exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import BudgetError, ConfigError, ObjectiveError, bad_value
+
+_NONFINITE = ("error", "skip")
+
+
+def round_rng(seed: int, rnd: int, stream: int = 0) -> np.random.Generator:
+    """A generator determined by ``(seed, round, stream)`` alone."""
+    return np.random.default_rng([seed, rnd, stream])
+
+
+def round_seed(seed: int, rnd: int, index: int = 0) -> int:
+    """An integer seed for the objective (minibatch / noise) in a given round."""
+    return int(np.random.SeedSequence([seed, rnd, 1, index]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one completed round did, handed to callbacks and written to history."""
+
+    round: int
+    step: int
+    phase: str
+    queries: int
+    budget: int | None
+    loss: float
+    best_loss: float
+    skipped: bool = False
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (one line of ``history.jsonl``)."""
+        out = {
+            "round": self.round,
+            "step": self.step,
+            "phase": self.phase,
+            "queries": self.queries,
+            "loss": self.loss,
+            "best_loss": self.best_loss,
+        }
+        if self.skipped:
+            out["skipped"] = True
+        out.update(self.extras)
+        return out
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Base class of optimizer configs: every field has ``metadata['help']``."""
+
+    on_nonfinite: str = field(
+        default="error",
+        metadata={"help": "what a NaN/inf loss does: 'error' stops the run; 'skip' drops that round's update"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.on_nonfinite not in _NONFINITE:
+            raise bad_value("on_nonfinite", f"one of {_NONFINITE}", self.on_nonfinite)
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Hyperparameters with defaults and help text (for ``optimizers list``)."""
+        return [
+            {"name": f.name, "default": f.default, "help": f.metadata.get("help", "")}
+            for f in fields(cls)
+        ]
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, Any]) -> "OptimizerConfig":
+        """Build from ``{name: value}`` where values may be strings from ``--set``."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, raw in overrides.items():
+            if key not in known:
+                raise ConfigError(
+                    f"--set {key}: unknown hyperparameter; valid: {', '.join(sorted(known))}"
+                )
+            kwargs[key] = _coerce(key, raw, known[key].default)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field values as a JSON-ready dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    if text.lower() in ("none", "null", "auto"):
+        return None
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise bad_value(name, "a boolean (true/false)", raw)
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            return int(text)
+        except ValueError:
+            raise bad_value(name, "an integer", raw) from None
+    if isinstance(default, float) or default is None:
+        try:
+            return float(text)
+        except ValueError:
+            if default is None and not _looks_numeric(text):
+                return text
+            raise bad_value(name, "a number", raw) from None
+    return text
+
+
+def _looks_numeric(text: str) -> bool:
+    return any(ch.isdigit() for ch in text)
+
+
+def check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
+    """Raise a ConfigError unless ``value`` is a finite number > 0 (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise bad_value(name, "a finite number > 0", value)
+
+
+def check_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise a ConfigError unless ``value`` lies in the interval (open/closed as given)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise bad_value(name, f"a number in {interval}", value)
+
+
+class Optimizer(ABC):
+    """Ask/tell optimizer over a flat float64 parameter vector."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[OptimizerConfig]] = OptimizerConfig
+
+    def __init__(self, config: OptimizerConfig, x0: np.ndarray, *, seed: int = 0, budget: int | None = None) -> None:
+        x0 = np.asarray(x0, dtype=np.float64)
+        if x0.ndim != 1 or x0.size == 0:
+            raise bad_value("x0", "a non-empty 1-D vector", f"array of shape {x0.shape}")
+        if not np.all(np.isfinite(x0)):
+            raise bad_value("x0", "finite values", "an array containing NaN or inf")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise bad_value("seed", "an integer >= 0", seed)
+        if budget is not None and (not isinstance(budget, (int, np.integer)) or budget < 1):
+            raise bad_value("budget", "a positive integer number of queries", budget)
+        self.config = config
+        self.dim = int(x0.size)
+        self.seed = int(seed)
+        self.budget = None if budget is None else int(budget)
+        self.queries = 0
+        self.round = 0
+        self.best_loss = math.inf
+        self.best_x = x0.copy()
+        self._pending: np.ndarray | None = None
+
+    # --- subclass hooks -------------------------------------------------------------
+    @abstractmethod
+    def next_cost(self) -> int:
+        """Queries the next :meth:`ask` will return."""
+
+    @abstractmethod
+    def _ask(self) -> np.ndarray:
+        """Candidate points ``(n, dim)`` of the current round."""
+
+    @abstractmethod
+    def _tell(self, X: np.ndarray, losses: np.ndarray, skipped: bool) -> StepInfo:
+        """Consume the round's losses and advance the state."""
+
+    @abstractmethod
+    def recommend(self) -> np.ndarray:
+        """The optimizer's current answer (a copy)."""
+
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Subclass state as (arrays, JSON-able meta)."""
+
+    @abstractmethod
+    def _load(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`_state` returned."""
+
+    def _accepts_nonfinite(self) -> bool:
+        """True in phases where NaN/inf losses are expected (e.g. diverging pilot runs)."""
+        return False
+
+    def resolved_hyperparameters(self) -> dict[str, Any]:
+        """Hyperparameters actually in use, including values calibrated at run time."""
+        return self.config.to_dict()
+
+    def min_budget(self) -> int:
+        """The smallest budget that allows at least one optimisation step."""
+        return self.next_cost()
+
+    # --- public front ------------------------------------------------------------------
+    @property
+    def remaining(self) -> int | None:
+        """Queries left in the budget (None when unbounded)."""
+        return None if self.budget is None else self.budget - self.queries
+
+    def can_ask(self) -> bool:
+        """True when the next round fits in the remaining budget."""
+        return self.budget is None or self.queries + self.next_cost() <= self.budget
+
+    def ask(self) -> np.ndarray:
+        """All candidate points of this round as one ``(n, dim)`` array; call :meth:`tell` next."""
+        if self._pending is not None:
+            return self._pending.copy()
+        if not self.can_ask():
+            raise BudgetError(
+                f"budget: the next round needs {self.next_cost()} queries but only "
+                f"{self.remaining} of {self.budget} remain"
+            )
+        self._pending = self._ask()
+        return self._pending.copy()
+
+    def candidate_seeds(self) -> np.ndarray:
+        """One objective seed per pending candidate (equal within an estimate: common random numbers)."""
+        n = 0 if self._pending is None else self._pending.shape[0]
+        return np.full(n, round_seed(self.seed, self.round), dtype=np.int64)
+
+    def tell(self, losses: Any) -> StepInfo:
+        """Report the losses of the candidates from :meth:`ask`, in the same order."""
+        if self._pending is None:
+            raise ConfigError("tell: expected a preceding ask(), received losses with no pending candidates")
+        X = self._pending
+        arr = np.asarray(losses, dtype=np.float64)
+        if arr.shape != (X.shape[0],):
+            raise ObjectiveError(
+                f"losses: expected shape ({X.shape[0]},) (one per candidate), received shape {arr.shape}"
+            )
+        finite = np.isfinite(arr)
+        skipped = False
+        if not finite.all():
+            if self.config.on_nonfinite == "error" and not self._accepts_nonfinite():
+                bad = int(np.flatnonzero(~finite)[0])
+                raise ObjectiveError(
+                    f"objective: expected a finite loss, received {arr[bad]!r} for candidate {bad} "
+                    f"in round {self.round} (set on_nonfinite=skip to drop such rounds)"
+                )
+            skipped = True
+        if finite.any():
+            i = int(np.argmin(np.where(finite, arr, np.inf)))
+            if arr[i] < self.best_loss:
+                self.best_loss = float(arr[i])
+                self.best_x = X[i].copy()
+        self.queries += X.shape[0]
+        info = self._tell(X, arr, skipped)
+        self.round += 1
+        self._pending = None
+        return info
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything needed to continue exactly: (arrays for safetensors, meta for JSON)."""
+        if self._pending is not None:
+            raise ConfigError("state_dict: expected no pending ask(); call tell() first")
+        arrays, meta = self._state()
+        arrays = {f"opt.{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
+        arrays["best_x"] = self.best_x
+        meta = {
+            "optimizer": self.name,
+            "queries": self.queries,
+            "round": self.round,
+            "best_loss": _json_float(self.best_loss),
+            "opt": meta,
+        }
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`'s output."""
+        if meta.get("optimizer") != self.name:
+            raise ConfigError(f"state: expected optimizer {self.name!r}, received {meta.get('optimizer')!r}")
+        best_x = arrays["best_x"]
+        if best_x.shape != (self.dim,):
+            raise ConfigError(f"state: expected parameters of shape ({self.dim},), received {best_x.shape}")
+        self.queries = int(meta["queries"])
+        self.round = int(meta["round"])
+        self.best_loss = _from_json_float(meta["best_loss"])
+        self.best_x = np.array(best_x, dtype=np.float64)
+        self._load({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["opt"])
+        self._pending = None
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else repr(x)
+
+
+def _from_json_float(x: float | str) -> float:
+    return float(x)

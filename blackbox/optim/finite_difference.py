@@ -1,0 +1,363 @@
+"""Finite-difference optimizers: SPSA, SPSA-GC and ZO-SGD are configurations of this one.
+
+A step = one gradient estimate (``estimators``) along fresh random directions
+(``perturbations``) → an update transform (momentum or SPSA-GC correction) → a gain
+schedule. Before the first step, gains left unset are calibrated from the objective itself,
+following Spall's practical guidelines; every calibration query counts against the budget
+and the calibrated values are reported by :meth:`resolved_hyperparameters`.
+
+* ``c`` (perturbation size), when unset: the loss at ``x0`` is measured ``noise_samples``
+  times with distinct objective seeds; ``c`` is that noise's standard deviation, clipped to
+  ``[c_min, c_max]`` (a deterministic objective gets ``c_min``).
+* ``a`` (step size), when unset: ``calibration_samples`` gradient estimates at ``x0`` give
+  the mean per-coordinate magnitude ``G`` of an estimate; ``a`` is set so that the first
+  step moves each coordinate by about ``step0`` (``a = step0·(1+o)^α / G``, further divided
+  by the momentum amplification ``1/(1-β)``).
+* ``step0``, when unset, starts deliberately large (``step0_factor · c_1``) and is cut by
+  the divergence guard until the run is stable: whenever a step's mean probe loss exceeds
+  the loss at ``x0`` by more than ``|loss(x0)|`` (i.e. doubles a positive loss), the
+  parameters return to the best iterate seen, momentum is cleared and ``a`` is multiplied by
+  ``backoff``. Runs therefore sit near the largest stable step, which on a fixed query
+  budget beats a cautious guess (measured in ``bench/optimizers.py``).
+* ``o`` (stability constant), when unset: 10% of the steps the budget allows (Spall's
+  ``A``), at least 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import BudgetError, bad_value
+from . import estimators as est
+from . import transforms as tx
+from .base import Optimizer, OptimizerConfig, StepInfo, check_positive, check_range, round_rng, round_seed
+from .perturbations import get_perturbation
+from .schedules import Constant, PowerDecay, Schedule
+
+_MOMENTUM = ("none", "heavy-ball", "gc")
+
+
+@dataclass(frozen=True)
+class FDConfig(OptimizerConfig):
+    """Hyperparameters of the finite-difference family (None means: calibrate)."""
+
+    a: float | None = field(default=None, metadata={"help": "step-size scale a in a_k = a/(k+o)^alpha; None calibrates it"})
+    c: float | None = field(default=None, metadata={"help": "perturbation size c in c_k = c/k^gamma; None calibrates it from the loss noise at x0"})
+    alpha: float = field(default=0.602, metadata={"help": "step-size decay exponent alpha, in [0, 1]"})
+    gamma: float = field(default=0.101, metadata={"help": "perturbation decay exponent gamma, in [0, 0.5]"})
+    o: float | None = field(default=None, metadata={"help": "stability constant o >= 0 in a/(k+o)^alpha; None = 10% of the steps the budget allows"})
+    q: int = field(default=1, metadata={"help": "random directions averaged per estimate (q >= 1)"})
+    two_sided: bool = field(default=True, metadata={"help": "two-sided differences (2q queries/step) or one-sided with a shared pivot (q+1)"})
+    perturbation: str = field(default="rademacher", metadata={"help": "direction distribution: rademacher, segmented, gaussian, sphere"})
+    momentum: str = field(default="none", metadata={"help": "update transform: none, heavy-ball, gc (SPSA-GC Nesterov correction)"})
+    beta: float = field(default=0.9, metadata={"help": "momentum coefficient beta in [0, 1) (unused when momentum=none)"})
+    schedule: str = field(default="power", metadata={"help": "step-size schedule: power (a/(k+o)^alpha) or constant (a)"})
+    step0: float | None = field(default=None, metadata={"help": "per-coordinate size of the first steps used to calibrate a; None = step0_factor * c_1"})
+    step0_factor: float = field(default=30.0, metadata={"help": "first-step size in units of c_1 when step0 is unset (the guard cuts it if unstable)"})
+    guard: bool = field(default=True, metadata={"help": "divergence guard: on a blow-up, return to the best iterate and multiply a by backoff"})
+    backoff: float = field(default=0.25, metadata={"help": "factor applied to a at each divergence, in (0, 1)"})
+    calibration_samples: int = field(default=4, metadata={"help": "gradient estimates at x0 used to measure the estimate's magnitude"})
+    noise_samples: int = field(default=4, metadata={"help": "repeated evaluations at x0 used to calibrate c"})
+    c_min: float = field(default=0.01, metadata={"help": "lower bound for a calibrated c (and c for noise-free objectives)"})
+    c_max: float = field(default=0.2, metadata={"help": "upper bound for a calibrated c"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("a", self.a)
+        check_positive("c", self.c)
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("gamma", self.gamma, 0.0, 0.5)
+        if self.o is not None:
+            check_range("o", self.o, 0.0, math.inf, hi_open=True)
+        get_perturbation(self.perturbation)
+        if self.momentum not in _MOMENTUM:
+            raise bad_value("momentum", f"one of {_MOMENTUM}", self.momentum)
+        check_range("beta", self.beta, 0.0, 1.0, hi_open=True)
+        if self.schedule not in ("power", "constant"):
+            raise bad_value("schedule", "one of ('power', 'constant')", self.schedule)
+        check_positive("step0", self.step0)
+        check_positive("step0_factor", self.step0_factor, allow_none=False)
+        check_range("backoff", self.backoff, 0.0, 1.0, lo_open=True, hi_open=True)
+        for name in ("q", "calibration_samples", "noise_samples"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad_value(name, "an integer >= 1", v)
+        check_positive("c_min", self.c_min, allow_none=False)
+        check_positive("c_max", self.c_max, allow_none=False)
+        if self.c_max < self.c_min:
+            raise bad_value("c_max", f"a number >= c_min ({self.c_min})", self.c_max)
+
+
+class FiniteDifferenceOptimizer(Optimizer):
+    """SPSA-style optimizer with ask/tell, gain calibration, and exact checkpoints."""
+
+    name = "finite-difference"
+    Config = FDConfig
+
+    def __init__(self, config: FDConfig, x0: np.ndarray, *, seed: int = 0, budget: int | None = None) -> None:
+        super().__init__(config, x0, seed=seed, budget=budget)
+        self.config: FDConfig = config
+        self.x0 = np.asarray(x0, dtype=np.float64).copy()
+        self.theta = self.x0.copy()
+        self._pert = get_perturbation(config.perturbation)
+        self._cost = est.queries_per_estimate(config.q, config.two_sided)
+        # Gains given or calibrated; None until known.
+        self.c: float | None = config.c
+        self.a: float | None = config.a
+        self.step0: float | None = config.step0
+        self.noise_std: float | None = None
+        self.grad_scale: float | None = None
+        self.o: float | None = config.o
+        self.step = 0  # optimisation steps taken (k in the schedules)
+        self._tstate: tx.State = {}
+        self._dirs: np.ndarray | None = None
+        self._tx_cache: tuple[float, tx.Transform] | None = None
+        # Divergence guard: reference loss at x0, best iterate so far, backoffs taken.
+        self.ref_loss: float | None = None
+        self.anchor_loss = math.inf
+        self.anchor_theta = self.theta.copy()
+        self.backoffs = 0
+        if self.budget is not None and self.budget < self.min_budget():
+            raise BudgetError(
+                f"budget: expected at least {self.min_budget()} queries "
+                f"({self.min_budget() - self._cost} for calibration + {self._cost} for one step), "
+                f"received {self.budget}"
+            )
+        if self.o is None:
+            self.o = self._auto_o()
+        if self.phase == "run":
+            self._tstate = self._transform(self.a).init(self.theta)
+
+    # --- phases ---------------------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        """``noise`` (calibrating c), ``gain`` (calibrating a) or ``run``."""
+        if self.c is None:
+            return "noise"
+        if self.a is None:
+            return "gain"
+        return "run"
+
+    def _calibration_cost(self) -> int:
+        cfg = self.config
+        cost = cfg.noise_samples if cfg.c is None else 0
+        if cfg.a is None:
+            cost += cfg.calibration_samples * self._cost
+        return cost
+
+    def min_budget(self) -> int:
+        return self._calibration_cost() + self._cost
+
+    def _auto_o(self) -> float:
+        if self.budget is None:
+            return 1.0
+        steps = max(1, (self.budget - self._calibration_cost()) // self._cost)
+        return float(max(1, round(0.1 * steps)))
+
+    def c_k(self, k: int) -> float:
+        """Perturbation size at step ``k`` (1-based)."""
+        assert self.c is not None
+        return PowerDecay(self.c, self.config.gamma)(k)
+
+    def a_schedule(self, a: float | None = None) -> Schedule:
+        """The step-size schedule for scale ``a`` (default: the calibrated one)."""
+        a = self.a if a is None else a
+        assert a is not None and self.o is not None
+        if self.config.schedule == "constant":
+            return Constant(a)
+        return PowerDecay(a, self.config.alpha, self.o)
+
+    def _transform(self, a: float) -> tx.Transform:
+        cached = self._tx_cache
+        if cached is not None and cached[0] == a:
+            return cached[1]
+        cfg = self.config
+        first = {
+            "none": tx.identity,
+            "heavy-ball": lambda: tx.momentum(cfg.beta),
+            "gc": lambda: tx.gradient_correction(cfg.beta),
+        }[cfg.momentum]()
+        t = tx.chain(first, tx.scale_by_schedule(self.a_schedule(a)))
+        self._tx_cache = (a, t)
+        return t
+
+    def gain_for(self, step0: float) -> float:
+        """The ``a`` whose first step moves each coordinate by about ``step0``."""
+        cfg = self.config
+        amplification = 1.0 if cfg.momentum == "none" else 1.0 / (1.0 - cfg.beta)
+        scale = self.grad_scale if self.grad_scale and math.isfinite(self.grad_scale) else 1.0
+        first = step0 / scale / amplification
+        return float(first * ((1 + self.o) ** cfg.alpha if cfg.schedule == "power" else 1.0))
+
+    # --- ask/tell ---------------------------------------------------------------------------
+    def next_cost(self) -> int:
+        cfg = self.config
+        phase = self.phase
+        if phase == "noise":
+            return cfg.noise_samples
+        if phase == "gain":
+            return cfg.calibration_samples * self._cost
+        return self._cost
+
+    def _directions(self, n: int) -> np.ndarray:
+        return self._pert.sample(round_rng(self.seed, self.round), n, self.dim)
+
+    def _ask(self) -> np.ndarray:
+        cfg = self.config
+        phase = self.phase
+        if phase == "noise":
+            return np.repeat(self.theta[None, :], cfg.noise_samples, axis=0)
+        if phase == "gain":
+            n = cfg.calibration_samples
+            self._dirs = self._directions(n * cfg.q)
+            c1 = self.c_k(1)
+            return np.concatenate(
+                [est.probe_points(self.theta, c1, self._dirs[i * cfg.q:(i + 1) * cfg.q], cfg.two_sided) for i in range(n)]
+            )
+        self._dirs = self._directions(cfg.q)
+        return est.probe_points(self.theta, self.c_k(self.step + 1), self._dirs, cfg.two_sided)
+
+    def candidate_seeds(self) -> np.ndarray:
+        """Objective seeds per pending candidate: distinct while measuring noise or estimate
+        magnitudes (independent samples), shared within each estimate otherwise (common
+        random numbers)."""
+        n = 0 if self._pending is None else self._pending.shape[0]
+        if self.phase == "noise":
+            return np.array([round_seed(self.seed, self.round, i) for i in range(n)], dtype=np.int64)
+        if self.phase == "gain":
+            per = [round_seed(self.seed, self.round, i) for i in range(self.config.calibration_samples)]
+            return np.repeat(per, self._cost).astype(np.int64)
+        return super().candidate_seeds()
+
+    def _tell(self, X: np.ndarray, losses: np.ndarray, skipped: bool) -> StepInfo:
+        cfg = self.config
+        phase = self.phase
+        extras: dict[str, float] = {}
+        if skipped:
+            pass
+        elif phase == "noise":
+            self.noise_std = float(np.std(losses, ddof=1)) if losses.size > 1 else 0.0
+            self.c = float(min(max(self.noise_std, cfg.c_min), cfg.c_max))
+            extras = {"noise_std": self.noise_std, "c": self.c}
+            if self.a is not None:
+                self._tstate = self._transform(self.a).init(self.theta)
+        elif phase == "gain":
+            c1 = self.c_k(1)
+            mags = []
+            for i in range(cfg.calibration_samples):
+                dirs = self._dirs[i * cfg.q:(i + 1) * cfg.q]
+                g = est.estimate_gradient(losses[i * self._cost:(i + 1) * self._cost], c1, self._pert.weights(dirs), cfg.two_sided)
+                mags.append(np.mean(np.abs(g)))
+            self.grad_scale = float(np.mean(mags))
+            self.ref_loss = float(np.mean(losses))
+            if self.step0 is None:
+                self.step0 = float(cfg.step0_factor * c1)
+            self.a = self.gain_for(self.step0)
+            self._tstate = self._transform(self.a).init(self.theta)
+            extras = {"grad_scale": self.grad_scale, "a": self.a, "step0": self.step0}
+        else:
+            ck = self.c_k(self.step + 1)
+            mean_loss = float(np.mean(losses))
+            if self.ref_loss is None:  # gains were given: the first step is the reference
+                self.ref_loss = mean_loss
+            if self._diverged(mean_loss):
+                # Back to the best iterate, momentum cleared, smaller steps.
+                self.theta = self.anchor_theta.copy()
+                self.a = float(self.a * cfg.backoff)
+                self._tstate = self._transform(self.a).init(self.theta)
+                self._tstate["1.count"] = self.step  # keep the schedule's clock (chain slot 1)
+                self.backoffs += 1
+                extras = {"c_k": ck, "backoff": float(self.backoffs), "a": self.a}
+            else:
+                if mean_loss < self.anchor_loss:
+                    self.anchor_loss = mean_loss
+                    self.anchor_theta = self.theta.copy()
+                g = est.estimate_gradient(losses, ck, self._pert.weights(self._dirs), cfg.two_sided)
+                upd, self._tstate = self._transform(self.a).update(g, self._tstate)
+                self.theta = self.theta + upd
+                extras = {"c_k": ck}
+            self.step += 1
+        self._dirs = None
+        finite = losses[np.isfinite(losses)]
+        return StepInfo(
+            round=self.round,
+            step=self.step,
+            phase=phase,
+            queries=self.queries,
+            budget=self.budget,
+            loss=float(np.mean(finite)) if finite.size else math.nan,
+            best_loss=self.best_loss,
+            skipped=skipped,
+            extras=extras,
+        )
+
+    def _diverged(self, mean_loss: float) -> bool:
+        if not self.config.guard or self.ref_loss is None:
+            return False
+        ref = self.ref_loss
+        return mean_loss > ref + max(abs(ref), 1e-12)
+
+    def recommend(self) -> np.ndarray:
+        return self.theta.copy()
+
+    def resolved_hyperparameters(self) -> dict[str, Any]:
+        out = self.config.to_dict()
+        out.update({"a": self.a, "c": self.c, "o": self.o, "step0": self.step0})
+        out["calibrated"] = {
+            "a": self.config.a is None,
+            "c": self.config.c is None,
+            "o": self.config.o is None,
+            "step0": self.config.step0 is None and self.config.a is None,
+            "backoffs": self.backoffs,
+            "noise_std": self.noise_std,
+            "grad_scale": self.grad_scale,
+            "queries": self._calibration_cost(),
+        }
+        return out
+
+    # --- state ----------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {"theta": self.theta, "anchor_theta": self.anchor_theta}
+        scalars: dict[str, Any] = {}
+        for k, v in self._tstate.items():
+            if isinstance(v, np.ndarray):
+                arrays[f"t.{k}"] = v
+            else:
+                scalars[k] = v
+        meta = {
+            "step": self.step,
+            "a": self.a,
+            "c": self.c,
+            "o": self.o,
+            "step0": self.step0,
+            "noise_std": self.noise_std,
+            "grad_scale": self.grad_scale,
+            "ref_loss": self.ref_loss,
+            "anchor_loss": _enc(self.anchor_loss),
+            "backoffs": self.backoffs,
+            "scalars": scalars,
+        }
+        return arrays, meta
+
+    def _load(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        theta = arrays["theta"]
+        if theta.shape != (self.dim,):
+            raise bad_value("state theta", f"shape ({self.dim},)", theta.shape)
+        self.theta = np.array(theta, dtype=np.float64)
+        self.step = int(meta["step"])
+        self.a, self.c, self.o, self.step0 = meta["a"], meta["c"], meta["o"], meta["step0"]
+        self.noise_std, self.grad_scale = meta["noise_std"], meta["grad_scale"]
+        self.ref_loss, self.anchor_loss = meta["ref_loss"], float(meta["anchor_loss"])
+        self.backoffs = int(meta["backoffs"])
+        self.anchor_theta = np.array(arrays["anchor_theta"], dtype=np.float64)
+        tstate: tx.State = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("t.")}
+        tstate.update(meta["scalars"])
+        self._tstate = tstate
+
+
+def _enc(x: float) -> float | str:
+    return x if math.isfinite(x) else repr(x)

@@ -1,0 +1,77 @@
+"""Random perturbation directions for finite-difference gradient estimates.
+
+Each sampler maps ``(rng, q, d)`` to a ``(q, d)`` float64 array. Each also names how an
+estimate weights a finite difference along it: ``inverse`` (SPSA: multiply by ``1/Δ``
+elementwise) or ``direction`` (Gaussian smoothing: multiply by ``Δ`` times a scale so that
+``E[w Δᵀ] = I``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UnknownComponentError
+
+Sampler = Callable[[np.random.Generator, int, int], np.ndarray]
+
+
+def rademacher(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
+    """±1 with equal probability (classic SPSA)."""
+    return rng.integers(0, 2, size=(q, d), dtype=np.int8).astype(np.float64) * 2.0 - 1.0
+
+
+def segmented_uniform(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
+    """Random sign times U[0.5, 1] (BlackVIP): bounded away from 0 so ``1/Δ`` stays ≤ 2."""
+    mag = rng.uniform(0.5, 1.0, size=(q, d))
+    sign = rng.integers(0, 2, size=(q, d), dtype=np.int8) * 2 - 1
+    return mag * sign
+
+
+def gaussian(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
+    """Standard normal directions (Gaussian smoothing, MeZO)."""
+    return rng.standard_normal(size=(q, d))
+
+
+def sphere(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
+    """Uniform on the unit sphere."""
+    z = rng.standard_normal(size=(q, d))
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A named sampler and the weighting its estimate uses."""
+
+    name: str
+    sample: Sampler
+    weighting: str  # "inverse" or "direction"
+
+    def weights(self, directions: np.ndarray) -> np.ndarray:
+        """Per-direction multipliers ``w`` with ``E[w Δᵀ] = I`` (so estimates are unbiased)."""
+        if self.weighting == "inverse":
+            return 1.0 / directions
+        if self.name == "sphere":
+            return directions * directions.shape[1]
+        return directions
+
+
+PERTURBATIONS: dict[str, Perturbation] = {
+    p.name: p
+    for p in (
+        Perturbation("rademacher", rademacher, "inverse"),
+        Perturbation("segmented", segmented_uniform, "inverse"),
+        Perturbation("gaussian", gaussian, "direction"),
+        Perturbation("sphere", sphere, "direction"),
+    )
+}
+
+
+def get_perturbation(name: str) -> Perturbation:
+    """Look up a perturbation by name; unknown names list the valid ones."""
+    try:
+        return PERTURBATIONS[name]
+    except KeyError:
+        raise UnknownComponentError("perturbation", name, sorted(PERTURBATIONS)) from None
