@@ -259,7 +259,7 @@ class Optimizer(ABC):
             if self.config.on_nonfinite == "error" and not self._accepts_nonfinite():
                 bad = int(np.flatnonzero(~finite)[0])
                 raise ObjectiveError(
-                    f"objective: expected a finite loss, received {arr[bad]!r} for candidate {bad} "
+                    f"objective: expected a finite loss, received {float(arr[bad])!r} for candidate {bad} "
                     f"in round {self.round} (set on_nonfinite=skip to drop such rounds)"
                 )
             skipped = True
