@@ -31,8 +31,10 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Inspect and resume run directories.", no_args_is_help=True)
 optimizers_app = typer.Typer(help="List the zeroth-order optimizers.", no_args_is_help=True)
+providers_app = typer.Typer(help="List and probe model providers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(optimizers_app, name="optimizers")
+app.add_typer(providers_app, name="providers")
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 PROGRESS_OPT = typer.Option(None, "--progress/--no-progress", help="Show a progress bar on stderr (default: when stderr is a terminal).")
@@ -226,6 +228,62 @@ def optimizers_list(as_json: bool = JSON_OPT) -> None:
         typer.echo(f"{row['name']}  [{row['source']}]  {row['summary']}")
         for p in row["hyperparameters"]:
             typer.echo(f"    {p['name']} = {p['default']!r}  {p['help']}")
+
+
+@providers_app.command("list")
+@handle_errors
+def providers_list(as_json: bool = JSON_OPT) -> None:
+    """List built-in and plugin providers with the capabilities each kind can offer."""
+    from .registry import providers
+
+    rows = [
+        {
+            "name": e.name,
+            "capabilities": sorted(str(c) for c in getattr(e.obj, "declared_capabilities", ())),
+            "source": e.source,
+            "summary": e.summary,
+        }
+        for e in providers.entries()
+    ]
+    if as_json:
+        _emit_json({"providers": rows})
+        return
+    for r in rows:
+        typer.echo(f"{r['name']:<20} [{r['source']}] {', '.join(r['capabilities'])}")
+
+
+@providers_app.command("probe")
+@handle_errors
+def providers_probe(spec: str = typer.Argument(..., help="Provider spec, e.g. openai:MODEL?base_url=..."), as_json: bool = JSON_OPT) -> None:
+    """Instantiate a provider, exercise each capability once, report capabilities and latency."""
+    import time
+
+    from .provider import load_provider
+    from .testing import check_provider
+
+    t0 = time.perf_counter()
+    provider = load_provider(spec)
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    try:
+        try:
+            latencies = check_provider(provider)
+        except AssertionError as exc:
+            raise BlackboxError(f"provider {provider.name}: failed its conformance probe: {exc}") from None
+        info = {
+            "name": provider.name,
+            "capabilities": sorted(str(c) for c in provider.capabilities),
+            "latency_ms": {k: round(v, 3) for k, v in latencies.items()},
+            "load_ms": round(load_ms, 1),
+            "describe": provider.describe(),
+        }
+    finally:
+        provider.close()
+    if as_json:
+        _emit_json(info)
+        return
+    typer.echo(f"{info['name']}: {', '.join(info['capabilities'])} (loaded in {info['load_ms']} ms)")
+    for cap, ms in info["latency_ms"].items():
+        typer.echo(f"  {cap:<14} {ms:9.2f} ms")
 
 
 def main() -> None:

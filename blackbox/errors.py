@@ -52,3 +52,49 @@ class RunError(BlackboxError, ValueError):
 
 class PluginWarning(UserWarning):
     """A third-party plugin failed to load; the rest of the toolkit keeps working."""
+
+
+class SpecError(ConfigError):
+    """A provider spec string is malformed or names an unknown provider option."""
+
+
+class CapabilityError(BlackboxError, TypeError):
+    """A component needs a capability the provider does not have (raised before any query)."""
+
+
+class ProviderError(BlackboxError, RuntimeError):
+    """A provider call failed (model error, server error, bad response)."""
+
+
+class TransportError(ProviderError):
+    """An HTTP/transport failure, after retries; carries status, request id and retry-after.
+
+    Messages never contain API keys (see :func:`blackbox.secrets.redact`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+        retryable: bool = False,
+    ) -> None:
+        self.status, self.request_id, self.retry_after = status, request_id, retry_after
+        self.attempts, self.retryable = attempts, retryable
+        parts = [message]
+        if status is not None:
+            parts.append(f"status {status}")
+        if request_id:
+            parts.append(f"request id {request_id}")
+        if retry_after is not None:
+            parts.append(f"retry-after {retry_after:g}s")
+        if attempts > 1:
+            parts.append(f"after {attempts} attempts")
+        super().__init__("; ".join(parts))
+
+
+class BudgetExceededError(BudgetError):
+    """A provider call would exceed the ledger's hard limit; nothing was sent."""
