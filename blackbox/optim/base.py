@@ -14,6 +14,7 @@ replays exactly.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -96,7 +97,7 @@ class OptimizerConfig:
                 raise ConfigError(
                     f"--set {key}: unknown hyperparameter; valid: {', '.join(sorted(known))}"
                 )
-            kwargs[key] = _coerce(key, raw, known[key].default)
+            kwargs[key] = _coerce(key, raw, known[key].default, known[key].type)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,35 +105,36 @@ class OptimizerConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _coerce(name: str, raw: Any, default: Any) -> Any:
+def _coerce(name: str, raw: Any, default: Any, annotation: Any = None) -> Any:
+    """Parse a ``--set`` string by the field's declared type (``int | None`` → int or None)."""
     if not isinstance(raw, str):
         return raw
     text = raw.strip()
-    if text.lower() in ("none", "null", "auto"):
+    ann = str(annotation or "")
+    optional = default is None or "None" in ann
+    kind = type(default).__name__ if default is not None else next(
+        (t for t in ("bool", "int", "float", "str") if re.search(rf"\b{t}\b", ann)), "str"
+    )
+    # "auto" means "calibrate / choose for me" for optional numbers; strings keep it verbatim.
+    if optional and text.lower() in (("none", "null") if kind == "str" else ("none", "null", "auto")):
         return None
-    if isinstance(default, bool):
+    if kind == "bool":
         if text.lower() in ("1", "true", "yes", "on"):
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise bad_value(name, "a boolean (true/false)", raw)
-    if isinstance(default, int) and not isinstance(default, bool):
+    if kind == "int":
         try:
             return int(text)
         except ValueError:
-            raise bad_value(name, "an integer", raw) from None
-    if isinstance(default, float) or default is None:
+            raise bad_value(name, "an integer" + (" or none" if optional else ""), raw) from None
+    if kind == "float":
         try:
             return float(text)
         except ValueError:
-            if default is None and not _looks_numeric(text):
-                return text
-            raise bad_value(name, "a number", raw) from None
+            raise bad_value(name, "a number" + (" or none" if optional else ""), raw) from None
     return text
-
-
-def _looks_numeric(text: str) -> bool:
-    return any(ch.isdigit() for ch in text)
 
 
 def check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
@@ -204,8 +206,8 @@ class Optimizer(ABC):
     def _load(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Restore what :meth:`_state` returned."""
 
-    def _accepts_nonfinite(self) -> bool:
-        """True in phases where NaN/inf losses are expected (e.g. diverging pilot runs)."""
+    def _accepts_nonfinite(self, losses: np.ndarray) -> bool:
+        """True when these non-finite losses are handled by the optimizer (e.g. overflow as divergence)."""
         return False
 
     def resolved_hyperparameters(self) -> dict[str, Any]:
@@ -256,7 +258,7 @@ class Optimizer(ABC):
         finite = np.isfinite(arr)
         skipped = False
         if not finite.all():
-            if self.config.on_nonfinite == "error" and not self._accepts_nonfinite():
+            if self.config.on_nonfinite == "error" and not self._accepts_nonfinite(arr):
                 bad = int(np.flatnonzero(~finite)[0])
                 raise ObjectiveError(
                     f"objective: expected a finite loss, received {float(arr[bad])!r} for candidate {bad} "

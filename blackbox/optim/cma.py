@@ -50,7 +50,8 @@ class CMAES(Optimizer):
             variant = "sep" if self.dim > 200 else "full"
         self.variant = variant
         cls = cmaes.SepCMA if variant == "sep" else cmaes.CMA
-        kwargs: dict[str, Any] = {"mean": np.asarray(x0, dtype=np.float64), "sigma": config.sigma, "seed": self.seed}
+        # A copy: cmaes updates its mean in place and must never write into the caller's x0.
+        kwargs: dict[str, Any] = {"mean": np.array(x0, dtype=np.float64, copy=True), "sigma": config.sigma, "seed": self.seed}
         if config.popsize is not None:
             kwargs["population_size"] = config.popsize
         self._es = cls(**kwargs)

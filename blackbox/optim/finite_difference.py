@@ -14,11 +14,13 @@ and the calibrated values are reported by :meth:`resolved_hyperparameters`.
   step moves each coordinate by about ``step0`` (``a = step0·(1+o)^α / G``, further divided
   by the momentum amplification ``1/(1-β)``).
 * ``step0``, when unset, starts deliberately large (``step0_factor · c_1``) and is cut by
-  the divergence guard until the run is stable: whenever a step's mean probe loss exceeds
-  the loss at ``x0`` by more than ``|loss(x0)|`` (i.e. doubles a positive loss), the
-  parameters return to the best iterate seen, momentum is cleared and ``a`` is multiplied by
-  ``backoff``. Runs therefore sit near the largest stable step, which on a fixed query
-  budget beats a cautious guess (measured in ``bench/optimizers.py``).
+  the divergence guard until the run is stable. The guard fires on a blow-up (a step's
+  mean probe loss exceeds the loss at ``x0`` by more than ``|loss(x0)|``), an overflow (a
+  loss of +inf after calibration) or a lack of progress (after 20 steps, the running
+  average of the loss is still above the loss at ``x0`` plus its noise). It returns the
+  parameters to the best iterate seen, clears momentum and multiplies ``a`` by ``backoff``.
+  Runs therefore sit near the largest stable step, which on a fixed query budget beats a
+  cautious guess (measured in ``bench/optimizers.py``).
 * ``o`` (stability constant), when unset: 10% of the steps the budget allows (Spall's
   ``A``), at least 1.
 """
@@ -39,6 +41,9 @@ from .perturbations import get_perturbation
 from .schedules import Constant, PowerDecay, Schedule
 
 _MOMENTUM = ("none", "heavy-ball", "gc")
+_EMA = 0.9  # smoothing of the per-step mean loss watched by the guard (~10-step horizon)
+_EMA_WARMUP = 20  # steps after a (re)start before "no progress" can fire
+MAX_BACKOFFS = 40  # past this the guard stands down (a = a0 * 0.25^40 is negligible anyway)
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,8 @@ class FiniteDifferenceOptimizer(Optimizer):
         self.anchor_loss = math.inf
         self.anchor_theta = self.theta.copy()
         self.backoffs = 0
+        self.loss_ema: float | None = None
+        self.ema_steps = 0
         if self.budget is not None and self.budget < self.min_budget():
             raise BudgetError(
                 f"budget: expected at least {self.min_budget()} queries "
@@ -237,7 +244,9 @@ class FiniteDifferenceOptimizer(Optimizer):
         cfg = self.config
         phase = self.phase
         extras: dict[str, float] = {}
-        if skipped:
+        # With the guard on, an overflowing (+inf) run step is a divergence, not an error.
+        guarded = phase == "run" and skipped and self._accepts_nonfinite(losses)
+        if skipped and not guarded:
             pass
         elif phase == "noise":
             self.noise_std = float(np.std(losses, ddof=1)) if losses.size > 1 else 0.0
@@ -261,21 +270,26 @@ class FiniteDifferenceOptimizer(Optimizer):
             extras = {"grad_scale": self.grad_scale, "a": self.a, "step0": self.step0}
         else:
             ck = self.c_k(self.step + 1)
-            mean_loss = float(np.mean(losses))
+            mean_loss = math.inf if skipped else float(np.mean(losses))
             if self.ref_loss is None:  # gains were given: the first step is the reference
                 self.ref_loss = mean_loss
-            if self._diverged(mean_loss):
-                # Back to the best iterate, momentum cleared, smaller steps.
+            reason = self._divergence(mean_loss)
+            if reason:
+                # Back to the best iterate, momentum cleared, smaller steps; the schedule's
+                # clock (chain slot 1) keeps counting as if the step had been taken.
                 self.theta = self.anchor_theta.copy()
                 self.a = float(self.a * cfg.backoff)
                 self._tstate = self._transform(self.a).init(self.theta)
-                self._tstate["1.count"] = self.step  # keep the schedule's clock (chain slot 1)
+                self._tstate["1.count"] = self.step + 1
                 self.backoffs += 1
-                extras = {"c_k": ck, "backoff": float(self.backoffs), "a": self.a}
+                self.loss_ema, self.ema_steps = None, 0
+                extras = {"c_k": ck, "backoff": float(self.backoffs), "a": self.a, "reason": reason}
             else:
                 if mean_loss < self.anchor_loss:
                     self.anchor_loss = mean_loss
                     self.anchor_theta = self.theta.copy()
+                self.loss_ema = mean_loss if self.loss_ema is None else _EMA * self.loss_ema + (1 - _EMA) * mean_loss
+                self.ema_steps += 1
                 g = est.estimate_gradient(losses, ck, self._pert.weights(self._dirs), cfg.two_sided)
                 upd, self._tstate = self._transform(self.a).update(g, self._tstate)
                 self.theta = self.theta + upd
@@ -291,15 +305,35 @@ class FiniteDifferenceOptimizer(Optimizer):
             budget=self.budget,
             loss=float(np.mean(finite)) if finite.size else math.nan,
             best_loss=self.best_loss,
-            skipped=skipped,
+            skipped=skipped and not guarded,
             extras=extras,
         )
 
-    def _diverged(self, mean_loss: float) -> bool:
-        if not self.config.guard or self.ref_loss is None:
-            return False
+    def _accepts_nonfinite(self, losses: np.ndarray) -> bool:
+        # Only overflow (+inf, no NaN) is divergence; NaN stays an objective error.
+        return (
+            self.phase == "run"
+            and not np.isnan(losses).any()
+            and self.config.guard
+            and self.ref_loss is not None
+            and math.isfinite(self.ref_loss)
+            and self.backoffs < MAX_BACKOFFS
+        )
+
+    def _divergence(self, mean_loss: float) -> str:
+        """Why the guard fires this step ("" when it does not)."""
+        if not self.config.guard or self.ref_loss is None or self.backoffs >= MAX_BACKOFFS:
+            return ""
         ref = self.ref_loss
-        return mean_loss > ref + max(abs(ref), 1e-12)
+        if not math.isfinite(mean_loss):
+            return "overflow"
+        if mean_loss > ref + max(abs(ref), 1e-12):
+            return "blow-up"
+        # Sustained lack of progress: on average worse than the start for a while.
+        tol = self.noise_std or 0.0
+        if self.loss_ema is not None and self.ema_steps >= _EMA_WARMUP and self.loss_ema > ref + tol:
+            return "no-progress"
+        return ""
 
     def recommend(self) -> np.ndarray:
         return self.theta.copy()
@@ -339,6 +373,8 @@ class FiniteDifferenceOptimizer(Optimizer):
             "ref_loss": self.ref_loss,
             "anchor_loss": _enc(self.anchor_loss),
             "backoffs": self.backoffs,
+            "loss_ema": self.loss_ema,
+            "ema_steps": self.ema_steps,
             "scalars": scalars,
         }
         return arrays, meta
@@ -353,6 +389,7 @@ class FiniteDifferenceOptimizer(Optimizer):
         self.noise_std, self.grad_scale = meta["noise_std"], meta["grad_scale"]
         self.ref_loss, self.anchor_loss = meta["ref_loss"], float(meta["anchor_loss"])
         self.backoffs = int(meta["backoffs"])
+        self.loss_ema, self.ema_steps = meta["loss_ema"], int(meta["ema_steps"])
         self.anchor_theta = np.array(arrays["anchor_theta"], dtype=np.float64)
         tstate: tx.State = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("t.")}
         tstate.update(meta["scalars"])
