@@ -82,6 +82,7 @@ class TransportError(ProviderError):
         attempts: int = 1,
         retryable: bool = False,
     ) -> None:
+        self.message = message  # without the status/request-id suffix, for re-wrapping
         self.status, self.request_id, self.retry_after = status, request_id, retry_after
         self.attempts, self.retryable = attempts, retryable
         parts = [message]
