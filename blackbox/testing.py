@@ -99,17 +99,18 @@ def _probe_requests(provider: Any) -> dict[str, Any]:
 
     caps = set(provider.capabilities)
     out: dict[str, Any] = {}
-    if caps & {Capability.PROBS, Capability.LOGITS}:
+    # A language model's logits are next-token logits; a classifier's are class scores.
+    is_lm = bool(caps & {Capability.TEXT, Capability.TOP_LOGPROBS, Capability.SCORE})
+    if Capability.LOGITS in caps and is_lm:
+        out["logits"] = NextTokenRequest(prompts=("Hello", "The sky is"))
+    if Capability.PROBS in caps or (Capability.LOGITS in caps and not is_lm):
         inputs = provider.example_inputs()
         if inputs is None:
             raise AssertionError(f"provider {provider.name}: declares probs/logits but example_inputs() returned None")
         if Capability.PROBS in caps:
             out["probs"] = ClassifyRequest(inputs=inputs, output="probs")
-        if Capability.LOGITS in caps:
-            out["logits"] = (
-                ClassifyRequest(inputs=inputs, output="logits")
-                if Capability.TEXT not in caps else NextTokenRequest(prompts=("Hello", "The sky is"))
-            )
+        if Capability.LOGITS in caps and not is_lm:
+            out["logits"] = ClassifyRequest(inputs=inputs, output="logits")
     if Capability.TOP_LOGPROBS in caps:
         out["top_logprobs"] = NextTokenRequest(prompts=("Hello", "The sky is"), top_k=3)
     if Capability.TEXT in caps:
