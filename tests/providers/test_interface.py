@@ -146,3 +146,35 @@ def test_example_plugin_is_found_through_its_entry_point(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "blackbox.cli", "providers", "probe", "echo?size=3"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "unknown option 'size'; valid options: dim" in bad.stderr
+
+
+TINY_TORCH = """
+import torch
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+"""
+
+
+@pytest.mark.subprocess
+def test_cli_lists_builtins_and_probes_a_torch_spec(tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / "tinymod.py").write_text(TINY_TORCH)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "blackbox.cli", "providers", "list", "--json"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    rows = {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])["providers"]}
+    assert {"torch", "hf-causal", "openai", "sentence-encoder", "efficientnet-lite0"} <= set(rows)
+    assert all(r["source"] == "builtin" for r in rows.values())
+    assert "logits" not in rows["openai"]["capabilities"]  # an API gives top-k logprobs only
+    assert "inputs_embeds" in rows["hf-causal"]["capabilities"]
+    probe = subprocess.run([sys.executable, "-m", "blackbox.cli", "providers", "probe", "torch:tinymod:build", "--json"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert info["name"] == "torch" and info["capabilities"] == ["logits", "probs"]
+    assert set(info["latency_ms"]) == {"logits", "probs"} and all(v >= 0 for v in info["latency_ms"].values())
+    bad = subprocess.run([sys.executable, "-m", "blackbox.cli", "providers", "probe", "torch:tinymod"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
