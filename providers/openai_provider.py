@@ -1,0 +1,784 @@
+"""The ``openai`` provider: any OpenAI-compatible HTTP endpoint (OpenAI, llama.cpp, vLLM...).
+
+Spec::
+
+    openai:MODEL[?base_url=URL&timeout=30&api_key_env=OPENAI_API_KEY&completions=1
+                  &embeddings=1|probe&score=1|probe&max_connections=16]
+
+The module is split in three layers:
+
+* **translation** — pure functions (``*_kwargs`` build the SDK call arguments from our typed
+  requests, ``parse_*`` turn SDK responses, or plain dicts shaped like them, into our result
+  pieces). No network, no ``openai`` import; unit-tested with fake response objects.
+* **error mapping** — :func:`map_error` turns an SDK exception into a
+  :class:`~blackbox.errors.TransportError` (status, request id, ``Retry-After``, retryable)
+  or a :class:`~blackbox.errors.ProviderError`, with every secret redacted.
+* **transport** — :class:`OpenAIProvider` owns one SDK client (``max_retries=0``: retries
+  belong to :class:`blackbox.client.Client`) with a bounded connection pool, and fans the
+  prompts of one request out over a thread pool of ``max_connections`` (results in order).
+
+Importing this module does not import ``openai``; the constructor does.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import email.utils
+import ipaddress
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from blackbox.errors import CapabilityError, ConfigError, ProviderError, SpecError, TransportError
+from blackbox.provider import Provider, check_options
+from blackbox.registry import providers as _registry
+from blackbox.secrets import Secret, redact, scrub_exception
+from blackbox.types import (
+    Capability,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    NextTokenRequest,
+    NextTokenResult,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+OPENAI_HOST = "api.openai.com"
+# Sent as the bearer token to servers that need none (llama.cpp, vLLM without --api-key).
+# Not a secret, so not wrapped in Secret (registering it would mask the word everywhere).
+PLACEHOLDER_KEY = "no-key-required"
+EMBED_CHUNK = 256  # texts per embeddings call (OpenAI accepts up to 2048)
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+MAX_MESSAGE = 400  # characters of a server's error text kept in our message
+SCORE_TOLERANCE = 0.05  # nats: echoed vs next-token logprob of the same token (score probe)
+
+OPTIONS = (
+    "base_url", "timeout", "api_key", "api_key_env", "completions", "embeddings", "score",
+    "max_connections",
+)
+
+
+# =============================================================================================
+# translation: our requests -> SDK kwargs (pure)
+# =============================================================================================
+def _sampling(req: GenerateRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {"max_tokens": int(req.max_tokens), "temperature": float(req.temperature), "top_p": float(req.top_p)}
+    if req.stop:
+        out["stop"] = list(req.stop)
+    if req.seed is not None:
+        out["seed"] = int(req.seed)
+    return out
+
+
+def chat_kwargs(model: str, prompt: str, req: GenerateRequest) -> dict[str, Any]:
+    """``chat.completions.create`` arguments: the prompt is one user message."""
+    out: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], **_sampling(req)}
+    if req.top_logprobs > 0:
+        out["logprobs"] = True
+        out["top_logprobs"] = int(req.top_logprobs)
+    return out
+
+
+def completion_kwargs(model: str, prompt: str, req: GenerateRequest) -> dict[str, Any]:
+    """Legacy ``completions.create`` arguments: raw continuation of the prompt."""
+    out: dict[str, Any] = {"model": model, "prompt": prompt, **_sampling(req)}
+    if req.top_logprobs > 0:
+        out["logprobs"] = int(req.top_logprobs)
+    return out
+
+
+def next_token_kwargs(model: str, prompt: str, top_k: int, *, chat: bool) -> dict[str, Any]:
+    """One greedy token with its top-k alternatives (chat: first token of the reply)."""
+    if chat:
+        return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1,
+                "temperature": 0.0, "logprobs": True, "top_logprobs": int(top_k)}
+    return {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": int(top_k)}
+
+
+def score_kwargs(model: str, prompt: str, continuation: str) -> dict[str, Any]:
+    """Echo ``prompt + continuation`` with per-token logprobs (one extra token is generated:
+    some servers treat ``max_tokens=0`` as "until the context is full")."""
+    return {"model": model, "prompt": prompt + continuation, "echo": True, "logprobs": 1,
+            "max_tokens": 1, "temperature": 0.0}
+
+
+def embed_kwargs(model: str, texts: Sequence[str]) -> dict[str, Any]:
+    """``embeddings.create`` arguments for one chunk of texts (floats, not base64)."""
+    return {"model": model, "input": list(texts), "encoding_format": "float"}
+
+
+# =============================================================================================
+# translation: SDK responses -> our results (pure; accept SDK models or plain dicts)
+# =============================================================================================
+_MISSING = object()
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    value = getattr(obj, name, _MISSING)
+    return default if value is _MISSING else value
+
+
+def _malformed(what: str, detail: str) -> ProviderError:
+    return ProviderError(f"openai provider: malformed {what} response: {detail}")
+
+
+def _first_choice(resp: Any, what: str) -> Any:
+    choices = _get(resp, "choices")
+    if not choices:
+        raise _malformed(what, "no choices")
+    return choices[0]
+
+
+def _float(value: Any, what: str, field: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise _malformed(what, f"{field} is {value!r}, not a number") from None
+    if math.isnan(out):
+        raise _malformed(what, f"{field} is NaN")
+    return out
+
+
+def response_usage(resp: Any, *, queries: int = 1) -> Usage:
+    """Token counts and request id of one response.
+
+    The request id is the ``x-request-id`` header the SDK stores as ``_request_id``; servers
+    that send none (llama.cpp) get the response body's ``id`` instead.
+    """
+    u = _get(resp, "usage")
+    request_id = _get(resp, "_request_id") or _get(resp, "id")
+    return Usage(
+        queries=queries,
+        prompt_tokens=int(_get(u, "prompt_tokens", 0) or 0),
+        completion_tokens=int(_get(u, "completion_tokens", 0) or 0),
+        request_id=str(request_id) if request_id else None,
+    )
+
+
+def merge_usage(usages: Sequence[Usage]) -> Usage:
+    """Sum of several calls' usage; request ids joined with ``,`` (in request order)."""
+    ids = [u.request_id for u in usages if u.request_id]
+    return Usage(
+        queries=sum(u.queries for u in usages),
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        cost=sum(u.cost for u in usages),
+        request_id=",".join(ids) if ids else None,
+    )
+
+
+def _top_dict(entries: Any, what: str) -> dict[str, float]:
+    """``{token: logprob}`` from a chat ``top_logprobs`` list or a completions dict.
+
+    When two tokens print the same (e.g. byte fragments), the more likely one is kept.
+    """
+    out: dict[str, float] = {}
+    if entries is None:
+        return out
+    items = entries.items() if isinstance(entries, Mapping) else ((_get(e, "token"), _get(e, "logprob")) for e in entries)
+    for token, lp in items:
+        if token is None:
+            raise _malformed(what, "top_logprobs entry without a token")
+        lp = _float(lp, what, f"logprob of {token!r}")
+        if token not in out or lp > out[token]:
+            out[token] = lp
+    return out
+
+
+def parse_chat(resp: Any) -> tuple[str, str, tuple[float, ...] | None, tuple[dict[str, float], ...] | None]:
+    """Text, finish reason, per-token logprobs and top-logprobs of a chat completion."""
+    choice = _first_choice(resp, "chat completion")
+    message = _get(choice, "message")
+    text = _get(message, "content")
+    if message is None or (text is not None and not isinstance(text, str)):
+        raise _malformed("chat completion", "choice has no message content")
+    content = _get(_get(choice, "logprobs"), "content")
+    token_lps = tops = None
+    if content is not None:
+        token_lps = tuple(_float(_get(t, "logprob"), "chat completion", "logprob") for t in content)
+        tops = tuple(_top_dict(_get(t, "top_logprobs"), "chat completion") for t in content)
+    return text or "", str(_get(choice, "finish_reason") or ""), token_lps, tops
+
+
+def parse_completion(resp: Any) -> tuple[str, str, tuple[float, ...] | None, tuple[dict[str, float], ...] | None]:
+    """Text, finish reason, per-token logprobs and top-logprobs of a legacy completion."""
+    choice = _first_choice(resp, "completion")
+    text = _get(choice, "text")
+    if not isinstance(text, str):
+        raise _malformed("completion", "choice has no text")
+    lp = _get(choice, "logprobs")
+    token_lps = tops = None
+    if lp is not None:
+        raw = _get(lp, "token_logprobs") or []
+        token_lps = tuple(_float(v, "completion", "token_logprobs") for v in raw)
+        tops = tuple(_top_dict(d, "completion") for d in (_get(lp, "top_logprobs") or []))
+    return text, str(_get(choice, "finish_reason") or ""), token_lps, tops
+
+
+def parse_next_token(resp: Any, *, chat: bool, top_k: int | None = None) -> dict[str, float]:
+    """The ``{token: logprob}`` of the first generated token, most likely first, at most
+    ``top_k`` entries (servers may add the sampled token as a k+1-th)."""
+    what = "chat completion" if chat else "completion"
+    _, _, _, tops = (parse_chat if chat else parse_completion)(resp)
+    if not tops or not tops[0]:
+        raise _malformed(what, "no top_logprobs for the first token (does the server support logprobs?)")
+    ranked = sorted(tops[0].items(), key=lambda kv: -kv[1])
+    return dict(ranked if top_k is None else ranked[:top_k])
+
+
+def parse_score(resp: Any, prompt: str, continuation: str) -> tuple[float, int]:
+    """Summed logprob and token count of ``continuation`` in an echoed completion.
+
+    Tokens are assigned by ``text_offset``: those starting at or after ``len(prompt)`` and
+    before ``len(prompt + continuation)`` belong to the continuation (a token that straddles
+    the boundary counts with the prompt, as in lm-eval-harness).
+    """
+    choice = _first_choice(resp, "completion")
+    lp = _get(choice, "logprobs")
+    offsets = _get(lp, "text_offset")
+    values = _get(lp, "token_logprobs")
+    if offsets is None or values is None:
+        raise _malformed("completion", "echo=True returned no text_offset/token_logprobs (the server cannot score)")
+    if len(offsets) != len(values):
+        raise _malformed("completion", f"{len(offsets)} text offsets but {len(values)} token logprobs")
+    start, end = len(prompt), len(prompt) + len(continuation)
+    total, n = 0.0, 0
+    for off, v in zip(offsets, values):
+        if start <= int(off) < end:
+            if v is None:
+                raise _malformed("completion", "continuation token without a logprob")
+            total += _float(v, "completion", "token_logprobs")
+            n += 1
+    if continuation and n == 0:
+        raise _malformed("completion", "no continuation token found in the echoed prompt")
+    return total, n
+
+
+def parse_embeddings(resp: Any, n: int) -> np.ndarray:
+    """The ``(n, d)`` matrix of an embeddings response, in input order."""
+    data = _get(resp, "data")
+    if not data or len(data) != n:
+        raise _malformed("embeddings", f"expected {n} vectors, received {0 if not data else len(data)}")
+    rows = sorted(data, key=lambda d: int(_get(d, "index", 0) or 0))
+    try:
+        out = np.asarray([np.asarray(_get(d, "embedding"), dtype=np.float64) for d in rows], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _malformed("embeddings", f"vectors are not numeric arrays of one length ({exc})") from None
+    if out.ndim != 2 or not np.all(np.isfinite(out)):
+        raise _malformed("embeddings", f"expected finite (n, d) vectors, received shape {out.shape}")
+    return out
+
+
+# =============================================================================================
+# error mapping
+# =============================================================================================
+def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    get = headers.get
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = get(name)
+        if value is None:
+            continue
+        try:
+            secs = float(value) * scale
+        except ValueError:
+            continue
+        return secs if math.isfinite(secs) and secs >= 0 else None
+    value = get("retry-after")
+    if value:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is not None:
+            if when.tzinfo is None:  # RFC 7231 dates are GMT
+                when = when.replace(tzinfo=_dt.timezone.utc)
+            return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return None
+
+
+def is_retryable_status(status: int, headers: Mapping[str, str] | None = None) -> bool:
+    """408, 409, 429 and 5xx, unless the server says otherwise in ``x-should-retry``."""
+    hint = (headers or {}).get("x-should-retry")
+    if hint in ("true", "false"):
+        return hint == "true"
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def _one_line(text: Any, *secrets: Any) -> str:
+    out = " ".join(redact(str(text), *[s for s in secrets if s]).split())
+    return out if len(out) <= MAX_MESSAGE else out[: MAX_MESSAGE - 3] + "..."
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, Mapping) else err
+        if msg:
+            return str(msg)
+        detail = body.get("detail")
+        if detail:
+            return str(detail)
+    return str(getattr(exc, "message", "") or exc)
+
+
+def map_error(exc: BaseException, *, where: str, secrets: Sequence[Any] = ()) -> ProviderError:
+    """Translate an ``openai`` SDK exception into our error tree (the caller raises ``from``).
+
+    ``where`` names the call (e.g. ``"POST /chat/completions at http://..."``). Messages
+    pass through :func:`blackbox.secrets.redact` with ``secrets``.
+    """
+    import openai  # lazy: the provider's constructor already imported it
+
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ProviderError(f"openai provider: {where}: response did not match the API schema: {_one_line(exc, *secrets)}")
+    if isinstance(exc, openai.APIStatusError):
+        headers = exc.response.headers
+        status = int(exc.status_code)
+        request_id = getattr(exc, "request_id", None) or headers.get("x-request-id")
+        return TransportError(
+            f"openai provider: {where} failed: {_one_line(_server_message(exc), *secrets)}",
+            status=status,
+            request_id=request_id,
+            retry_after=parse_retry_after(headers),
+            retryable=is_retryable_status(status, headers),
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return TransportError(f"openai provider: {where} timed out", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+        return TransportError(
+            f"openai provider: {where}: cannot connect ({_one_line(detail, *secrets)}); is the server running?",
+            retryable=True,
+        )
+    return ProviderError(f"openai provider: {where}: {type(exc).__name__}: {_one_line(exc, *secrets)}")
+
+
+# =============================================================================================
+# configuration helpers
+# =============================================================================================
+def is_loopback(url: str) -> bool:
+    """True when ``url``'s host is ``localhost`` or a loopback address."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query or fragment (what describe() and messages show)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _flag(name: str, value: Any, *, allow: tuple[str, ...] = ()) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in allow:
+        return text
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    choices = "1/0, true/false, yes/no" + "".join(f", {a}" for a in allow)
+    raise SpecError(f"provider openai: option {name}: expected {choices}, received {value!r}")
+
+
+# =============================================================================================
+# transport
+# =============================================================================================
+class OpenAIProvider(Provider):
+    """An OpenAI-compatible endpoint: chat/legacy completions with logprobs, embeddings.
+
+    Capabilities: ``text`` and ``top_logprobs`` always (never ``logits``: the API returns at
+    most the top-k tokens); ``embed`` with ``embeddings=1`` (or ``embeddings=probe`` when a
+    probe call returns one vector per text); ``score`` with ``score=1|probe`` (legacy
+    completions with ``echo`` + ``logprobs``; needs ``completions=1``), only after a probe
+    has checked that the server's echoed logprobs are right (``score=1`` raises otherwise,
+    ``score=probe`` just leaves the capability out).
+    """
+
+    name = "openai"
+    declared_capabilities = frozenset({Capability.TEXT, Capability.TOP_LOGPROBS, Capability.EMBED, Capability.SCORE})
+    summary = "OpenAI-compatible HTTP endpoint (OpenAI, llama.cpp, vLLM): text, top-k logprobs, embeddings"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: "str | Secret | None" = None,
+        api_key_env: str | None = None,
+        timeout: float = 30.0,
+        completions: bool = False,
+        embeddings: "bool | str" = False,
+        score: "bool | str" = False,
+        max_connections: int = 16,
+        transport: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"provider openai: expected a model name (openai:MODEL), received {model!r}")
+        timeout = float(timeout)
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ConfigError(f"provider openai: timeout: expected seconds > 0, received {timeout!r}")
+        if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
+            raise ConfigError(f"provider openai: max_connections: expected an integer >= 1, received {max_connections!r}")
+        score = _flag("score", score, allow=("probe",))
+        completions = bool(_flag("completions", completions))
+        embeddings = _flag("embeddings", embeddings, allow=("probe",))
+        if score and not completions:
+            raise ConfigError(f"provider openai: score={'1' if score is True else score} needs completions=1 (it uses the legacy completions endpoint with echo)")
+
+        self.model = model.strip()
+        self.timeout = timeout
+        self.completions = completions
+        self.score_enabled = False
+        self.max_connections = max_connections
+        self._key, self.base_url = self._resolve_key(base_url, api_key, api_key_env)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+        try:
+            import httpx2  # the SDK's HTTP stack (openai >= 3); one stack only
+            import openai
+        except ImportError as exc:
+            raise ConfigError(
+                f"provider openai: needs the openai SDK (>= 3): pip install 'blackbox-adapt[api]' ({exc})"
+            ) from None
+
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        http_timeout = httpx2.Timeout(timeout, connect=min(5.0, timeout))
+        http_kwargs: dict[str, Any] = {"limits": limits, "timeout": http_timeout}
+        if transport is not None:
+            http_kwargs["transport"] = transport
+        self._sdk = openai.OpenAI(
+            api_key=self._key.reveal() if isinstance(self._key, Secret) else self._key,
+            base_url=self.base_url,
+            timeout=http_timeout,
+            max_retries=0,  # blackbox.client.Client retries; never both
+            http_client=openai.DefaultHttpxClient(**http_kwargs),
+        )
+
+        caps = {Capability.TEXT, Capability.TOP_LOGPROBS}
+        try:
+            if score:
+                why_not = self._probe_score()
+                if why_not is not None and score is True:
+                    raise ConfigError(
+                        f"provider openai: score=1 but {public_url(self.base_url)} cannot score continuations: {why_not}"
+                    )
+                self.score_enabled = why_not is None
+            if embeddings == "probe":
+                embeddings = self._probe_embeddings()
+        except BaseException:
+            self._sdk.close()
+            raise
+        self.embeddings = bool(embeddings)
+        if self.score_enabled:
+            caps.add(Capability.SCORE)
+        if self.embeddings:
+            caps.add(Capability.EMBED)
+        self.capabilities = frozenset(caps)
+
+    # --- configuration ----------------------------------------------------------------------
+    @staticmethod
+    def _resolve_key(base_url: str | None, api_key: Any, api_key_env: str | None) -> tuple["Secret | str", str]:
+        """Key policy (docs/providers.md): see the module docs; never echoes a key."""
+        url_from_env = False
+        if not base_url:
+            base_url = os.environ.get(BASE_URL_ENV) or ""
+            url_from_env = bool(base_url)
+        base_url = (base_url or f"https://{OPENAI_HOST}/v1").strip()
+        parts = urlsplit(base_url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+        except ValueError:
+            raise ConfigError(f"provider openai: base_url: invalid port in {parts.hostname or base_url!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"provider openai: base_url: expected an http(s) URL, received {public_url(base_url)!r}")
+        if parts.username or parts.password or parts.query:
+            raise ConfigError("provider openai: base_url: must not carry credentials or a query string")
+        base_url = base_url.rstrip("/")
+        loopback = is_loopback(base_url)
+        official = parts.hostname == OPENAI_HOST
+
+        if isinstance(api_key, Secret):
+            return api_key, base_url
+        if isinstance(api_key, str) and api_key.strip():
+            if api_key.strip().lower() == "none":
+                if official:
+                    raise ConfigError(f"provider openai: api_key=none needs a base_url other than {OPENAI_HOST}")
+                return PLACEHOLDER_KEY, base_url
+            return Secret(api_key.strip()), base_url
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigError(f"provider openai: api_key: expected a str or Secret, received <{type(api_key).__name__}>")
+
+        explicit_env = api_key_env is not None
+        env = (api_key_env or DEFAULT_KEY_ENV).strip()
+        if not env:
+            raise ConfigError("provider openai: api_key_env: expected an environment variable name, received ''")
+        # The default variable holds an OpenAI key: send it only to OpenAI, or to a base_url that
+        # also comes from the environment; a spec's own base_url must name its variable.
+        default_ok = official or url_from_env
+        value = os.environ.get(env, "").strip() if (explicit_env or default_ok) else ""
+        if value:
+            return Secret(value), base_url
+        if loopback and not explicit_env:
+            return PLACEHOLDER_KEY, base_url
+        if explicit_env or default_ok:
+            raise ConfigError(
+                f"provider openai: no API key: the environment variable {env} is not set "
+                f"(set it, or name another one with api_key_env=VAR)"
+            )
+        raise ConfigError(
+            f"provider openai: no API key for {public_url(base_url)}: name the environment variable that "
+            f"holds its key with api_key_env=VAR ({DEFAULT_KEY_ENV} is only sent to {OPENAI_HOST} or to "
+            f"{BASE_URL_ENV}), or pass api_key=none for a server without authentication"
+        )
+
+    @classmethod
+    def from_spec(cls, target: str, options: dict[str, str]) -> "OpenAIProvider":
+        check_options(cls.name, options, OPTIONS)
+        kwargs: dict[str, Any] = {}
+        for key in ("base_url", "api_key", "api_key_env", "completions", "embeddings", "score"):
+            if key in options:
+                kwargs[key] = options[key]
+        for key, conv, what in (("timeout", float, "seconds > 0"), ("max_connections", int, "an integer >= 1")):
+            if key in options:
+                try:
+                    kwargs[key] = conv(options[key])
+                except ValueError:
+                    raise SpecError(f"provider openai: option {key}: expected {what}, received {options[key]!r}") from None
+        if not target:
+            raise SpecError("provider openai: expected a model name after 'openai:' (e.g. openai:gpt-4o-mini)")
+        return cls(target, **kwargs)
+
+    # --- identity -----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "provider": self.name,
+            "model": self.model,
+            "base_url": public_url(self.base_url),
+            "completions": self.completions,
+            "embeddings": self.embeddings,
+            "score": self.score_enabled,
+        }
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What changes outputs: model, endpoint, and chat vs legacy completions."""
+        return {"provider": self.name, "model": self.model, "base_url": public_url(self.base_url),
+                "completions": self.completions}
+
+    # --- transport ----------------------------------------------------------------------------
+    def _where(self, endpoint: str) -> str:
+        return f"POST /{endpoint} at {public_url(self.base_url)}"
+
+    def _send(self, endpoint: str, kwargs: dict[str, Any]) -> Any:
+        """One HTTP call; SDK errors become TransportError/ProviderError (chained)."""
+        if self._closed:
+            raise ProviderError("openai provider: used after close()")
+        import openai
+
+        create: Callable[..., Any] = {
+            "chat/completions": self._sdk.chat.completions.create,
+            "completions": self._sdk.completions.create,
+            "embeddings": self._sdk.embeddings.create,
+        }[endpoint]
+        try:
+            return create(**kwargs)
+        except openai.OpenAIError as exc:
+            err = map_error(exc, where=self._where(endpoint), secrets=[self._key])
+            # The chained original is printed in tracebacks: scrub it (and its causes) too.
+            scrub_exception(exc, self._key)
+            if isinstance(getattr(exc, "message", None), str):
+                exc.message = redact(exc.message, self._key)
+            raise err from exc
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.max_connections, thread_name_prefix="blackbox-openai")
+            return self._pool
+
+    def _fan_out(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``[fn(x) for x in items]`` with up to ``max_connections`` in flight, in order.
+
+        The first failure (in item order) is raised once every started call has finished;
+        calls not yet started are cancelled.
+        """
+        if len(items) <= 1 or self.max_connections == 1:
+            return [fn(x) for x in items]
+        futures = [self._executor().submit(fn, x) for x in items]
+        results, error = [], None
+        for fut in futures:
+            if error is not None:
+                fut.cancel()
+                continue
+            try:
+                results.append(fut.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in order
+                error = exc
+        if error is not None:
+            for fut in futures:
+                if not fut.cancelled():
+                    try:
+                        fut.exception()
+                    except BaseException:  # noqa: BLE001 - cancelled concurrently
+                        pass
+            raise error
+        return results
+
+    def _probe_embeddings(self) -> bool:
+        try:
+            vecs = parse_embeddings(self._send("embeddings", embed_kwargs(self.model, ["probe"])), 1)
+        except TransportError as exc:
+            if exc.status is None or exc.retryable:
+                raise  # unreachable or overloaded: do not silently drop the capability
+            return False
+        except ProviderError:
+            return False
+        return vecs.shape[1] > 0
+
+    def _probe_score(self) -> str | None:
+        """None when the server's echoed logprobs are right; otherwise why they are not.
+
+        Two calls: the greedy next token ``t`` of a prompt with its logprob ``a``, then
+        ``prompt + t`` echoed: the logprob it reports for ``t`` must equal ``a``. (A server
+        that returns each echoed token's logprob one position off — llama-cpp-python 0.3.x —
+        would give plausible-looking but wrong scores.)
+        """
+        prompt = "The capital of France is"
+        try:
+            text, _, lps, _ = parse_completion(self._send("completions", next_token_kwargs(self.model, prompt, 1, chat=False)))
+            if not text or not lps:
+                return "its completions return no logprobs"
+            logprob, n = parse_score(self._send("completions", score_kwargs(self.model, prompt, text)), prompt, text)
+        except TransportError as exc:
+            if exc.status is None or exc.retryable:
+                raise  # unreachable or overloaded: not an answer about scoring
+            return f"echo with logprobs was refused ({exc})"
+        except ProviderError as exc:
+            return str(exc)
+        if n != 1 or abs(logprob - lps[0]) > SCORE_TOLERANCE:
+            return (f"the echoed logprob of {text!r} after {prompt!r} is {logprob:.4f} over {n} token(s), but the "
+                    f"next-token logprob is {lps[0]:.4f} (echo logprobs are misaligned)")
+        return None
+
+    # --- calls --------------------------------------------------------------------------------
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        chat = request.chat or not self.completions
+        build, parse, endpoint = (
+            (chat_kwargs, parse_chat, "chat/completions") if chat else (completion_kwargs, parse_completion, "completions")
+        )
+
+        def one(prompt: str) -> tuple[Any, Usage]:
+            resp = self._send(endpoint, build(self.model, prompt, request))
+            return parse(resp), response_usage(resp)
+
+        out = self._fan_out(one, list(request.prompts))
+        want_lp = request.top_logprobs > 0
+        return GenerateResult(
+            texts=tuple(p[0] for p, _ in out),
+            finish_reasons=tuple(p[1] for p, _ in out),
+            token_logprobs=tuple(p[2] or () for p, _ in out) if want_lp else None,
+            top_logprobs=tuple(p[3] or () for p, _ in out) if want_lp else None,
+            usage=merge_usage([u for _, u in out]),
+        )
+
+    def next_token(self, request: NextTokenRequest) -> NextTokenResult:
+        if request.top_k is None:
+            raise CapabilityError(
+                "provider openai: full-vocabulary logits are not available over the API "
+                "(capability top_logprobs only); pass NextTokenRequest(top_k=k)"
+            )
+        if int(request.top_k) < 1:
+            raise ConfigError(f"NextTokenRequest.top_k: expected an integer >= 1, received {request.top_k!r}")
+        chat = not self.completions
+        endpoint = "chat/completions" if chat else "completions"
+
+        def one(prompt: str) -> tuple[dict[str, float], Usage]:
+            resp = self._send(endpoint, next_token_kwargs(self.model, prompt, int(request.top_k), chat=chat))
+            return parse_next_token(resp, chat=chat, top_k=int(request.top_k)), response_usage(resp)
+
+        out = self._fan_out(one, list(request.prompts))
+        return NextTokenResult(logits=None, top_logprobs=tuple(d for d, _ in out), usage=merge_usage([u for _, u in out]))
+
+    def score(self, request: ScoreRequest) -> ScoreResult:
+        if not self.score_enabled:
+            raise self._missing("score")
+        if len(request.prompts) != len(request.continuations):
+            raise ConfigError(
+                f"ScoreRequest: expected as many continuations as prompts, received "
+                f"{len(request.continuations)} for {len(request.prompts)}"
+            )
+
+        def one(pair: tuple[str, str]) -> tuple[tuple[float, int], Usage]:
+            resp = self._send("completions", score_kwargs(self.model, *pair))
+            return parse_score(resp, *pair), response_usage(resp)
+
+        out = self._fan_out(one, list(zip(request.prompts, request.continuations)))
+        return ScoreResult(
+            logprobs=np.array([s for (s, _), _ in out], dtype=np.float64),
+            n_tokens=np.array([n for (_, n), _ in out], dtype=np.int64),
+            usage=merge_usage([u for _, u in out]),
+        )
+
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        if not self.embeddings:
+            raise self._missing("embed")
+        texts = list(request.texts)
+        chunks = [texts[i : i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
+
+        def one(chunk: list[str]) -> tuple[np.ndarray, Usage]:
+            resp = self._send("embeddings", embed_kwargs(self.model, chunk))
+            return parse_embeddings(resp, len(chunk)), response_usage(resp)
+
+        out = self._fan_out(one, chunks)
+        vectors = np.concatenate([v for v, _ in out]) if out else np.zeros((0, 0))
+        if request.normalize and vectors.size:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1.0)
+        return EmbedResult(vectors=vectors, usage=merge_usage([u for _, u in out]))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._sdk.close()
+
+
+_registry.register("openai", OpenAIProvider, summary=OpenAIProvider.summary)
