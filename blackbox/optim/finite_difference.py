@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import BudgetError, bad_value
 from . import estimators as est
 from . import transforms as tx
-from .base import Optimizer, OptimizerConfig, StepInfo, check_positive, check_range, round_rng, round_seed
+from .base import Optimizer, OptimizerConfig, RoundRNG, StepInfo, check_positive, check_range, round_seed
 from .perturbations import get_perturbation
 from .schedules import Constant, PowerDecay, Schedule
 
@@ -121,6 +121,7 @@ class FiniteDifferenceOptimizer(Optimizer):
         self._tstate: tx.State = {}
         self._dirs: np.ndarray | None = None
         self._tx_cache: tuple[float, tx.Transform] | None = None
+        self._rng = RoundRNG()
         # Divergence guard: reference loss at x0, best iterate so far, backoffs taken.
         self.ref_loss: float | None = None
         self.anchor_loss = math.inf
@@ -167,8 +168,7 @@ class FiniteDifferenceOptimizer(Optimizer):
 
     def c_k(self, k: int) -> float:
         """Perturbation size at step ``k`` (1-based)."""
-        assert self.c is not None
-        return PowerDecay(self.c, self.config.gamma)(k)
+        return self.c / k ** self.config.gamma  # PowerDecay(c, gamma), inlined: hot path
 
     def a_schedule(self, a: float | None = None) -> Schedule:
         """The step-size schedule for scale ``a`` (default: the calibrated one)."""
@@ -211,7 +211,7 @@ class FiniteDifferenceOptimizer(Optimizer):
         return self._cost
 
     def _directions(self, n: int) -> np.ndarray:
-        return self._pert.sample(round_rng(self.seed, self.round), n, self.dim)
+        return self._pert.sample(self._rng(self.seed, self.round), n, self.dim)
 
     def _ask(self) -> np.ndarray:
         cfg = self.config
@@ -270,7 +270,7 @@ class FiniteDifferenceOptimizer(Optimizer):
             extras = {"grad_scale": self.grad_scale, "a": self.a, "step0": self.step0}
         else:
             ck = self.c_k(self.step + 1)
-            mean_loss = math.inf if skipped else float(np.mean(losses))
+            mean_loss = math.inf if skipped else float(losses.sum()) / losses.size
             if self.ref_loss is None:  # gains were given: the first step is the reference
                 self.ref_loss = mean_loss
             reason = self._divergence(mean_loss)
@@ -296,14 +296,14 @@ class FiniteDifferenceOptimizer(Optimizer):
                 extras = {"c_k": ck}
             self.step += 1
         self._dirs = None
-        finite = losses[np.isfinite(losses)]
+        finite = losses if not skipped else losses[np.isfinite(losses)]
         return StepInfo(
             round=self.round,
             step=self.step,
             phase=phase,
             queries=self.queries,
             budget=self.budget,
-            loss=float(np.mean(finite)) if finite.size else math.nan,
+            loss=float(finite.sum()) / finite.size if finite.size else math.nan,
             best_loss=self.best_loss,
             skipped=skipped and not guarded,
             extras=extras,

@@ -56,6 +56,8 @@ class Perturbation:
 
     def weights(self, directions: np.ndarray) -> np.ndarray:
         """Per-direction multipliers ``w`` with ``E[w Δᵀ] = I`` (so estimates are unbiased)."""
+        if self.name == "rademacher":
+            return directions  # 1/(±1) = ±1: skip a division per coordinate
         if self.weighting == "inverse":
             return 1.0 / directions
         if self.name == "sphere":

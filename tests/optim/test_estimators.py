@@ -227,6 +227,7 @@ def test_weights_per_weighting() -> None:
     rng = np.random.default_rng(0)
     dirs = get_perturbation("segmented").sample(rng, 3, 8)
     np.testing.assert_array_equal(get_perturbation("segmented").weights(dirs), 1.0 / dirs)
-    np.testing.assert_array_equal(get_perturbation("rademacher").weights(dirs), 1.0 / dirs)
+    signs = get_perturbation("rademacher").sample(rng, 3, 8)
+    np.testing.assert_array_equal(get_perturbation("rademacher").weights(signs), 1.0 / signs)
     np.testing.assert_array_equal(get_perturbation("gaussian").weights(dirs), dirs)
     np.testing.assert_array_equal(get_perturbation("sphere").weights(dirs), dirs * 8)
