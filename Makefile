@@ -22,7 +22,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/blackbox optimize --objective logistic --dim 1000 --optimizer spsa-gc \
-		--budget 20000 --seed 0 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --progress --json
+		--budget 20000 --seed 0 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --progress
 
 test: $(STAMP)
 	$(PY) -m pytest -q

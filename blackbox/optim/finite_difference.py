@@ -19,8 +19,8 @@ and the calibrated values are reported by :meth:`resolved_hyperparameters`.
   loss of +inf after calibration) or a lack of progress (after 20 steps, the running
   average of the loss is still above the loss at ``x0`` plus its noise). It returns the
   parameters to the best iterate seen, clears momentum and multiplies ``a`` by ``backoff``.
-  Runs therefore sit near the largest stable step, which on a fixed query budget beats a
-  cautious guess (measured in ``bench/optimizers.py``).
+  The default never diverges but is not the best step everywhere (``bench/optimizers.py``
+  measures it against a small step0 grid); an explicit ``step0`` or ``a`` always wins.
 * ``o`` (stability constant), when unset: 10% of the steps the budget allows (Spall's
   ``A``), at least 1.
 """
