@@ -351,9 +351,9 @@ def test_calibrated_c_is_clipped_and_momentum_divides_a(kit) -> None:
     r = opt.resolved_hyperparameters()
     assert r["calibrated"]["noise_std"] == 0.0
     assert r["c"] == r["c_min"] == 0.01
-    # spsa-gc's first steps are amplified by 1/(1-β) = 10: a is ten times smaller.
+    # spsa-gc divides a by sqrt(1/(1-β)) = sqrt(10) to account for momentum.
     o, alpha = r["o"], r["alpha"]
-    expected = r["step0"] * (1 + o) ** alpha / r["calibrated"]["grad_scale"] / 10.0
+    expected = r["step0"] * (1 + o) ** alpha / r["calibrated"]["grad_scale"] / 10.0 ** 0.5
     assert r["a"] == pytest.approx(expected, rel=1e-12)
     # Loud noise → c = c_max.
     def loud(X, seed=None):  # noise std 50 × 0.1 = 5, far above c_max
