@@ -10,13 +10,14 @@ checkout. See docs/architecture.md.)
 
 from __future__ import annotations
 
-import functools
-import json
+import importlib
+import importlib.util
 import sys
 from typing import Any, Callable, Optional, TypeVar
 
 import typer
 
+from ._cli_util import JSON_OPT, PROGRESS_OPT, _emit_json, _fail, _show_progress, handle_errors, parse_sets  # noqa: F401
 from ._version import __version__
 from .errors import BlackboxError
 
@@ -36,35 +37,6 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(optimizers_app, name="optimizers")
 app.add_typer(providers_app, name="providers")
 
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
-PROGRESS_OPT = typer.Option(None, "--progress/--no-progress", help="Show a progress bar on stderr (default: when stderr is a terminal).")
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn library errors into one stderr line and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BlackboxError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted; the run keeps its last checkpoint (resume with `blackbox runs resume DIR`)")
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _emit_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"blackbox {__version__}")
@@ -76,17 +48,6 @@ def main_callback(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Black-box and zeroth-order adaptation of pretrained models."""
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    """``["a=0.1", "q=4"]`` → ``{"a": "0.1", "q": "4"}`` (values are coerced by the config)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BlackboxError(f"--set: expected key=value, received {item!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 class _Progress:
@@ -122,10 +83,6 @@ class _Progress:
     def __call__(self, info: Any) -> None:
         if self.enabled:
             self.progress.update(self.task, completed=info.queries, loss=f"{info.loss:.4g}", best=f"{info.best_loss:.4g}")
-
-
-def _show_progress(flag: Optional[bool]) -> bool:
-    return sys.stderr.isatty() if flag is None else flag
 
 
 def _print_result(result: Any, as_json: bool) -> None:
@@ -284,6 +241,19 @@ def providers_probe(spec: str = typer.Argument(..., help="Provider spec, e.g. op
     typer.echo(f"{info['name']}: {', '.join(info['capabilities'])} (loaded in {info['load_ms']} ms)")
     for cap, ms in info["latency_ms"].items():
         typer.echo(f"  {cap:<14} {ms:9.2f} ms")
+
+
+# Method command groups live beside their methods. Each module defines ``app`` and imports
+# torch and friends only inside its commands, so ``blackbox --help`` stays fast.
+_METHOD_GROUPS = {
+    "blackvip": "blackbox.methods.blackvip.cli",
+    "unlearn": "blackbox.methods.eco.cli",
+    "crosstune": "blackbox.methods.crosstune.cli",
+    "fuse": "blackbox.methods.fusion.cli",
+}
+for _name, _module in _METHOD_GROUPS.items():
+    if importlib.util.find_spec(_module) is not None:
+        app.add_typer(importlib.import_module(_module).app, name=_name)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""ECO: unlearning by embedding-corrupted prompts (see docs/eco.md)."""

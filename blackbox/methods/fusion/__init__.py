@@ -1,0 +1,1 @@
+"""Logit fusion: proxy-tuning and dynamic weak-to-strong fusion (see docs/fusion.md)."""
