@@ -1,0 +1,148 @@
+"""The fusion arithmetic on logits (torch): proxy-tuning, the dynamic KL objective, top-k.
+
+Shapes: ``zl``, ``zs`` are ``(V,)`` rows of the large and small base's logits, ``ze`` is
+``(T, V)`` (one row per expert). Everything is computed in float64.
+
+Dynamic objective (``../shared/METHODS.md`` §4). With ``d_t = ze_t − zs`` and the fused
+distribution ``P̃ = softmax(zl + α d_t)`` (one expert active, the others at 0)::
+
+    J(t, α) = Σ_t' [(KL(P̃‖P) − KL(Q_t'‖Q))² + (KL(P‖P̃) − KL(Q‖Q_t'))²]
+
+Both KL terms reduce to two per-candidate sums, ``L(α) = logsumexp(zl + α d)`` and
+``g(α) = E_P̃[d]``::
+
+    KL(P̃‖P) = lse(zl) − L(α) + α g(α)        KL(P‖P̃) = L(α) − lse(zl) − α E_P[d]
+
+so a whole grid is one ``(T, C, V')`` tensor operation. ``V'`` drops the tokens whose fused
+logit stays more than :data:`PRUNE_NATS` below a lower bound of the row maximum for every α in
+``[0, α_max]`` (the logit is linear in α, so checking both ends suffices); their total weight is
+below ``V·e^-50 ≈ 3e-17`` of the row's, under float64 round-off, so the result is the
+full-vocabulary one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+PRUNE_NATS = 50.0
+_INVPHI = (5 ** 0.5 - 1) / 2
+
+
+def proxy_logits(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alpha: Any) -> torch.Tensor:
+    """``zl + Σ_t α_t (ze_t − zs)``; ``alpha`` is a float (same for every expert) or ``(T,)``."""
+    a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
+    return zl.double() + (a * (ze.double() - zs.double()[None])).sum(0)
+
+
+def kl_targets(zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(Q_t‖Q), KL(Q‖Q_t))``, each ``(T,)``: how far each expert moved the small base."""
+    lq = torch.log_softmax(zs.double(), -1)[None]
+    lqt = torch.log_softmax(ze.double(), -1)
+    fwd = (lqt.exp() * (lqt - lq)).sum(-1)
+    rev = (lq.exp() * (lq - lqt)).sum(-1)
+    return fwd, rev
+
+
+def _keep_mask(zl: torch.Tensor, d: torch.Tensor, alpha_max: float) -> torch.Tensor:
+    """Tokens that can matter for some expert and some α in [0, α_max] (see module doc)."""
+    hi = torch.maximum(zl[None], zl[None] + alpha_max * d)  # (T, V) max over α of the fused logit
+    top = int(torch.argmax(zl))
+    bound = torch.minimum(zl[top], zl[top] + alpha_max * d[:, top])  # (T,) lower bound of the row max
+    return (hi >= (bound - PRUNE_NATS)[:, None]).any(0)
+
+
+def kl_pair(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(P̃‖P), KL(P‖P̃))`` for every expert row of ``d`` (T, V) and α in ``alphas`` (C,): ``(T, C)``."""
+    lse_l = torch.logsumexp(zl, -1)
+    e_p = (torch.softmax(zl, -1)[None] * d).sum(-1)  # E_P[d_t], (T,)
+    z = zl[None, None] + alphas[None, :, None] * d[:, None]  # (T, C, V')
+    big = torch.logsumexp(z, -1)  # L(α)
+    g = (torch.softmax(z, -1) * d[:, None]).sum(-1)  # E_P̃[d]
+    kl_fwd = lse_l - big + alphas[None] * g
+    kl_rev = big - lse_l - alphas[None] * e_p[:, None]
+    return kl_fwd.clamp_min(0), kl_rev.clamp_min(0)
+
+
+def dynamic_objective(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, prune: bool = True) -> torch.Tensor:
+    """``J(t, α)`` for every expert ``t`` and candidate ``α``: ``(T, C)`` float64."""
+    zl, zs, ze = zl.double(), zs.double(), ze.double()
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    a, b = kl_targets(zs, ze)
+    d = ze - zs[None]
+    if prune:
+        keep = _keep_mask(zl, d, float(alphas.max()) if alphas.numel() else 0.0)
+        # pruning changes neither P's normaliser in the KL formulas (computed over kept tokens
+        # for both P and P̃ consistently) nor the sums beyond float64 round-off
+        zl, d = zl[keep], d[:, keep]
+    kl_fwd, kl_rev = kl_pair(zl, d, alphas)
+    return ((kl_fwd[..., None] - a) ** 2 + (kl_rev[..., None] - b) ** 2).sum(-1)
+
+
+def _golden(f: Any, lo: float, hi: float, iters: int) -> tuple[float, float]:
+    """Golden-section minimum of a 1-D function on [lo, hi]: ``(x, f(x))``."""
+    x1, x2 = hi - _INVPHI * (hi - lo), lo + _INVPHI * (hi - lo)
+    f1, f2 = f(x1), f(x2)
+    for _ in range(iters):
+        if f1 <= f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - _INVPHI * (hi - lo)
+            f1 = f(x1)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + _INVPHI * (hi - lo)
+            f2 = f(x2)
+    return (x1, f1) if f1 <= f2 else (x2, f2)
+
+
+def dynamic_weights(
+    zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, refine: int = 0
+) -> tuple[torch.Tensor, float]:
+    """The weights ``(T,)`` minimising the objective (one expert at a time) and its value.
+
+    Grid search over ``alphas``; ties go to the smaller α and the first expert. ``refine > 0``
+    runs that many golden-section steps on the chosen expert's α within one grid step of the
+    grid's pick, and keeps the refined α only when its objective is lower.
+    """
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    obj = dynamic_objective(zl, zs, ze, alphas)
+    flat = int(torch.argmin(obj.reshape(-1)))
+    t, c = divmod(flat, obj.shape[1])
+    best_a, best_j = float(alphas[c]), float(obj[t, c])
+    if refine and alphas.numel() > 1:
+        step = float(alphas[1] - alphas[0])
+        lo, hi = max(float(alphas[0]), best_a - step), min(float(alphas[-1]), best_a + step)
+        zl64, zs64, ze64 = zl.double(), zs.double(), ze.double()
+        a, b = kl_targets(zs64, ze64)
+        d = (ze64[t] - zs64)[None]
+
+        def f(x: float) -> float:
+            kf, kr = kl_pair(zl64, d, torch.tensor([x], dtype=torch.float64))
+            return float(((kf[0, 0] - a) ** 2 + (kr[0, 0] - b) ** 2).sum())
+
+        x, fx = _golden(f, lo, hi, refine)
+        if fx < best_j:
+            best_a, best_j = x, fx
+    w = torch.zeros(ze.shape[0], dtype=torch.float64)
+    w[t] = best_a
+    return w, best_j
+
+
+def topk_union(
+    large_ids: torch.Tensor, large_logprobs: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Restrict a step to the union of the large model's returned tokens and each expert's top-k.
+
+    Returns ``(ids (U,), zl_U, zs_U, ze_U (T, U))``. The large model's log-probability of a token
+    it did not return is unknown; it is set to the lowest returned value (an upper bound on the
+    truth). The fusion is then renormalised over the union: an approximation of the
+    full-vocabulary fusion (exact only when the union holds all the probability mass).
+    """
+    parts = [large_ids.long()] + [torch.topk(ze[t], min(k, ze.shape[1])).indices for t in range(ze.shape[0])]
+    ids = torch.unique(torch.cat(parts))
+    floor = large_logprobs.double().min()
+    zl_u = torch.full((ids.numel(),), float(floor), dtype=torch.float64)
+    pos = torch.searchsorted(ids, large_ids.long())
+    zl_u[pos] = large_logprobs.double()
+    return ids, zl_u, zs.double()[ids], ze.double()[:, ids]

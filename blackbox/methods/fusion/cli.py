@@ -1,0 +1,79 @@
+"""``blackbox fuse``: decode with a large model steered by small experts (proxy-tuning, dynamic fusion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors
+from blackbox.errors import ConfigError, bad_value
+
+app = typer.Typer(help="Logit fusion: proxy-tuning and dynamic weak-to-strong fusion at decode time.", no_args_is_help=True)
+
+
+def _read_prompts(prompt: Optional[str], prompts: Optional[Path]) -> list[str]:
+    if (prompt is None) == (prompts is None):
+        raise ConfigError("prompts: expected exactly one of --prompt TEXT or --prompts FILE, received " + ("both" if prompt is not None else "neither"))
+    if prompt is not None:
+        return [prompt]
+    assert prompts is not None
+    if not prompts.is_file():
+        raise bad_value("--prompts", "a text file with one prompt per line", str(prompts))
+    lines = [line.rstrip("\n").replace("\\n", "\n") for line in prompts.read_text(encoding="utf-8").splitlines()]
+    out = [line for line in lines if line.strip()]
+    if not out:
+        raise bad_value("--prompts", "a file with at least one non-empty line", str(prompts))
+    return out
+
+
+@app.command("generate")
+@handle_errors
+def generate(
+    large: str = typer.Option(..., "--large", help="Provider spec of the large base model (hf-causal:..., or openai:... with --large-top-k)."),
+    small: str = typer.Option(..., "--small", help="Provider spec of the small base model (hf-causal:...)."),
+    expert: List[str] = typer.Option(..., "--expert", help="Provider spec of a small expert tuned from the small base; repeat for several."),
+    mode: str = typer.Option("proxy", "--mode", help="proxy (fixed alpha) or dynamic (per-step KL-matched weights)."),
+    alpha: float = typer.Option(1.0, "--alpha", help="proxy: the fixed expert weight, in [0, 2]."),
+    refine: int = typer.Option(0, "--refine", help="dynamic: golden-section steps after the 0..2 grid (0 = grid only)."),
+    max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens to generate at most per prompt."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable); the output ends before it."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts decoded together."),
+    large_top_k: Optional[int] = typer.Option(None, "--large-top-k", help="Fuse over the large model's top-k tokens only (approximation; needed for an API)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line (\\n inside a line is a newline)."),
+    as_json: bool = JSON_OPT,
+    progress: Optional[bool] = PROGRESS_OPT,
+) -> None:
+    """Generate with fused logits; --json prints outputs and the per-step expert weights."""
+    from blackbox.provider import load_provider
+
+    from .decode import FusionConfig, LogitFusion
+
+    texts = _read_prompts(prompt, prompts)
+    config = FusionConfig(
+        mode=mode, alpha=alpha, refine=refine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+        stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k,
+    ).check()
+    loaded = []
+    try:
+        for spec in [large, small, *expert]:
+            loaded.append(load_provider(spec))
+        fusion = LogitFusion(loaded[0], loaded[1], loaded[2:], config)
+        with ProgressBar(len(texts), "prompts", _show_progress(progress)) as bar:
+            result = fusion.generate(texts, on_batch=lambda done: bar.update(done))
+    finally:
+        for p in loaded:
+            p.close()
+    if as_json:
+        out = result.to_dict()
+        out.update({"prompts": texts, "large": large, "small": small, "experts": list(expert), "tokens_per_s": round(result.n_tokens / max(result.seconds, 1e-9), 3)})
+        _emit_json(out)
+        return
+    for text, w in zip(result.texts, result.weights):
+        mean = [round(sum(s[t] for s in w) / max(len(w), 1), 3) for t in range(len(expert))]
+        typer.echo(f"{text}\n  [mean expert weights {mean}]")

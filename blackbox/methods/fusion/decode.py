@@ -1,0 +1,372 @@
+"""Decoding with fused logits: one large base, one small base, T ≥ 1 small experts.
+
+Every model with full logits runs its own forward passes and its own KV cache over the same
+token ids (one shared vocabulary, checked by :func:`shared_vocab`). Each step fuses the
+``(V,)`` logit rows of the large model, the small base and the experts:
+
+* ``proxy``:   ``z_large + α Σ_t (z_expert_t − z_small)`` with a fixed α;
+* ``dynamic``: the same with per-step weights that minimise the KL-matching objective of
+  :mod:`blackbox.methods.fusion.arith`, searched on the grid ``0, 0.1, …, 2`` (one expert at a
+  time) in one tensor operation, optionally refined by golden-section search.
+
+The large model may instead be reachable only through top-k log-probabilities (``large_top_k``):
+the step is then fused over the union of the returned tokens and the experts' top-k,
+renormalised there — an approximation (see :func:`blackbox.methods.fusion.arith.topk_union`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from blackbox.errors import CapabilityError, ConfigError, bad_value
+from blackbox.provider import Provider, require
+from blackbox.types import Capability, GenerateRequest, NextTokenRequest
+
+from . import arith
+
+MODES = ("proxy", "dynamic")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Settings of :func:`fuse_generate` (validated by :meth:`check`)."""
+
+    mode: str = "proxy"
+    alpha: float = 1.0  # proxy: the fixed weight, in [0, alpha_max]
+    alpha_max: float = 2.0  # dynamic: the grid is 0, alpha_step, ..., alpha_max
+    alpha_step: float = 0.1
+    refine: int = 0  # dynamic: golden-section steps after the grid (0 = grid only)
+    max_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    batch_size: int = 8
+    large_top_k: int | None = None  # fuse over the large model's top-k only (API variant)
+    use_cache: bool = True
+
+    def check(self) -> "FusionConfig":
+        if self.mode not in MODES:
+            raise bad_value("mode", f"one of {', '.join(MODES)}", self.mode)
+        for name in ("alpha", "alpha_max", "alpha_step", "temperature", "top_p"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad_value(name, "a finite number", v)
+        if not 0 < self.alpha_max <= 10:
+            raise bad_value("alpha_max", "a number in (0, 10]", self.alpha_max)
+        if not 0 < self.alpha_step <= self.alpha_max:
+            raise bad_value("alpha_step", f"a number in (0, alpha_max={self.alpha_max:g}]", self.alpha_step)
+        if not 0 <= self.alpha <= self.alpha_max:
+            raise bad_value("alpha", f"a number in [0, {self.alpha_max:g}] (alpha_max)", self.alpha)
+        for name in ("max_tokens", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad_value(name, "a positive integer", v)
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or not 0 <= self.refine <= 100:
+            raise bad_value("refine", "an int in [0, 100] (golden-section steps)", self.refine)
+        if self.temperature < 0:
+            raise bad_value("temperature", "a number >= 0 (0 = greedy)", self.temperature)
+        if not 0 < self.top_p <= 1:
+            raise bad_value("top_p", "a number in (0, 1]", self.top_p)
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise bad_value("stop", "a tuple of non-empty strings", self.stop)
+        if self.large_top_k is not None and (isinstance(self.large_top_k, bool) or not isinstance(self.large_top_k, int) or self.large_top_k < 1):
+            raise bad_value("large_top_k", "a positive integer or None", self.large_top_k)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise bad_value("seed", "an int or None", self.seed)
+        return self
+
+    def grid(self) -> torch.Tensor:
+        n = int(round(self.alpha_max / self.alpha_step))
+        return torch.arange(n + 1, dtype=torch.float64) * self.alpha_step
+
+
+@dataclass
+class FusionResult:
+    """What :func:`fuse_generate` returns; ``weights[i][s]`` are the expert weights at step s."""
+
+    texts: list[str]
+    tokens: list[list[int]]
+    weights: list[list[list[float]]]
+    finish_reasons: list[str]
+    seconds: float = 0.0
+    mode: str = "proxy"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "outputs": self.texts, "tokens": self.tokens, "weights": self.weights,
+            "finish_reasons": self.finish_reasons, "seconds": round(self.seconds, 4), "n_tokens": self.n_tokens, **self.info,
+        }
+
+
+# --- vocabularies ---------------------------------------------------------------------
+def logits_width(provider: Provider) -> int:
+    """Number of logits a local model returns per step (its output-embedding rows)."""
+    model = provider.model  # type: ignore[attr-defined]
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(cfg.vocab_size)
+
+
+def shared_vocab(tokenizers: dict[str, Any], widths: dict[str, int]) -> int:
+    """Size ``n`` of the id range every model shares; refuse when the vocabularies differ.
+
+    ``n`` is the smallest of every model's logit width and tokenizer length. The
+    tokenizers' ``token → id`` maps restricted to ids below ``n`` must be identical. A
+    *padded superset* (an expert with extra added tokens or extra padded logit rows beyond
+    ``n``) is accepted: its logits are truncated to the first ``n`` ids, so the extra tokens
+    can never be produced (the policy of the proxy-tuning reference code).
+    """
+    n = min(min(widths.values()), min(len(t) for t in tokenizers.values()))
+    roles = list(tokenizers)
+    ref_role = roles[0]
+    ref = {tok: i for tok, i in tokenizers[ref_role].get_vocab().items() if i < n}
+    for role in roles[1:]:
+        other = {tok: i for tok, i in tokenizers[role].get_vocab().items() if i < n}
+        if other != ref:
+            inv_ref, inv_other = {i: t for t, i in ref.items()}, {i: t for t, i in other.items()}
+            diff = [i for i in range(n) if inv_ref.get(i) != inv_other.get(i)]
+            examples = ", ".join(f"id {i}: {inv_ref.get(i)!r} vs {inv_other.get(i)!r}" for i in diff[:3])
+            raise ConfigError(
+                f"vocabulary: the {role} model's tokenizer differs from the {ref_role} model's on the "
+                f"shared ids 0..{n - 1} ({len(diff)} ids differ, e.g. {examples}); fusion needs "
+                f"one shared vocabulary (same token → id map)"
+            )
+    return n
+
+
+# --- per-model stepping ---------------------------------------------------------------
+class _LocalStepper:
+    """Incremental forward passes of one local model over a left-padded batch, with its KV cache."""
+
+    def __init__(self, provider: Provider, width: int, use_cache: bool) -> None:
+        self.p, self.width, self.use_cache = provider, width, use_cache
+
+    def _logits(self, out: Any) -> torch.Tensor:
+        return out.logits[:, -1, : self.width].to(torch.float64)
+
+    def start(self, seqs: list[list[int]]) -> torch.Tensor:
+        self.seqs = [list(s) for s in seqs]
+        inputs = self.p._batch(self.seqs)  # type: ignore[attr-defined]
+        self.mask, self.pos = inputs["attention_mask"], inputs["position_ids"][:, -1:]
+        out = self.p._forward(inputs, keep=1, use_cache=self.use_cache)  # type: ignore[attr-defined]
+        self.cache = self._cache(out)
+        return self._logits(out)
+
+    def _cache(self, out: Any) -> Any:
+        if not self.use_cache:
+            return None
+        return getattr(out, "cache", None) if self.p._cache_kw == "cache" else out.past_key_values  # type: ignore[attr-defined]
+
+    def step(self, next_ids: list[int]) -> torch.Tensor:
+        for s, t in zip(self.seqs, next_ids):
+            s.append(int(t))
+        if not self.use_cache:  # recompute everything: the reference for the cache test
+            out = self.p._forward(self.p._batch(self.seqs), keep=1, use_cache=False)  # type: ignore[attr-defined]
+            return self._logits(out)
+        dev = self.p.device  # type: ignore[attr-defined]
+        self.mask = torch.cat([self.mask, torch.ones((len(next_ids), 1), dtype=self.mask.dtype, device=self.mask.device)], dim=1)
+        self.pos = self.pos + 1
+        inputs = {"input_ids": torch.tensor(next_ids, device=dev)[:, None], "attention_mask": self.mask, "position_ids": self.pos}
+        out = self.p._forward(inputs, use_cache=True, **{self.p._cache_kw: self.cache})  # type: ignore[attr-defined]
+        self.cache = self._cache(out)
+        return self._logits(out)
+
+
+class _ApiTopK:
+    """A large model reached only through top-k log-probs of a text prompt (e.g. ``openai``).
+
+    Each step sends ``prompt + decoded continuation`` and maps the returned token strings back
+    to ids with the small base's tokenizer (strings that are not one token are dropped). The
+    server re-tokenises the text, which may split it differently: part of the approximation.
+    """
+
+    def __init__(self, provider: Provider, tokenizer: Any, n: int, k: int) -> None:
+        self.p, self.tok, self.k = provider, tokenizer, k
+        self.lookup: dict[str, int] = {}
+        for i in range(n):
+            self.lookup.setdefault(tokenizer.decode([i]), i)
+
+    def query(self, texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        res = self.p.next_token(NextTokenRequest(prompts=tuple(texts), top_k=self.k))
+        out = []
+        for d in res.top_logprobs or ():
+            pairs = [(self.lookup[s], lp) for s, lp in d.items() if s in self.lookup]
+            if not pairs:
+                raise CapabilityError("large_top_k: none of the large model's returned tokens maps to one id of the shared vocabulary")
+            ids, lps = zip(*sorted(dict(pairs).items()))
+            out.append((torch.tensor(ids, dtype=torch.long), torch.tensor(lps, dtype=torch.float64)))
+        return out
+
+
+def _is_local(p: Provider) -> bool:
+    return all(hasattr(p, a) for a in ("model", "tokenizer", "_batch", "_forward", "encode"))
+
+
+# --- the fusion ------------------------------------------------------------------------
+class LogitFusion:
+    """Fused decoding over ``large``, ``small`` and ``experts`` (providers; see module doc)."""
+
+    def __init__(self, large: Provider, small: Provider, experts: Sequence[Provider], config: FusionConfig | None = None) -> None:
+        self.config = (config or FusionConfig()).check()
+        if isinstance(experts, Provider) or not isinstance(experts, (list, tuple)):
+            raise bad_value("experts", "a list of providers", type(experts).__name__)
+        if len(experts) == 0:
+            raise bad_value("experts", "at least one expert provider", "zero experts")
+        self.large, self.small, self.experts = large, small, list(experts)
+        roles = {"small": small, **{f"expert {i + 1}": e for i, e in enumerate(self.experts)}}
+        for role, p in roles.items():
+            require(p, [Capability.LOGITS], f"fusion ({role} model)")
+            if not _is_local(p):
+                raise CapabilityError(f"fusion ({role} model): needs a local model with per-token KV caches (hf-causal); provider {p.name} is not one")
+        self.api_large = False
+        if self.config.large_top_k is None:
+            require(large, [Capability.LOGITS], "fusion (large model; pass large_top_k=K for a top-k API)")
+            if not _is_local(large):
+                raise CapabilityError(f"fusion (large model): full-vocabulary fusion needs a local hf-causal model; provider {large.name} is not one (use large_top_k=K)")
+            roles = {"large": large, **roles}
+        else:
+            require(large, [Capability.LOGITS, Capability.TOP_LOGPROBS], "fusion (large model)", any_of=True)
+            if _is_local(large):
+                roles = {"large": large, **roles}  # emulated top-k: local logits, only k kept
+            else:
+                self.api_large = True
+        self.roles = roles
+        widths = {r: logits_width(p) for r, p in roles.items()}
+        self.n_vocab = shared_vocab({r: p.tokenizer for r, p in roles.items()}, widths)  # type: ignore[attr-defined]
+        self.tokenizer = small.tokenizer  # type: ignore[attr-defined]
+        ref = large if not self.api_large else small
+        self._ref = ref
+        self.eos_ids = frozenset(i for i in ref.eos_ids if i < self.n_vocab)  # type: ignore[attr-defined]
+        self._grid = self.config.grid()
+        c = self.config
+        self._sampling = GenerateRequest(prompts=("",), temperature=c.temperature, top_p=c.top_p, seed=c.seed)
+
+    # one step -------------------------------------------------------------------------
+    def fuse_row(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused logits, weights (T,))`` for one row of full-vocabulary logits."""
+        c = self.config
+        if c.mode == "proxy":
+            w = torch.full((ze.shape[0],), float(c.alpha), dtype=torch.float64)
+        else:
+            w, _ = arith.dynamic_weights(zl, zs, ze, self._grid, refine=c.refine)
+        return arith.proxy_logits(zl, zs, ze, w), w
+
+    def fuse_topk_row(self, large_ids: torch.Tensor, large_lp: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids (U,), fused logits over them, weights)`` for the top-k variant."""
+        k = int(self.config.large_top_k or large_ids.numel())
+        ids, zl_u, zs_u, ze_u = arith.topk_union(large_ids, large_lp, zs, ze, k)
+        fused, w = self.fuse_row(zl_u, zs_u, ze_u)
+        return ids, fused, w
+
+    def _pick(self, logits: torch.Tensor, gen: Any) -> int:
+        # the hf-causal provider's sampler: greedy without a generator, else temperature + top-p
+        return self.small._pick(logits, gen, self._sampling)  # type: ignore[attr-defined]
+
+    # generation ------------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt (the small base's tokenizer), checked against every context."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+            raise bad_value("prompts", "a non-empty list of strings", prompts if isinstance(prompts, str) else type(prompts).__name__)
+        seqs = []
+        for p in prompts:
+            if not isinstance(p, str):
+                raise bad_value("prompts", "strings", type(p).__name__)
+            ids = self.small.encode(p)  # type: ignore[attr-defined]
+            if not ids:
+                raise bad_value("prompts", "texts that encode to at least one token", p)
+            for role, prov in self.roles.items():
+                limit = getattr(prov, "context_length", None)
+                if limit is not None and len(ids) + self.config.max_tokens > limit:
+                    raise bad_value(
+                        "prompts", f"at most {limit} tokens including max_tokens={self.config.max_tokens} (context length of the {role} model {prov.describe().get('model', prov.name)})",
+                        f"{p[:40]!r}: {len(ids)} prompt tokens",
+                    )
+            seqs.append(ids)
+        return seqs
+
+    def generate(self, prompts: Sequence[str], *, on_batch: Callable[[int], None] | None = None, on_step: Callable[[dict[str, Any]], None] | None = None) -> FusionResult:
+        """Decode every prompt; ``on_batch(done)`` after each batch, ``on_step(info)`` after each step and row."""
+        seqs = self.encode(prompts)
+        n = len(seqs)
+        gens = self.small._generators(self._sampling, n)  # type: ignore[attr-defined]  # one per prompt, seeded (seed, index)
+        order = sorted(range(n), key=lambda i: len(seqs[i]))  # similar lengths share a batch
+        rows: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
+        t0 = time.perf_counter()
+        done = 0
+        for start in range(0, n, self.config.batch_size):
+            chunk = order[start : start + self.config.batch_size]
+            for i, r in zip(chunk, self._decode([seqs[i] for i in chunk], [list(prompts)[i] for i in chunk], chunk, [gens[i] for i in chunk], on_step)):
+                rows[i] = r
+            done += len(chunk)
+            if on_batch is not None:
+                on_batch(done)
+        return FusionResult(
+            texts=[r["text"] for r in rows], tokens=[r["tokens"] for r in rows], weights=[r["weights"] for r in rows],
+            finish_reasons=[r["finish"] for r in rows], seconds=time.perf_counter() - t0, mode=self.config.mode,
+            info={"n_vocab": self.n_vocab, "approximate": self.config.large_top_k is not None},
+        )
+
+    def _decode(self, seqs: list[list[int]], prompts: list[str], index: list[int], gens: list[Any], on_step: Any) -> list[dict[str, Any]]:
+        c = self.config
+        b = len(seqs)
+        rows = [{"tokens": [], "weights": [], "text": "", "finish": None} for _ in range(b)]
+        steppers = {role: _LocalStepper(p, self.n_vocab, c.use_cache) for role, p in self.roles.items()}
+        api = _ApiTopK(self.large, self.tokenizer, self.n_vocab, int(c.large_top_k)) if self.api_large else None
+        pad = next(iter(sorted(self.eos_ids)), 0)
+        with torch.inference_mode():
+            logits = {role: s.start(seqs) for role, s in steppers.items()}
+            for step in range(c.max_tokens):
+                active = [r for r in range(b) if rows[r]["finish"] is None]
+                api_rows = api.query([prompts[r] + self.tokenizer.decode(rows[r]["tokens"]) for r in active]) if api else None
+                ze_all = torch.stack([logits[f"expert {t + 1}"] for t in range(len(self.experts))], dim=1)  # (B, T, V)
+                next_ids = [pad] * b
+                for j, r in enumerate(active):
+                    zs, ze = logits["small"][r], ze_all[r]
+                    if c.large_top_k is None:
+                        zl = logits["large"][r]
+                        fused, w = self.fuse_row(zl, zs, ze)
+                        tok = self._pick(fused, gens[r])
+                    else:
+                        if api_rows is not None:
+                            lid, llp = api_rows[j]
+                        else:
+                            zl = logits["large"][r]
+                            top = torch.topk(torch.log_softmax(zl, -1), min(c.large_top_k, zl.numel()))
+                            lid, llp = top.indices, top.values
+                        ids, fused, w = self.fuse_topk_row(lid, llp, zs, ze)
+                        tok = int(ids[self._pick(fused, gens[r])])
+                    next_ids[r] = tok
+                    row = rows[r]
+                    row["tokens"].append(tok)
+                    row["weights"].append([float(x) for x in w])
+                    if on_step is not None:
+                        on_step({"prompt": index[r], "step": step, "token": tok, "weights": w, "large": logits.get("large", [None] * b)[r], "small": zs, "experts": ze})
+                    self._advance(row, tok, step + 1 == c.max_tokens)
+                if all(row["finish"] is not None for row in rows):
+                    break
+                logits = {role: s.step(next_ids) for role, s in steppers.items()}
+        return rows
+
+    def _advance(self, row: dict[str, Any], tok: int, last: bool) -> None:
+        # the reference provider's bookkeeping: end-of-sequence ids, stop strings, text
+        self._ref._advance(row, tok, self.config.stop, last)  # type: ignore[attr-defined]
+
+
+def fuse_generate(
+    large: Provider, small: Provider, experts: Sequence[Provider], prompts: Sequence[str], config: FusionConfig | None = None, **kwargs: Any
+) -> FusionResult:
+    """One call: build a :class:`LogitFusion` and decode ``prompts`` (``kwargs`` go to ``generate``)."""
+    return LogitFusion(large, small, experts, config).generate(prompts, **kwargs)

@@ -1,0 +1,418 @@
+"""Logit fusion (proxy-tuning, dynamic KL-matched fusion) on tiny in-process LMs.
+
+Every model is a random small Llama built here over one BPE tokenizer trained here, so the
+properties of ../shared/METHODS.md §4 can be checked exactly: the fused distribution, the
+chosen weights, batching and KV caching.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+
+from blackbox.errors import CapabilityError, ConfigError
+from blackbox.provider import Provider
+from blackbox.types import Capability, GenerateRequest, NextTokenRequest, NextTokenResult
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
+pytest.importorskip("transformers", reason="transformers not installed")
+
+from blackbox.methods.fusion import arith  # noqa: E402
+from blackbox.methods.fusion.decode import FusionConfig, LogitFusion, _LocalStepper, shared_vocab  # noqa: E402
+
+PROMPTS = ["the cat sat on", "a bird", "one two three four five six", "paris is the capital of the"]
+
+
+# --- fixtures: one tokenizer, several tiny models -------------------------------------
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["the cat sat on the mat", "the dog ate the bone", "a bird can fly over the tree",
+              "paris is the capital of france", "one two three four five six seven eight nine ten"] * 5
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def _llama(vocab: int, seed: int, hidden: int = 32, layers: int = 2, ctx: int = 64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.3)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _wrap(model, tokenizer, name):
+    from blackbox.providers.hf_causal import HFCausalProvider
+
+    return HFCausalProvider.from_model(model, tokenizer, name=name)
+
+
+@pytest.fixture(scope="module")
+def models(tok):
+    v = len(tok)
+    small = _llama(v, 1)
+    expert = copy.deepcopy(small)
+    with torch.no_grad():  # an "expert": the small base with perturbed weights
+        g = torch.Generator().manual_seed(5)
+        for p in expert.parameters():
+            p.add_(0.15 * torch.randn(p.shape, generator=g))
+    expert2 = copy.deepcopy(small)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(6)
+        for p in expert2.parameters():
+            p.add_(0.15 * torch.randn(p.shape, generator=g))
+    return {
+        "large": _wrap(_llama(v, 2, hidden=48, layers=3), tok, "large"),
+        "small": _wrap(small, tok, "small"),
+        "small_copy": _wrap(copy.deepcopy(small), tok, "small-copy"),
+        "expert": _wrap(expert, tok, "expert"),
+        "expert2": _wrap(expert2, tok, "expert2"),
+    }
+
+
+def _greedy(provider, prompts, n):
+    out = provider.generate(GenerateRequest(prompts=tuple(prompts), max_tokens=n))
+    return [provider.tokenizer(t, add_special_tokens=False)["input_ids"] for t in out.texts], out
+
+
+def _cfg(**kw):
+    base = dict(max_tokens=6)
+    base.update(kw)
+    return FusionConfig(**base)
+
+
+# --- what must hold exactly -----------------------------------------------------------
+def test_large_equal_small_alpha_one_reproduces_expert_distribution(models):
+    m = models
+    steps = []
+    fusion = LogitFusion(m["small_copy"], m["small"], [m["expert"]], _cfg(mode="proxy", alpha=1.0, max_tokens=5))
+    res = fusion.generate(PROMPTS, on_step=steps.append)
+    assert len(steps) >= len(PROMPTS)
+    for info in steps:
+        fused, w = fusion.fuse_row(info["large"], info["small"], info["experts"])
+        want = torch.log_softmax(info["experts"][0], -1)
+        assert torch.allclose(torch.log_softmax(fused, -1), want, atol=1e-9)
+        assert w.tolist() == [1.0]
+    # and the greedy tokens are the expert's own greedy tokens
+    expert_out = m["expert"].generate(GenerateRequest(prompts=tuple(PROMPTS), max_tokens=5))
+    assert res.texts == list(expert_out.texts)
+
+
+@pytest.mark.parametrize("mode", ["proxy", "dynamic"])
+def test_experts_equal_small_base_give_the_large_models_output(models, mode):
+    m = models
+    fusion = LogitFusion(m["large"], m["small"], [m["small_copy"], m["small_copy"]], _cfg(mode=mode, alpha=1.5))
+    res = fusion.generate(PROMPTS)
+    large_out = m["large"].generate(GenerateRequest(prompts=tuple(PROMPTS), max_tokens=6))
+    assert res.texts == list(large_out.texts)
+    steps = []
+    fusion.generate(PROMPTS[:1], on_step=steps.append)
+    for info in steps:
+        fused, _ = fusion.fuse_row(info["large"], info["small"], info["experts"])
+        assert torch.allclose(fused, info["large"], atol=1e-12)
+
+
+def test_dynamic_objective_is_zero_at_alpha_one_when_large_is_small(models):
+    m = models
+    steps = []
+    fusion = LogitFusion(m["small_copy"], m["small"], [m["expert"]], _cfg(mode="dynamic"))
+    res = fusion.generate(PROMPTS, on_step=steps.append)
+    for w in res.weights:
+        assert all(step == [pytest.approx(1.0, abs=1e-12)] for step in w)
+    grid = FusionConfig().grid()
+    for info in steps:
+        obj = arith.dynamic_objective(info["large"], info["small"], info["experts"], grid)
+        assert obj.shape == (1, 21)
+        assert float(obj[0, 10]) < 1e-14  # grid[10] == 1.0
+        assert int(torch.argmin(obj[0])) == 10
+        assert float(obj[0, 0]) > 1e-6  # a nonzero shift is needed: α = 0 is wrong
+
+
+def test_dynamic_objective_zero_at_the_constructed_alpha_with_refinement():
+    g = torch.Generator().manual_seed(0)
+    zs = 3 * torch.randn(500, generator=g, dtype=torch.float64)
+    d = torch.randn(500, generator=g, dtype=torch.float64)
+    ze = (zs + d)[None]
+    # P = Q shifted by a constant (same distribution); the right weight is 1
+    w, j = arith.dynamic_weights(zs + 4.0, zs, ze, FusionConfig().grid(), refine=0)
+    assert w.tolist() == [pytest.approx(1.0)] and j < 1e-14
+    # an off-grid truth: the expert's shift is 0.73 of the large model's, so α = 1/0.73 ... build
+    # the large from the expert instead: zl = zs, expert shift d; target KLs from a 1.37-scaled copy
+    ze_far = (zs + 1.37 * d)[None]
+    w_grid, j_grid = arith.dynamic_weights(zs, zs, ze_far, FusionConfig().grid() / 1.37 * 1.37, refine=0)
+    w_ref, j_ref = arith.dynamic_weights(zs, zs, ze_far, torch.arange(21, dtype=torch.float64) * 0.1, refine=30)
+    assert w_ref.tolist() == [pytest.approx(1.0, abs=1e-6)] and j_ref < 1e-12
+    # with a grid that misses the truth, refinement lands on it and lowers the objective
+    grid = torch.tensor([0.0, 0.45, 0.9, 1.35, 1.8], dtype=torch.float64)
+    w0, j0 = arith.dynamic_weights(zs, zs, ze_far, grid, refine=0)
+    w1, j1 = arith.dynamic_weights(zs, zs, ze_far, grid, refine=30)
+    assert w0.tolist() == [0.9] and j0 > 1e-6
+    assert w1.tolist() == [pytest.approx(1.0, abs=1e-5)] and j1 < j0 * 1e-6
+    assert w_grid.shape == (1,) and j_grid >= 0
+
+
+def test_vectorised_objective_matches_a_loop_of_explicit_kls():
+    g = torch.Generator().manual_seed(1)
+    V = 4000
+    zl = 25 * torch.randn(V, generator=g, dtype=torch.float64)  # wide logits: pruning kicks in
+    zs = 8 * torch.randn(V, generator=g, dtype=torch.float64)
+    ze = zs[None] + 2 * torch.randn(2, V, generator=g, dtype=torch.float64)
+    grid = FusionConfig().grid()
+    fast = arith.dynamic_objective(zl, zs, ze, grid)
+    full = arith.dynamic_objective(zl, zs, ze, grid, prune=False)
+    lp, lq = torch.log_softmax(zl, -1), torch.log_softmax(zs, -1)
+    lqt = torch.log_softmax(ze, -1)
+    a = [float((lqt[t].exp() * (lqt[t] - lq)).sum()) for t in range(2)]
+    b = [float((lq.exp() * (lq - lqt[t])).sum()) for t in range(2)]
+    for t in range(2):
+        for c, al in enumerate(grid.tolist()):
+            lpt = torch.log_softmax(zl + al * (ze[t] - zs), -1)
+            k1 = float((lpt.exp() * (lpt - lp)).sum())
+            k2 = float((lp.exp() * (lp - lpt)).sum())
+            want = sum((k1 - a[u]) ** 2 + (k2 - b[u]) ** 2 for u in range(2))
+            assert float(fast[t, c]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+            assert float(full[t, c]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert arith._keep_mask(zl, ze - zs, 2.0).sum() < V  # the test exercised pruning
+
+
+@pytest.mark.parametrize("mode", ["proxy", "dynamic"])
+def test_batched_and_unbatched_decoding_give_the_same_tokens(models, mode):
+    m = models
+    experts = [m["expert"], m["expert2"]]
+    batched = LogitFusion(m["large"], m["small"], experts, _cfg(mode=mode, batch_size=4)).generate(PROMPTS)
+    single = LogitFusion(m["large"], m["small"], experts, _cfg(mode=mode, batch_size=1)).generate(PROMPTS)
+    assert batched.tokens == single.tokens and batched.texts == single.texts
+    for wb, ws in zip(batched.weights, single.weights):
+        assert np.allclose(wb, ws, atol=1e-6)
+    if mode == "dynamic":  # one expert at a time: at most one non-zero weight per step
+        assert all(sum(x != 0 for x in step) <= 1 for w in batched.weights for step in w)
+        assert all(len(step) == 2 for w in batched.weights for step in w)
+
+
+def test_sampling_is_seeded_per_prompt_and_independent_of_batching(models):
+    m = models
+    kw = dict(mode="proxy", temperature=1.0, top_p=0.9, seed=3, max_tokens=8)
+    a = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(batch_size=4, **kw)).generate(PROMPTS)
+    b = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(batch_size=1, **kw)).generate(PROMPTS)
+    c = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(batch_size=4, **{**kw, "seed": 4})).generate(PROMPTS)
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+
+
+def test_kv_cached_and_uncached_logits_agree(models):
+    m = models
+    seqs = [m["large"].encode(p) for p in PROMPTS]
+    cached, plain = _LocalStepper(m["large"], len(m["large"].tokenizer), True), _LocalStepper(m["large"], len(m["large"].tokenizer), False)
+    with torch.inference_mode():
+        x, y = cached.start(seqs), plain.start(seqs)
+        assert torch.allclose(x, y, atol=1e-5)
+        for step in range(5):
+            nxt = [int(t) for t in torch.argmax(x, -1)]
+            x, y = cached.step(nxt), plain.step(nxt)
+            assert torch.allclose(x, y, atol=1e-5), step
+    full = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic")).generate(PROMPTS)
+    nocache = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", use_cache=False)).generate(PROMPTS)
+    assert full.tokens == nocache.tokens
+
+
+def test_stop_strings_max_tokens_and_weights_are_logged(models):
+    m = models
+    res = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", max_tokens=7)).generate(PROMPTS)
+    assert all(len(t) <= 7 for t in res.tokens)
+    assert [len(w) for w in res.weights] == [len(t) for t in res.tokens]
+    assert all(0 <= s[0] <= 2 for w in res.weights for s in w)
+    text = res.texts[0]
+    assert len(text) >= 2
+    stop = text[1:3]
+    cut = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", max_tokens=7, stop=(stop,))).generate(PROMPTS[:1])
+    assert cut.texts[0] == text[: text.find(stop)] and cut.finish_reasons == ["stop"]
+    d = res.to_dict()
+    assert json.loads(json.dumps(d))["weights"] == res.weights
+
+
+# --- vocabularies -----------------------------------------------------------------------
+def test_mismatched_vocabulary_is_refused(models, tok):
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(tm.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.train_from_iterator(["completely different words here", "zebra yak xylophone"] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    other = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    assert len(other) == len(tok) or True  # sizes may even agree: the maps are compared
+    alien = _wrap(_llama(len(other), 9), other, "alien")
+    with pytest.raises(ConfigError, match="vocabulary: the expert 1 model's tokenizer differs"):
+        LogitFusion(models["large"], models["small"], [alien])
+    # same size, two ids swapped: still refused
+    swapped = copy.deepcopy(tok)
+    vocab = tok.get_vocab()
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    assert shared_vocab({"x": tok}, {"x": len(tok)}) == len(tok)
+
+    class Swapped:
+        def __init__(self, base):
+            self.base = base
+
+        def get_vocab(self):
+            v = dict(self.base.get_vocab())
+            v[a], v[b] = v[b], v[a]
+            return v
+
+        def __len__(self):
+            return len(self.base)
+
+    with pytest.raises(ConfigError, match="2 ids differ"):
+        shared_vocab({"large": tok, "small": Swapped(swapped)}, {"large": len(tok), "small": len(tok)})
+
+
+def test_padded_superset_vocabulary_is_truncated_to_the_shared_ids(models, tok):
+    m = models
+    big_tok = copy.deepcopy(tok)
+    big_tok.add_tokens(["<extra_tool_token>"])
+    assert len(big_tok) == len(tok) + 1
+    padded = copy.deepcopy(m["small"].model)
+    padded.resize_token_embeddings(len(tok) + 4)  # padded logit rows as well as an added token
+    padded_p = _wrap(padded, big_tok, "padded-small")
+    with torch.inference_mode():
+        z = padded_p.next_token(NextTokenRequest(prompts=("the cat",))).logits
+    assert z.shape[1] == len(tok) + 4
+    fusion = LogitFusion(m["large"], m["small"], [padded_p], _cfg(mode="proxy"))
+    assert fusion.n_vocab == len(tok)
+    res = fusion.generate(PROMPTS)
+    large_out = m["large"].generate(GenerateRequest(prompts=tuple(PROMPTS), max_tokens=6))
+    assert res.texts == list(large_out.texts)  # the padded copy of the base has no effect
+    assert all(t < len(tok) for ts in res.tokens for t in ts)
+
+
+# --- top-k API variant --------------------------------------------------------------------
+class TopKOnly(Provider):
+    """An API-like large model: top-k log-probs of text prompts only (no logits)."""
+
+    name = "topk-only"
+    declared_capabilities = frozenset({Capability.TOP_LOGPROBS})
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def next_token(self, request):
+        self.calls += 1
+        r = self.inner.next_token(NextTokenRequest(prompts=request.prompts, top_k=request.top_k))
+        return NextTokenResult(logits=None, top_logprobs=r.top_logprobs)
+
+
+def test_topk_variant_matches_full_fusion_when_k_covers_the_vocabulary(models, tok):
+    m = models
+    full = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic")).generate(PROMPTS)
+    emulated = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", large_top_k=len(tok))).generate(PROMPTS)
+    assert emulated.tokens == full.tokens and emulated.info["approximate"] is True
+    small_k = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", large_top_k=3)).generate(PROMPTS)
+    assert len(small_k.tokens) == len(PROMPTS)
+
+
+def test_topk_variant_through_a_text_api(models):
+    m = models
+    api = TopKOnly(m["large"])
+    with pytest.raises(CapabilityError, match="large_top_k"):
+        LogitFusion(api, m["small"], [m["expert"]], _cfg())
+    res = LogitFusion(api, m["small"], [m["expert"]], _cfg(mode="proxy", large_top_k=20, max_tokens=4)).generate(PROMPTS[:2])
+    emu = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="proxy", large_top_k=20, max_tokens=4)).generate(PROMPTS[:2])
+    assert api.calls >= 1
+    # first step: same text, same top-k, except where a token's string is shared by other ids
+    # (the API reports strings; random tiny models like byte tokens that decode to '\ufffd')
+    decoded = [m["small"].tokenizer.decode([i]) for i in range(len(m["small"].tokenizer))]
+    for r, e in zip(res.tokens, emu.tokens):
+        if decoded.count(decoded[e[0]]) == 1:
+            assert r[0] == e[0]
+    assert all(len(w) == len(t) for w, t in zip(res.weights, res.tokens)) and res.info["approximate"]
+
+
+def test_topk_union_floor_and_renormalisation():
+    zs = torch.tensor([0.0, 1.0, 2.0, 3.0, -1.0], dtype=torch.float64)
+    ze = torch.tensor([[0.0, 1.0, 2.0, 3.0, 5.0]], dtype=torch.float64)
+    ids, zl_u, zs_u, ze_u = arith.topk_union(torch.tensor([3, 1]), torch.tensor([-0.1, -2.5], dtype=torch.float64), zs, ze, 2)
+    assert ids.tolist() == [1, 3, 4]  # the large model's tokens and the expert's top-2
+    assert zl_u.tolist() == [-2.5, -0.1, -2.5]  # an unreturned token gets the lowest returned value
+    assert ze_u.tolist() == [[1.0, 3.0, 5.0]] and zs_u.tolist() == [1.0, 3.0, -1.0]
+
+
+# --- bad input ------------------------------------------------------------------------
+class TextOnly(Provider):
+    name = "text-only"
+    declared_capabilities = frozenset({Capability.TEXT})
+
+
+def test_bad_inputs_are_refused_with_clear_messages(models):
+    m = models
+    with pytest.raises(CapabilityError, match=r"fusion \(small model\): needs logits"):
+        LogitFusion(m["large"], TextOnly(), [m["expert"]])
+    with pytest.raises(CapabilityError, match=r"fusion \(large model"):
+        LogitFusion(TextOnly(), m["small"], [m["expert"]])
+    with pytest.raises(ConfigError, match=r"alpha: expected a number in \[0, 2\]"):
+        LogitFusion(m["large"], m["small"], [m["expert"]], FusionConfig(alpha=2.5))
+    with pytest.raises(ConfigError, match="alpha: expected a finite number"):
+        FusionConfig(alpha=float("nan")).check()
+    with pytest.raises(ConfigError, match="experts: expected at least one expert provider, received 'zero experts'"):
+        LogitFusion(m["large"], m["small"], [])
+    with pytest.raises(ConfigError, match="stop: expected a tuple of non-empty strings"):
+        FusionConfig(stop=("",)).check()
+    with pytest.raises(ConfigError, match="mode: expected one of proxy, dynamic"):
+        FusionConfig(mode="static").check()
+    fusion = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(max_tokens=10))
+    with pytest.raises(ConfigError, match=r"at most 64 tokens including max_tokens=10 \(context length of the large model large\)"):
+        fusion.generate(["the cat " * 40])
+    with pytest.raises(ConfigError, match="prompts: expected a non-empty list"):
+        fusion.generate([])
+
+
+# --- CLI --------------------------------------------------------------------------------
+def test_cli_generate_json(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from blackbox.cli import app
+
+    m = models
+    specs = {}
+    for role in ("large", "small", "expert"):
+        d = tmp_path / role
+        m[role].model.save_pretrained(str(d), safe_serialization=True)
+        m[role].tokenizer.save_pretrained(str(d))
+        specs[role] = f"hf-causal:{d}"
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text("\n".join(PROMPTS[:3]) + "\n")
+    args = ["fuse", "generate", "--large", specs["large"], "--small", specs["small"], "--expert", specs["expert"],
+            "--expert", specs["expert"], "--mode", "dynamic", "--max-tokens", "4", "--prompts", str(pfile), "--json", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(out["outputs"]) == 3 and len(out["weights"]) == 3
+    assert all(len(step) == 2 for w in out["weights"] for step in w)
+    want = LogitFusion(m["large"], m["small"], [m["expert"], m["expert"]], _cfg(mode="dynamic", max_tokens=4)).generate(PROMPTS[:3])
+    assert out["outputs"] == want.texts
+    bad = CliRunner().invoke(app, ["fuse", "generate", "--large", specs["large"], "--small", specs["small"], "--expert", specs["expert"],
+                                   "--alpha", "3", "--prompt", "the cat"])
+    assert bad.exit_code == 1 and "alpha: expected a number in [0, 2]" in bad.output
+    both = CliRunner().invoke(app, ["fuse", "generate", "--large", specs["large"], "--small", specs["small"], "--expert", specs["expert"]])
+    assert both.exit_code == 1 and "exactly one of --prompt" in both.output
+
+
+def test_package_init_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, blackbox.methods.fusion, blackbox.methods.fusion.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
