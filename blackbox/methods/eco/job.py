@@ -1,0 +1,632 @@
+"""Offline ECO unlearning jobs: fit (resumable), evaluate, generate.
+
+**Input files** are JSONL, one object per line:
+
+``prompt`` (string, required)
+    the text given to the model.
+``answer`` (string, optional)
+    the correct answer; a prompt counts as *known* when the model's greedy continuation
+    contains it (accents and case ignored). Used to measure accuracy before and after.
+``target`` (string, optional in retain/general files; needed in the forget file for the
+entity-aware gate and ``entity`` token selection)
+    the entity the prompt is about (e.g. a country).
+``aliases`` (list of strings, optional)
+    other names of the target.
+
+**Run directory** of ``fit``::
+
+    config.json          inputs (file digests), model spec, configuration
+    evals.jsonl          every model evaluation, appended and fsynced as it completes;
+                         a killed job resumes by replaying these and computing the rest
+    artifact.json        the fitted guard: gate (matcher, threshold), corruption, strength,
+    artifact.safetensors search trace, metrics (JSON + safetensors, no pickle)
+
+The job is deterministic (gate training, corruption noise seeded per prompt, greedy
+decoding), so a resumed run produces the same artifact as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from blackbox._version import __version__
+from blackbox.errors import ConfigError, RunError, bad_value
+from blackbox.runs import atomic_write_json, load_tensors, save_tensors
+
+from .corruption import CORRUPTIONS, SELECTIONS, SWITCH_FAMILIES, Corruption, max_strength
+from .gate import EntityMatcher, Gate, GateConfig, augment, min_calibration_size, normalize
+from .search import SEARCHES, Measurement, SearchResult, bracket_bisect, central_difference, vector_central_difference
+
+ALLOWED_KEYS = ("prompt", "answer", "target", "aliases")
+CONFIG, EVALS, ARTIFACT, ARRAYS = "config.json", "evals.jsonl", "artifact.json", "artifact.safetensors"
+
+
+class NothingToForgetWarning(UserWarning):
+    """A forget target the model does not answer correctly to begin with."""
+
+
+# --- data ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Item:
+    prompt: str
+    answer: str | None = None
+    target: str | None = None
+    aliases: tuple[str, ...] = ()
+    line: int = 0
+
+
+def load_jsonl(path: str | os.PathLike[str], role: str) -> list[Item]:
+    """Read a JSONL prompt file; errors name the file, the line and the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise bad_value(role, "an existing JSONL file", str(p))
+    items: list[Item] = []
+    with p.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{role}: {p}: line {n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            items.append(_item(obj, f"{role}: {p}: line {n}", n))
+    return items
+
+
+def _item(obj: Any, where: str, line: int = 0) -> Item:
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: expected a JSON object with a 'prompt', received {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(ALLOWED_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED_KEYS)}")
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(f"{where}: 'prompt': expected a non-empty string, received {prompt!r}")
+    for key in ("answer", "target"):
+        if obj.get(key) is not None and (not isinstance(obj[key], str) or not obj[key].strip()):
+            raise ConfigError(f"{where}: '{key}': expected a non-empty string, received {obj[key]!r}")
+    aliases = obj.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise ConfigError(f"{where}: 'aliases': expected a list of non-empty strings, received {aliases!r}")
+    return Item(prompt, obj.get("answer"), obj.get("target"), tuple(aliases), line)
+
+
+def as_items(rows: Sequence[Any], role: str) -> list[Item]:
+    """Items from Item objects, dicts (``{"prompt": ..., ...}``) or plain prompt strings."""
+    out = []
+    for k, r in enumerate(rows):
+        if isinstance(r, Item):
+            out.append(r)
+        elif isinstance(r, str):
+            out.append(_item({"prompt": r}, f"{role}[{k}]"))
+        else:
+            out.append(_item(r, f"{role}[{k}]"))
+    return out
+
+
+def is_correct(output: str, answer: str) -> bool:
+    """Whether the answer appears as whole words in the output's first line (case/accents ignored)."""
+    first = normalize(output.strip().split("\n")[0]) if output.strip() else ""
+    ans = normalize(answer.strip())
+    if not ans:
+        return False
+    words = " ".join(first.replace(",", " ").replace(".", " ").split())
+    return f" {ans} " in f" {words} "
+
+
+def check_sets(forget: list[Item], retain: list[Item]) -> None:
+    """Empty forget set; prompts that are both forget and retain (listed)."""
+    if not forget:
+        raise bad_value("forget", "at least one prompt to forget", "an empty set")
+    if not retain:
+        raise bad_value("retain", "at least one retain prompt", "an empty set")
+    forget_prompts = {normalize(i.prompt.strip()) for i in forget}
+    overlap = [i.prompt for i in retain if normalize(i.prompt.strip()) in forget_prompts]
+    if overlap:
+        shown = "; ".join(repr(p[:60]) for p in overlap[:5])
+        raise ConfigError(f"forget/retain: {len(overlap)} prompt(s) appear in both sets (remove them from one): {shown}")
+    forget_targets = {normalize(i.target) for i in forget if i.target}
+    clash = sorted({i.target for i in retain if i.target and normalize(i.target) in forget_targets})
+    if clash:
+        raise ConfigError(f"forget/retain: target(s) {', '.join(clash)} are both to forget and to retain")
+
+
+# --- configuration ---------------------------------------------------------------------------
+@dataclass
+class EcoConfig:
+    """Everything a fit depends on besides the model and the data (stored in the artifact)."""
+
+    corruption: str = "gaussian_first_n"
+    """Corruption family (see blackbox.methods.eco.corruption)."""
+    tokens: str = "entity"
+    """Which tokens to corrupt: 'entity' (the target's tokens) or 'all_but_last'."""
+    dims: int | None = None
+    """Embedding dimensions touched by the gaussian families (None: all)."""
+    search: str = "bracket"
+    """Strength search: 'bracket' (bracket then bisect), 'central' (central differences with a floor), 'vector'."""
+    start: float = 0.05
+    """Initial strength."""
+    grow: float = 2.0
+    """Bracket growth factor."""
+    max_strength: float | None = None
+    """Largest strength tried (None: unbounded; fraction families stop at 1)."""
+    bisect_steps: int = 6
+    """Bisection steps on the cliff (the bracket search)."""
+    rtol: float = 0.05
+    """Relative width at which bisection stops."""
+    eps: float = 0.1
+    """Central-difference probe offset."""
+    lr: float = 100.0
+    """Central-difference step size (the reference uses 100 on a 0–1 accuracy objective)."""
+    floor: float = 1e-3
+    """Smallest strength the central-difference rule may step to."""
+    max_step: float | None = 0.1
+    """Clip on one central-difference step (None: the unclipped reference rule)."""
+    max_steps: int = 10
+    """Central-difference steps."""
+    objective: str = "accuracy"
+    """'accuracy': forget-set accuracy down to target_accuracy; 'divergence': mean per-token NLL of target_text at most max_divergence."""
+    target_accuracy: float = 0.0
+    """Forget accuracy to reach (chance; 0 for open answers)."""
+    tol: float = 0.0
+    """Slack on the target: met when accuracy <= target_accuracy + tol."""
+    target_text: str = " I don't know."
+    """Target output for the divergence objective (e.g. a refusal)."""
+    max_divergence: float = 2.0
+    """Divergence objective: met when the target text's mean per-token NLL is at most this."""
+    max_new_tokens: int = 8
+    """Greedy tokens generated to check an answer."""
+    stop: tuple[str, ...] = ("\n",)
+    """Stop strings for generation."""
+    fpr: float = 0.01
+    """Gate false-positive level (calibrated, split-conformal)."""
+    calibration_fraction: float = 0.5
+    """Share of retain/general prompts held out to calibrate the gate threshold."""
+    exact_match: bool = True
+    """Gate flags every prompt naming a forget target or alias."""
+    encoder: str | None = None
+    """Encoder provider spec for gate features (e.g. 'sentence-encoder:minilm'); None: lexical only."""
+    seed: int = 0
+    """Seed of the data split, the gate and the corruption noise."""
+
+    def __post_init__(self) -> None:
+        if self.corruption not in CORRUPTIONS:
+            raise bad_value("corruption", f"one of {', '.join(CORRUPTIONS)}", self.corruption)
+        if self.tokens not in SELECTIONS:
+            raise bad_value("tokens", f"one of {', '.join(SELECTIONS)}", self.tokens)
+        if self.search not in SEARCHES:
+            raise bad_value("search", f"one of {', '.join(SEARCHES)}", self.search)
+        if self.objective not in ("accuracy", "divergence"):
+            raise bad_value("objective", "'accuracy' or 'divergence'", self.objective)
+        if not 0 <= self.target_accuracy <= 1:
+            raise bad_value("target_accuracy", "a number in [0, 1]", self.target_accuracy)
+        if not 0 < self.calibration_fraction < 1:
+            raise bad_value("calibration_fraction", "a number in (0, 1)", self.calibration_fraction)
+        if not 0 < self.fpr < 1:
+            raise bad_value("fpr", "a false-positive level in (0, 1)", self.fpr)
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad_value("max_new_tokens", "a positive int", self.max_new_tokens)
+        if self.start <= 0:
+            raise bad_value("start", "a strength > 0", self.start)
+        self.stop = tuple(self.stop)
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, str]) -> "EcoConfig":
+        """Build from ``--set key=value`` strings (types follow the field defaults)."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in overrides.items():
+            if key not in known:
+                raise ConfigError(f"--set: unknown key {key!r}; valid keys: {', '.join(known)}")
+            default = known[key].default
+            kwargs[key] = _coerce(key, raw, default, known[key].type)
+        return cls(**kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["stop"] = list(self.stop)
+        return out
+
+
+def _coerce(key: str, raw: str, default: Any, annotation: Any) -> Any:
+    text = str(raw)
+    if text.lower() in ("none", "null") and ("None" in str(annotation)):
+        return None
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(default, int) or "int" in str(annotation) and "float" not in str(annotation):
+            return int(text)
+        if isinstance(default, float) or "float" in str(annotation):
+            return float(text)
+        if isinstance(default, tuple):
+            return tuple(s for s in text.split("|") if s)
+    except ValueError:
+        raise bad_value(key, f"a value like {default!r}", raw) from None
+    return text
+
+
+# --- memo of model evaluations ---------------------------------------------------------------
+class Memo:
+    """``evals.jsonl``: one line per finished evaluation, fsynced; a torn last line is dropped."""
+
+    def __init__(self, path: Path, on_new: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        self.on_new = on_new
+        if path.exists():
+            good = 0
+            raw = path.read_bytes()
+            for line in raw.split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # torn write at the end: everything after it is recomputed
+                self.data[obj["key"]] = obj["value"]
+                good += len(line) + 1
+            if good < len(raw):
+                with path.open("r+b") as fh:
+                    fh.truncate(good)
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key in self.data:
+            return self.data[key]
+        value = compute()
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"key": key, "value": value}, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.data[key] = value
+        if self.on_new is not None:
+            self.on_new(key)
+        return value
+
+
+# --- model evaluation helpers ------------------------------------------------------------------
+def _digest(items: Sequence[Item]) -> str:
+    h = hashlib.sha256()
+    for i in items:
+        h.update(json.dumps([i.prompt, i.answer, i.target, list(i.aliases)]).encode())
+    return h.hexdigest()[:16]
+
+
+def generate_all(provider: Any, prompts: Sequence[str], config: EcoConfig) -> tuple[list[str], int]:
+    """Greedy continuations and the model queries spent."""
+    from blackbox.types import GenerateRequest
+
+    if not prompts:
+        return [], 0
+    r = provider.generate(GenerateRequest(tuple(prompts), max_tokens=config.max_new_tokens, temperature=0.0, stop=config.stop))
+    return list(r.texts), int(r.usage.queries)
+
+
+def accuracy(outputs: Sequence[str], items: Sequence[Item]) -> float | None:
+    scored = [is_correct(o, i.answer) for o, i in zip(outputs, items) if i.answer]
+    return float(np.mean(scored)) if scored else None
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def memo_generate(memo: Memo, key: str, provider: Any, items: Sequence[Item], config: EcoConfig, chunk: int = 16) -> tuple[list[str], int]:
+    """Greedy outputs of ``items`` in memoised chunks (so a killed job loses at most one chunk)."""
+    outs: list[str] = []
+    queries = 0
+    for r in _chunks(len(items), chunk):
+        val = memo.get(f"{key}:{r.start}", lambda r=r: dict(zip(("texts", "queries"), generate_all(provider, [items[i].prompt for i in r], config))))
+        outs += val["texts"]
+        queries += val["queries"]
+    return outs, queries
+
+
+# --- fit -------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    artifact: dict[str, Any]
+    run_dir: Path
+    resumed: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_calibration(negatives: Sequence[str], config: EcoConfig) -> tuple[list[str], list[str]]:
+    """``(train, calibration)`` negatives; errors early when calibration is too small."""
+    uniq = list(dict.fromkeys(negatives))
+    rng = np.random.default_rng([config.seed, 11])
+    order = rng.permutation(len(uniq))
+    n_cal = int(round(config.calibration_fraction * len(uniq)))
+    need = min_calibration_size(config.fpr)
+    if n_cal < need:
+        total = int(np.ceil(need / config.calibration_fraction))
+        raise ConfigError(
+            f"calibration: a gate false-positive level of {config.fpr:g} needs at least {need} held-out retain/general "
+            f"prompts; {len(uniq)} distinct retain/general prompts give {n_cal} with calibration_fraction "
+            f"{config.calibration_fraction:g} (give at least {total} retain/general prompts, e.g. with --general, "
+            f"or raise --fpr to {1.0 / (n_cal + 1) if n_cal else 1:.3g} or more)"
+        )
+    cal = [uniq[i] for i in order[:n_cal]]
+    train = [uniq[i] for i in order[n_cal:]]
+    return train, cal
+
+
+def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence[Item], config: EcoConfig, encoder: Any = None) -> tuple[Gate, dict[str, Any]]:
+    """Train and calibrate the gate; returns it with a small report."""
+    forget_targets: dict[str, list[str]] = {}
+    for i in forget:
+        if i.target:
+            forget_targets.setdefault(i.target, [])
+            forget_targets[i.target] += [a for a in i.aliases if a not in forget_targets[i.target]]
+    others = list(dict.fromkeys(i.target for i in list(retain) + list(general) if i.target))
+    matcher = EntityMatcher(forget_targets, others)
+    negatives = [i.prompt for i in list(retain) + list(general)]
+    train_neg, cal = split_calibration(negatives, config)
+    pos_extra, neg_extra = augment([(i.prompt, i.target) for i in forget if i.target], others, matcher, seed=config.seed)
+    positives = [i.prompt for i in forget] + pos_extra
+    gate = Gate(GateConfig(fpr=config.fpr, exact_match=config.exact_match, seed=config.seed), matcher, encoder)
+    gate.fit(positives, train_neg + neg_extra, cal)
+    cal_flags = gate.flags(cal)
+    report = {
+        "n_train_positive": len(positives), "n_train_negative": len(train_neg) + len(neg_extra),
+        "n_hard_negative": len(neg_extra), "n_calibration": len(cal),
+        "calibration_false_positive_rate": float(cal_flags.mean()), "threshold": gate.threshold_,
+        "forget_recall_train": float(gate.flags([i.prompt for i in forget]).mean()),
+    }
+    return gate, report
+
+
+def _objective(provider: Any, known: Sequence[Item], corruption: Corruption, spans: Callable[[str], list], config: EcoConfig, memo: Memo) -> Callable[[Any], Measurement]:
+    """The search objective: forced corruption of the known forget prompts at a strength."""
+    from .guarded import GuardedProvider
+
+    def f(strength: Any) -> Measurement:
+        s = float(strength[0]) if isinstance(strength, (list, tuple, np.ndarray)) else float(strength)
+        key = f"search:{s!r}"
+
+        def compute() -> dict[str, Any]:
+            forced = GuardedProvider(provider, None, corruption.with_strength(s), spans=spans)
+            if config.objective == "accuracy":
+                outs, q = generate_all(forced, [i.prompt for i in known], config)
+                acc = accuracy(outs, known) or 0.0
+                return {"accuracy": acc, "queries": q}
+            from blackbox.types import ScoreRequest
+
+            r = forced.score(ScoreRequest(tuple(i.prompt for i in known), tuple(config.target_text for _ in known)))
+            nll = float(np.mean(-r.logprobs / np.maximum(r.n_tokens, 1)))
+            return {"divergence": nll, "queries": int(r.usage.queries)}
+
+        v = memo.get(key, compute)
+        if config.objective == "accuracy":
+            acc = v["accuracy"]
+            return Measurement(abs(acc - config.target_accuracy), acc <= config.target_accuracy + config.tol + 1e-12, v["queries"], {"accuracy": acc})
+        d = v["divergence"]
+        return Measurement(max(d - config.max_divergence, 0.0), d <= config.max_divergence, v["queries"], {"divergence": d})
+
+    return f
+
+
+def run_search(f: Callable[[Any], Measurement], config: EcoConfig) -> SearchResult:
+    cap = max_strength(config.corruption)
+    top = config.max_strength if config.max_strength is not None else cap
+    if config.corruption in SWITCH_FAMILIES:
+        m = f(1.0)
+        ev = [{"strength": 1.0, "value": m.value, "met": m.met, "queries": m.queries, **m.info}]
+        return SearchResult(1.0, m.value, m.met, m.queries, ev, "switch")
+    if config.search == "bracket":
+        return bracket_bisect(f, start=min(config.start, top) if top else config.start, grow=config.grow, max_strength=top,
+                              bisect_steps=config.bisect_steps, rtol=config.rtol)
+    if config.search == "central":
+        return central_difference(f, start=config.start, eps=config.eps, lr=config.lr, floor=config.floor,
+                                  max_step=config.max_step, max_steps=config.max_steps)
+    return vector_central_difference(f, [config.start], eps=config.eps, lr=config.lr, floor=config.floor,
+                                     max_step=config.max_step, max_steps=config.max_steps, seed=config.seed)
+
+
+def fit(
+    provider: Any,
+    forget: Sequence[Any],
+    retain: Sequence[Any],
+    run_dir: str | os.PathLike[str],
+    *,
+    general: Sequence[Any] = (),
+    config: EcoConfig | None = None,
+    model_spec: str | None = None,
+    encoder: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Fit a guard (resumable): gate, knowledge before, strength search, metrics after.
+
+    Re-running on the same ``run_dir`` with the same inputs resumes (or returns the finished
+    artifact); different inputs are refused.
+    """
+    from .guarded import GuardedProvider, check_base
+
+    config = config or EcoConfig()
+    forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
+    check_sets(forget_i, retain_i)
+    missing = [i.line or k for k, i in enumerate(forget_i) if not i.target]
+    if config.tokens == "entity" and missing and len(missing) == len(forget_i):
+        warnings.warn("forget: no item has a 'target'; the gate cannot match entities and tokens fall back to all_but_last", stacklevel=2)
+    check_base(provider)
+    if encoder is None and config.encoder:
+        from blackbox.provider import load_provider
+
+        encoder = load_provider(config.encoder)
+    split_calibration([i.prompt for i in retain_i + general_i], config)  # fail before any query
+    run = Path(run_dir)
+    cfg = {
+        "library_version": __version__, "config": config.to_json(), "model": model_spec, "provider": provider.describe(),
+        "inputs": {"forget": _digest(forget_i), "retain": _digest(retain_i), "general": _digest(general_i)},
+        "counts": {"forget": len(forget_i), "retain": len(retain_i), "general": len(general_i)},
+    }
+    resumed = False
+    if (run / CONFIG).exists():
+        old = json.loads((run / CONFIG).read_text())
+        if old != json.loads(json.dumps(cfg, sort_keys=True)):
+            diff = sorted(k for k in cfg if old.get(k) != json.loads(json.dumps(cfg[k])))
+            raise RunError(f"run_dir: {run} holds a different ECO run (differs in: {', '.join(diff)}); use a new directory")
+        resumed = True
+        if (run / ARTIFACT).exists():
+            return FitResult(json.loads((run / ARTIFACT).read_text()), run, resumed=True)
+    else:
+        if run.exists() and any(run.iterdir()):
+            raise RunError(f"run_dir: {run} exists and is not an ECO run directory; use a new or empty directory")
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / CONFIG, cfg)
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    n_steps_total = 3 * len(forget_i) + 2 * len(retain_i) + 2 * len(general_i)
+    state = {"done": 0}
+
+    def tick(key: str) -> None:
+        if progress is not None:
+            progress({"event": "evaluation", "key": key, "done": len(memo.data), "total_hint": n_steps_total})
+
+    memo = Memo(run / EVALS, tick)
+
+    # 1. gate (no model queries)
+    gate, gate_report = build_gate(forget_i, retain_i, general_i, config, encoder)
+    if progress is not None:
+        progress({"event": "gate", **gate_report})
+
+    # 2. what the model knows before
+    f_out, q_f = memo_generate(memo, "before:forget", provider, forget_i, config)
+    r_out, q_r = memo_generate(memo, "before:retain", provider, retain_i, config)
+    g_out, q_g = memo_generate(memo, "before:general", provider, general_i, config)
+    known = [i for i, o in zip(forget_i, f_out) if i.answer and is_correct(o, i.answer)]
+    unknown = sorted({i.target or i.prompt[:40] for i, o in zip(forget_i, f_out) if i.answer and not is_correct(o, i.answer)})
+    if unknown:
+        msg = f"forget: the model does not answer {len(unknown)} target(s) correctly to begin with (nothing to forget there): {', '.join(unknown[:10])}"
+        warnings.warn(msg, NothingToForgetWarning, stacklevel=2)
+        notes.append(msg)
+
+    # 3. strength search on the known forget prompts (forced corruption)
+    base_corr = Corruption(config.corruption, 0.0, config.dims, config.tokens, config.seed)
+    if known:
+        result = run_search(_objective(provider, known, base_corr, gate.spans, config, memo), config)
+    else:
+        msg = "forget: the model knows none of the forget answers; nothing to forget, strength left at start"
+        warnings.warn(msg, NothingToForgetWarning, stacklevel=2)
+        notes.append(msg)
+        result = SearchResult(config.start, float("nan"), False, 0, [], "nothing to forget")
+    strength = float(result.strength[0]) if isinstance(result.strength, list) else float(result.strength)
+    corruption = base_corr.with_strength(strength)
+
+    # 4. after: through the guarded model
+    guarded = GuardedProvider(provider, gate, corruption)
+    fa, _ = memo_generate(memo, f"after:{strength!r}:forget", guarded, forget_i, config)
+    ra, _ = memo_generate(memo, f"after:{strength!r}:retain", guarded, retain_i, config)
+    ga, _ = memo_generate(memo, f"after:{strength!r}:general", guarded, general_i, config)
+    metrics = {
+        "forget_accuracy_before": accuracy(f_out, forget_i), "forget_accuracy_after": accuracy(fa, forget_i),
+        "retain_accuracy_before": accuracy(r_out, retain_i), "retain_accuracy_after": accuracy(ra, retain_i),
+        "known_forget_accuracy_after": accuracy([o for o, i in zip(fa, forget_i) if i in known], known) if known else None,
+        "general_unchanged": float(np.mean([a == b for a, b in zip(g_out, ga)])) if general_i else None,
+        "retain_unchanged": float(np.mean([a == b for a, b in zip(r_out, ra)])),
+        "gate_recall_forget": float(gate.flags([i.prompt for i in forget_i]).mean()),
+        "gate_flag_rate_retain": float(gate.flags([i.prompt for i in retain_i]).mean()),
+        "n_forget": len(forget_i), "n_known_forget": len(known), "n_retain": len(retain_i), "n_general": len(general_i),
+        "search_queries": result.queries, "search_evaluations": len(result.evaluations),
+        "knowledge_queries": q_f + q_r + q_g,
+    }
+    artifact = {
+        "format": "blackbox-eco/1", "library_version": __version__, "model": model_spec, "provider": provider.describe(),
+        "config": config.to_json(), "gate": gate.to_json(), "gate_report": gate_report,
+        "corruption": corruption.to_json(), "strength": strength, "search": result.to_json(), "metrics": metrics,
+        "notes": notes, "timing": {"wall_s": round(time.perf_counter() - t0, 3)},
+    }
+    save_tensors(run / ARRAYS, gate.arrays(), {"format": "blackbox-eco/1"})
+    atomic_write_json(run / ARTIFACT, _jsonable(artifact))
+    return FitResult(json.loads((run / ARTIFACT).read_text()), run, resumed=resumed, warnings=notes)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return _jsonable(x.item())
+    return x
+
+
+# --- loading, eval, generate ------------------------------------------------------------------
+def load_artifact(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    run = Path(run_dir)
+    if not (run / ARTIFACT).is_file() or not (run / ARRAYS).is_file():
+        hint = " (the fit did not finish: run `blackbox unlearn fit` again with the same arguments to resume)" if (run / CONFIG).exists() else ""
+        raise RunError(f"run_dir: {run} has no finished ECO artifact ({ARTIFACT} + {ARRAYS}){hint}")
+    artifact = json.loads((run / ARTIFACT).read_text())
+    if artifact.get("format") != "blackbox-eco/1":
+        raise RunError(f"run_dir: {run}/{ARTIFACT} is not an ECO artifact (format {artifact.get('format')!r})")
+    arrays, _ = load_tensors(run / ARRAYS)
+    return artifact, arrays
+
+
+def load_guarded(run_dir: str | os.PathLike[str], *, model: str | None = None, provider: Any = None, encoder: Any = None) -> Any:
+    """The guarded provider of a fitted run (``model``/``provider`` override the stored spec)."""
+    from blackbox.provider import load_provider
+
+    from .guarded import GuardedProvider
+
+    artifact, arrays = load_artifact(run_dir)
+    if provider is None:
+        spec = model or artifact.get("model")
+        if not spec:
+            raise ConfigError("model: the artifact stores no model spec (fitted on an in-memory model); pass --model SPEC")
+        provider = load_provider(spec)
+    enc_spec = artifact["config"].get("encoder")
+    if encoder is None and enc_spec:
+        encoder = load_provider(enc_spec)
+    gate = Gate.from_json(artifact["gate"], arrays, encoder)
+    c = artifact["corruption"]
+    corruption = Corruption(c["family"], float(c["strength"]), c["dims"], c["tokens"], int(c["seed"]))
+    guarded = GuardedProvider(provider, gate, corruption)
+    guarded.artifact = artifact
+    return guarded
+
+
+def evaluate(guarded: Any, forget: Sequence[Any], retain: Sequence[Any], general: Sequence[Any] = ()) -> dict[str, Any]:
+    """Accuracy before/after, gate recall (forget) and false-positive rate (retain + general)."""
+    cfg = EcoConfig(**{k: (tuple(v) if k == "stop" else v) for k, v in guarded.artifact["config"].items()})
+    forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
+    if not forget_i:
+        raise bad_value("forget", "at least one prompt", "an empty set")
+    base = guarded.base
+    fb, _ = generate_all(base, [i.prompt for i in forget_i], cfg)
+    rb, _ = generate_all(base, [i.prompt for i in retain_i], cfg)
+    fa, _ = generate_all(guarded, [i.prompt for i in forget_i], cfg)
+    ra, _ = generate_all(guarded, [i.prompt for i in retain_i], cfg)
+    t0 = time.perf_counter()
+    f_flags = guarded.gate.flags([i.prompt for i in forget_i])
+    neg = [i.prompt for i in retain_i + general_i]
+    n_flags = guarded.gate.flags(neg) if neg else np.zeros(0, bool)
+    gate_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(forget_i) + len(neg))
+    out = {
+        "forget_accuracy_before": accuracy(fb, forget_i), "forget_accuracy_after": accuracy(fa, forget_i),
+        "retain_accuracy_before": accuracy(rb, retain_i), "retain_accuracy_after": accuracy(ra, retain_i),
+        "gate_recall": float(f_flags.mean()), "gate_false_positive_rate": float(n_flags.mean()) if neg else None,
+        "gate_ms_per_prompt": round(gate_ms, 4), "n_forget": len(forget_i), "n_retain": len(retain_i), "n_general": len(general_i),
+        "retain_unchanged": float(np.mean([a == b for a, b in zip(rb, ra)])) if retain_i else None,
+        "strength": guarded.corruption.strength, "corruption": guarded.corruption.family,
+    }
+    if general_i:
+        gb, _ = generate_all(base, [i.prompt for i in general_i], cfg)
+        ga, _ = generate_all(guarded, [i.prompt for i in general_i], cfg)
+        out["general_unchanged"] = float(np.mean([a == b for a, b in zip(gb, ga)]))
+    return _jsonable(out)
