@@ -1,0 +1,127 @@
+"""Configuration of CrossTune and its baselines (validated on construction, JSON round-trip)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from blackbox.errors import bad_value
+
+METHODS = ("crosstune", "no-labels", "linear-probe", "zero-shot")
+
+
+def _int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise bad_value(name, f"an integer in [{lo}, {hi if hi is not None else 'inf'}]", value)
+
+
+def _float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise bad_value(name, f"a number in {lb}{lo}, {hi}{rb}", value)
+
+
+@dataclass
+class CrossTuneConfig:
+    """Hyperparameters of the head, its training, and augmentation with the switch."""
+
+    method: str = field(default="crosstune", metadata={"help": "crosstune (label-enhanced cross-attention head), no-labels (same head, learnt class queries, no descriptions), linear-probe, zero-shot"})
+    dim: int = field(default=64, metadata={"help": "width of the attention space (sum over heads)"})
+    rank: int = field(default=96, metadata={"help": "the head works on the top principal directions of the standardised token features (label-free, fitted on the few-shot inputs)"})
+    heads: int = field(default=4, metadata={"help": "attention heads; must divide dim"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout on input tokens and attended values during training"})
+    prior: bool = field(default=True, metadata={"help": "add the zero-shot cosine to the label descriptions as a learnt-weight residual score"})
+    prior_scale: float = field(default=5.0, metadata={"help": "initial multiplier of the zero-shot cosine (1 / temperature)"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.5, metadata={"help": "AdamW weight decay"})
+    max_epochs: int = field(default=150, metadata={"help": "full-batch epochs at most"})
+    patience: int = field(default=30, metadata={"help": "epochs without a better held-out loss before stopping"})
+    val_fraction: float = field(default=0.25, metadata={"help": "share of each class of the few-shot set held out for early stopping (at least one per class)"})
+    refit: bool = field(default=True, metadata={"help": "after early stopping, retrain on the whole few-shot set for the chosen number of epochs"})
+    probe_cs: tuple[float, ...] = field(default=(0.01, 0.1, 1.0, 10.0), metadata={"help": "inverse regularisation strengths the linear probe picks from on the held-out part"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, the initialisation and dropout"})
+    description_template: str = field(default="This text is about {label}.", metadata={"help": "default label description when none is given"})
+    # augmentation ---------------------------------------------------------------------------
+    augment_n: int = field(default=0, metadata={"help": "examples to generate per class (0: no augmentation)"})
+    augment_shots: int = field(default=4, metadata={"help": "in-context examples per generation prompt"})
+    augment_temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the generator"})
+    augment_max_tokens: int = field(default=48, metadata={"help": "longest generated example, in tokens"})
+    switch: bool = field(default=True, metadata={"help": "keep a generated example only when a teacher trained on the original few-shot data agrees with its intended label"})
+    switch_min_prob: float = field(default=0.0, metadata={"help": "the teacher's probability of the intended label must also reach this"})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise bad_value("method", f"one of {', '.join(METHODS)}", self.method)
+        _int("dim", self.dim, 1, 4096)
+        _int("heads", self.heads, 1, 64)
+        _int("rank", self.rank, 1, 100_000)
+        if self.dim % self.heads:
+            raise bad_value("heads", f"a divisor of dim={self.dim}", self.heads)
+        _float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        if not isinstance(self.prior, bool):
+            raise bad_value("prior", "true or false", self.prior)
+        _float("prior_scale", self.prior_scale, 0.0, 1e4, lo_open=True)
+        _float("lr", self.lr, 0.0, 10.0, lo_open=True)
+        _float("weight_decay", self.weight_decay, 0.0, 10.0)
+        _int("max_epochs", self.max_epochs, 1, 100_000)
+        _int("patience", self.patience, 1, 100_000)
+        _float("val_fraction", self.val_fraction, 0.0, 0.9)
+        if not isinstance(self.refit, bool):
+            raise bad_value("refit", "true or false", self.refit)
+        self.probe_cs = tuple(self.probe_cs)
+        if not self.probe_cs or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in self.probe_cs):
+            raise bad_value("probe_cs", "a non-empty list of positive numbers", list(self.probe_cs))
+        _int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.description_template, str) or "{label}" not in self.description_template:
+            raise bad_value("description_template", "a string containing '{label}'", self.description_template)
+        _int("augment_n", self.augment_n, 0, 100_000)
+        _int("augment_shots", self.augment_shots, 1, 64)
+        _float("augment_temperature", self.augment_temperature, 0.0, 5.0)
+        _int("augment_max_tokens", self.augment_max_tokens, 1, 4096)
+        if not isinstance(self.switch, bool):
+            raise bad_value("switch", "true or false", self.switch)
+        _float("switch_min_prob", self.switch_min_prob, 0.0, 1.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        out = asdict(self)
+        out["probe_cs"] = list(self.probe_cs)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "CrossTuneConfig":
+        """Inverse of :meth:`to_json`; unknown keys are an error naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - valid)
+        if unknown:
+            raise bad_value("config", f"keys among {', '.join(sorted(valid))}", unknown)
+        return cls(**obj)
+
+    @classmethod
+    def from_strings(cls, sets: dict[str, str], **base: Any) -> "CrossTuneConfig":
+        """Build from ``--set key=value`` strings (values coerced to the field's type)."""
+        types = {f.name: f.default for f in fields(cls)}
+        values = dict(base)
+        for key, text in sets.items():
+            if key not in types:
+                raise bad_value("--set", f"a key among {', '.join(sorted(types))}", key)
+            default = types[key]
+            try:
+                if isinstance(default, bool):
+                    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(text)
+                    values[key] = text.lower() in ("true", "1", "yes")
+                elif isinstance(default, int):
+                    values[key] = int(text)
+                elif isinstance(default, float):
+                    values[key] = float(text)
+                elif isinstance(default, tuple):
+                    values[key] = tuple(float(v) for v in text.split(","))
+                else:
+                    values[key] = text
+            except ValueError:
+                raise bad_value(key, f"a value of type {type(default).__name__}", text) from None
+        return cls(**values)

@@ -1,0 +1,315 @@
+"""The scikit-learn-style estimator: CrossTune and its baselines behind one API.
+
+``CrossTuneClassifier(features, config=CrossTuneConfig(method=...))`` with ``fit``,
+``predict``, ``predict_proba``, ``score``, ``evaluate``, ``save`` and ``load``. Methods:
+
+* ``crosstune``: the label-enhanced cross-attention head (:mod:`.head`);
+* ``no-labels``: the same head with learnt class queries instead of descriptions;
+* ``linear-probe``: logistic regression on pooled, standardised features (its inverse
+  regularisation picked on the same held-out part as the head's early stopping);
+* ``zero-shot``: cosine between the pooled input and the pooled label description (both
+  centred on the mean of the few-shot inputs, which needs no labels).
+
+Generated examples (augmentation) are passed to :meth:`fit` as ``generated``; with
+``config.switch`` a teacher trained on the original few-shot data keeps only those whose
+intended label it agrees with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from blackbox.errors import ConfigError, RunError, bad_value
+from blackbox.runs import atomic_write_json, load_tensors, save_tensors
+
+from .config import CrossTuneConfig
+from .data import describe_labels
+from .features import Featurizer, Features
+
+MODEL_FILE, MODEL_JSON = "model.safetensors", "model.json"
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    s = s - s.max(1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(1, keepdims=True)
+
+
+def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> float:
+    """Unweighted mean of per-class F1 over ``classes`` (those present in truth or predictions)."""
+    yt, yp = np.asarray(list(y_true), dtype=object), np.asarray(list(y_pred), dtype=object)
+    used = [c for c in classes if (yt == c).any() or (yp == c).any()]
+    f1s = []
+    for c in used:
+        tp = float(((yt == c) & (yp == c)).sum())
+        fp = float(((yt != c) & (yp == c)).sum())
+        fn = float(((yt == c) & (yp != c)).sum())
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def held_out_index(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified held-out part: ``round(fraction * n_c)`` per class, at least one when
+    the class has two or more examples (none when ``fraction`` is 0)."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, 3])
+    out = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)
+        if k > 0:
+            out.extend(rng.choice(idx, size=k, replace=False).tolist())
+    return np.array(sorted(out), dtype=np.int64)
+
+
+class CrossTuneClassifier:
+    """Few-shot text classifier over black-box features (see the module docstring).
+
+    ``features``: a :class:`Featurizer` (shared between estimators to reuse features) or a
+    provider spec string. ``descriptions``: ``{label: text}``; labels without one get
+    ``config.description_template``.
+    """
+
+    def __init__(self, features: "Featurizer | str", config: CrossTuneConfig | None = None, descriptions: dict[str, str] | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = CrossTuneConfig(**overrides)
+        elif overrides:
+            config = CrossTuneConfig(**{**config.to_json(), **overrides})
+        if not isinstance(config, CrossTuneConfig):
+            raise bad_value("config", "a CrossTuneConfig", type(config).__name__)
+        self.config = config
+        self.features = features if isinstance(features, Featurizer) else Featurizer(features)
+        self.descriptions = dict(descriptions or {})
+
+    # ---------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise ConfigError(f"{type(self).__name__}: not fitted yet; call fit(texts, labels) first")
+
+    def _label_vectors(self, progress: Any = None) -> np.ndarray:
+        texts = [self.descriptions_[c] for c in self.classes_]
+        return self.features(texts, progress).pooled().astype(np.float32)
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str], generated: Sequence[tuple[str, str]] | None = None, progress: Any = None) -> "CrossTuneClassifier":
+        """Learn from the few-shot ``texts``/``labels`` (and ``generated`` (text, label) pairs)."""
+        t_start = time.perf_counter()
+        texts, labels = list(texts), [str(y) for y in labels]
+        if len(texts) != len(labels):
+            raise bad_value("labels", f"one label per text ({len(texts)})", f"{len(labels)} labels")
+        if not texts:
+            raise bad_value("texts", "at least one training text", "none")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise bad_value(f"texts[{i}]", "a non-empty string", t)
+        classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise bad_value("labels", "at least two classes", classes)
+        self.classes_ = classes
+        self.descriptions_ = describe_labels(classes, self.descriptions, self.config.description_template)
+        q0 = self.features.queries
+        feats = self.features(texts, progress)
+        y = np.array([classes.index(v) for v in labels], dtype=np.int64)
+        self.val_index_ = held_out_index(y, self.config.val_fraction, self.config.seed)
+        self.augment_report_: dict[str, Any] | None = None
+        x, mask, yy = feats.x, feats.mask, y
+        if generated:
+            gen = [(t, l) for t, l in generated]
+            bad = sorted({l for _, l in gen} - set(classes))
+            if bad:
+                raise bad_value("generated labels", f"labels among the training classes {classes}", bad)
+            gtexts, glabels = [t for t, _ in gen], [l for _, l in gen]
+            keep = np.ones(len(gen), dtype=bool)
+            if self.config.switch:
+                teacher = CrossTuneClassifier(self.features, self.config.__class__(**{**self.config.to_json(), "augment_n": 0}), self.descriptions)
+                teacher.fit(texts, labels)
+                proba = teacher.predict_proba(gtexts)
+                gi = np.array([classes.index(l) for l in glabels])
+                keep = (proba.argmax(1) == gi) & (proba[np.arange(len(gi)), gi] >= self.config.switch_min_prob)
+            self.augment_report_ = {"generated": len(gen), "kept": int(keep.sum()), "dropped": int((~keep).sum()), "switch": self.config.switch}
+            if keep.any():
+                kt = [t for t, k in zip(gtexts, keep) if k]
+                gf = self.features(kt, progress)
+                x, mask = _concat_features(feats, gf)
+                yy = np.concatenate([y, np.array([classes.index(l) for l, k in zip(glabels, keep) if k])])
+        self.n_features_ = int(feats.x.shape[2])
+        self.train_info_ = self._fit_method(x, mask, yy, feats)
+        self.queries_ = self.features.queries - q0
+        self.fit_seconds_ = time.perf_counter() - t_start
+        return self
+
+    def _fit_method(self, x: np.ndarray, mask: np.ndarray, y: np.ndarray, orig: Features) -> dict[str, Any]:
+        method = self.config.method
+        pooled_orig = orig.pooled()
+        self.center_ = pooled_orig.mean(0)
+        if method == "zero-shot":
+            self.label_vectors_ = self._label_vectors()
+            return {"train_seconds": 0.0}
+        if method == "linear-probe":
+            return self._fit_probe(Features(x, mask).pooled(), y)
+        from .head import fit_head
+
+        labels = self._label_vectors() if method == "crosstune" else None
+        self.label_vectors_ = labels
+        self.head_, info = fit_head(x, mask, y, labels, len(self.classes_), self.config, self.val_index_)
+        return info
+
+    def _fit_probe(self, pooled: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        from sklearn.linear_model import LogisticRegression
+
+        t0 = time.perf_counter()
+        mu, sd = pooled.mean(0), pooled.std(0) + 1e-6
+        z = (pooled - mu) / sd
+        val = self.val_index_
+        best_c = self.config.probe_cs[len(self.config.probe_cs) // 2]
+        if len(val):
+            tr = np.setdiff1d(np.arange(len(z)), val)
+            scores = []
+            for c in self.config.probe_cs:
+                m = LogisticRegression(C=c, max_iter=2000).fit(z[tr], y[tr])
+                p = m.predict_proba(z[val])
+                acc = float((p.argmax(1) == y[val]).mean())
+                nll = float(-np.log(np.clip(p[np.arange(len(val)), y[val]], 1e-12, None)).mean())
+                scores.append((-acc, nll))
+            best_c = self.config.probe_cs[int(min(range(len(scores)), key=lambda i: scores[i]))]
+        m = LogisticRegression(C=best_c, max_iter=2000).fit(z, y)
+        self.probe_ = {"mu": mu, "sd": sd, "coef": m.coef_, "intercept": m.intercept_, "C": best_c}
+        return {"train_seconds": time.perf_counter() - t0, "C": best_c}
+
+    # ---------------------------------------------------------------------------------------
+    def decision_function(self, texts: Sequence[str], progress: Any = None) -> np.ndarray:
+        """``(n, C)`` class scores (logits)."""
+        self._check_fitted()
+        feats = self.features(list(texts), progress)
+        return self._scores(feats)
+
+    def _scores(self, feats: Features) -> np.ndarray:
+        method = self.config.method
+        if method == "zero-shot":
+            a = feats.pooled() - self.center_
+            b = self.label_vectors_.astype(np.float64) - self.center_
+            a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+            b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+            return 20.0 * a @ b.T
+        if method == "linear-probe":
+            p = self.probe_
+            z = (feats.pooled() - p["mu"]) / p["sd"]
+            s = z @ np.asarray(p["coef"]).T + p["intercept"]
+            if s.shape[1] == 1:  # binary logistic regression
+                s = np.concatenate([np.zeros_like(s), s], 1)
+            return s
+        from .head import head_scores
+
+        return head_scores(self.head_, feats.x, feats.mask, self.label_vectors_)
+
+    def predict_proba(self, texts: Sequence[str], progress: Any = None) -> np.ndarray:
+        """``(n, C)`` probabilities; columns follow ``classes_``."""
+        return _softmax(self.decision_function(texts, progress))
+
+    def predict(self, texts: Sequence[str], progress: Any = None) -> list[str]:
+        """The most likely label of each text."""
+        return [self.classes_[i] for i in self.decision_function(texts, progress).argmax(1)]
+
+    def _check_labels(self, labels: Sequence[str], allow_unseen: bool) -> None:
+        unseen = sorted(set(map(str, labels)) - set(self.classes_))
+        if unseen and not allow_unseen:
+            raise bad_value("test labels", f"labels seen in training {self.classes_} (pass allow_unseen / --allow-unseen to count them as errors)", unseen)
+
+    def score(self, texts: Sequence[str], labels: Sequence[str], allow_unseen: bool = False) -> float:
+        """Accuracy on ``texts``/``labels``."""
+        return self.evaluate(texts, labels, allow_unseen=allow_unseen)["accuracy"]
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence[str], allow_unseen: bool = False, progress: Any = None) -> dict[str, Any]:
+        """Accuracy, macro-F1 and counts; labels unseen in training are an error unless allowed."""
+        self._check_fitted()
+        labels = [str(y) for y in labels]
+        if len(labels) != len(texts):
+            raise bad_value("labels", f"one label per text ({len(texts)})", f"{len(labels)} labels")
+        self._check_labels(labels, allow_unseen)
+        pred = self.predict(texts, progress)
+        acc = float(np.mean([p == t for p, t in zip(pred, labels)]))
+        all_classes = sorted(set(self.classes_) | set(labels))
+        return {
+            "accuracy": acc,
+            "macro_f1": macro_f1(labels, pred, all_classes),
+            "n_test": len(labels),
+            "n_unseen": int(sum(t not in self.classes_ for t in labels)),
+            "predictions": pred,
+        }
+
+    # ---------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """``model.safetensors`` (tensors + JSON meta in the header) and a readable ``model.json``."""
+        self._check_fitted()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"center": np.asarray(self.center_, dtype=np.float64)}
+        if getattr(self, "label_vectors_", None) is not None:
+            arrays["label_vectors"] = np.asarray(self.label_vectors_, dtype=np.float32)
+        if self.config.method == "linear-probe":
+            for k in ("mu", "sd", "coef", "intercept"):
+                arrays[f"probe.{k}"] = np.asarray(self.probe_[k], dtype=np.float64)
+        elif self.config.method in ("crosstune", "no-labels"):
+            from .head import head_state
+
+            arrays.update({f"head.{k}": v for k, v in head_state(self.head_).items()})
+        meta = {
+            "format": 1,
+            "config": self.config.to_json(),
+            "classes": self.classes_,
+            "descriptions": self.descriptions_,
+            "n_features": self.n_features_,
+            "features": self.features.describe(),
+            "train_info": _jsonable(self.train_info_),
+            "augment": self.augment_report_,
+        }
+        save_tensors(d / MODEL_FILE, arrays, meta)
+        atomic_write_json(d / MODEL_JSON, meta)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, features: "Featurizer | str | None" = None) -> "CrossTuneClassifier":
+        """Rebuild a saved classifier; ``features`` defaults to the saved provider spec."""
+        d = Path(directory)
+        if not (d / MODEL_FILE).is_file():
+            raise RunError(f"run directory: expected a fitted CrossTune model ({MODEL_FILE}) in {d}, found none")
+        arrays, meta = load_tensors(d / MODEL_FILE)
+        config = CrossTuneConfig.from_json(meta["config"])
+        if features is None:
+            spec = meta["features"].get("spec")
+            if not spec:
+                raise RunError(f"run directory {d}: the model was fitted with an in-memory provider; pass features=...")
+            features = Featurizer(spec, mode=meta["features"]["mode"], layer=meta["features"]["layer"], max_tokens=meta["features"]["max_tokens"])
+        self = cls(features, config, meta["descriptions"])
+        self.classes_, self.descriptions_ = list(meta["classes"]), dict(meta["descriptions"])
+        self.n_features_, self.train_info_, self.augment_report_ = meta["n_features"], meta["train_info"], meta.get("augment")
+        self.center_ = arrays["center"]
+        self.label_vectors_ = arrays.get("label_vectors")
+        if config.method == "linear-probe":
+            self.probe_ = {k: arrays[f"probe.{k}"] for k in ("mu", "sd", "coef", "intercept")}
+        elif config.method in ("crosstune", "no-labels"):
+            from .head import load_head
+
+            state = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}
+            self.head_ = load_head(state, self.n_features_, len(self.classes_), config)
+        return self
+
+
+def _concat_features(a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
+    t = max(a.x.shape[1], b.x.shape[1])
+
+    def pad(f: Features) -> tuple[np.ndarray, np.ndarray]:
+        extra = t - f.x.shape[1]
+        return np.pad(f.x, ((0, 0), (0, extra), (0, 0))), np.pad(f.mask, ((0, 0), (0, extra)))
+
+    (xa, ma), (xb, mb) = pad(a), pad(b)
+    return np.concatenate([xa, xb]), np.concatenate([ma, mb])
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -1,0 +1,153 @@
+"""Black-box features: one provider query per distinct text, cached on disk and in memory.
+
+A :class:`Featurizer` turns texts into either token-level states (``hidden_states``: a
+``(tokens, d)`` array per text) or one vector per text (``embed``), whichever the provider
+offers (``hidden_states`` first, unless ``mode`` says otherwise). Every call goes through
+:class:`blackbox.client.Client`, so a text is sent once, later runs read the disk cache, and
+the client's ledger counts the queries. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from blackbox.client import Client, Ledger
+from blackbox.errors import CapabilityError, bad_value
+from blackbox.provider import Provider, load_provider
+from blackbox.types import Capability, EmbedRequest, HiddenStatesRequest
+
+MODES = ("auto", "tokens", "vector")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Features:
+    """Padded token states ``x (n, T, d)`` float32 with a boolean ``mask (n, T)``.
+
+    Vector features are the case ``T == 1``.
+    """
+
+    x: np.ndarray
+    mask: np.ndarray
+
+    def pooled(self) -> np.ndarray:
+        """Masked mean over tokens, ``(n, d)`` float64."""
+        m = self.mask[..., None].astype(np.float64)
+        return (self.x.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1.0)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def stack(arrays: Sequence[np.ndarray]) -> Features:
+    """Pad ``(t_i, d)`` arrays to one ``(n, T, d)`` batch with a mask."""
+    if not arrays:
+        raise bad_value("texts", "at least one text", "none")
+    d = arrays[0].shape[1]
+    t = max(a.shape[0] for a in arrays)
+    x = np.zeros((len(arrays), t, d), dtype=np.float32)
+    mask = np.zeros((len(arrays), t), dtype=bool)
+    for i, a in enumerate(arrays):
+        x[i, : len(a)] = a
+        mask[i, : len(a)] = True
+    return Features(x, mask)
+
+
+class Featurizer:
+    """Texts → :class:`Features` through a provider, each distinct text queried once.
+
+    ``provider`` is a spec string, a :class:`~blackbox.provider.Provider` or a
+    :class:`~blackbox.client.Client` (used as is). ``cache`` is a path for the client's disk
+    cache (only used when a client is built here). ``max_tokens`` keeps the first tokens of
+    long texts (the query still covers the whole text).
+    """
+
+    def __init__(
+        self,
+        provider: "str | Provider | Client",
+        *,
+        mode: str = "auto",
+        layer: int = -1,
+        max_tokens: int = 128,
+        batch_size: int = 16,
+        cache: Any = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise bad_value("mode", f"one of {', '.join(MODES)}", mode)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise bad_value("max_tokens", "a positive integer", max_tokens)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise bad_value("batch_size", "a positive integer", batch_size)
+        self.spec = provider if isinstance(provider, str) else None
+        if isinstance(provider, str):
+            provider = load_provider(provider)
+        if isinstance(provider, Client):
+            self.client = provider
+        elif isinstance(provider, Provider):
+            self.client = Client(provider, cache=cache, ledger=ledger if ledger is not None else Ledger())
+        else:
+            raise bad_value("provider", "a spec string, a Provider or a Client", type(provider).__name__)
+        if self.client.ledger is None:
+            self.client.ledger = Ledger()
+        caps = set(self.client.capabilities)
+        has_tokens, has_vec = Capability.HIDDEN_STATES in caps, Capability.EMBED in caps
+        if not (has_tokens or has_vec):
+            raise CapabilityError(
+                f"crosstune features: needs hidden_states or embed, but provider {self.client.name} has only "
+                f"{', '.join(sorted(str(c) for c in caps)) or '(none)'}; built-in providers with them: hf-causal, sentence-encoder"
+            )
+        if mode == "auto":
+            mode = "tokens" if has_tokens else "vector"
+        elif mode == "tokens" and not has_tokens:
+            raise CapabilityError(f"crosstune features: mode 'tokens' needs hidden_states, which provider {self.client.name} lacks")
+        elif mode == "vector" and not has_vec:
+            raise CapabilityError(f"crosstune features: mode 'vector' needs embed, which provider {self.client.name} lacks")
+        self.mode, self.layer, self.max_tokens, self.batch_size = mode, layer, max_tokens, batch_size
+        self._memory: dict[str, np.ndarray] = {}
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the features (stored with a run)."""
+        return {"provider": self.client.describe(), "spec": self.spec, "mode": self.mode, "layer": self.layer, "max_tokens": self.max_tokens}
+
+    @property
+    def queries(self) -> int:
+        """Provider queries spent so far by this featurizer's client (cache hits are free)."""
+        return int(self.client.ledger.queries) if self.client.ledger is not None else 0
+
+    def _fetch(self, texts: list[str]) -> list[np.ndarray]:
+        if self.mode == "tokens":
+            res = self.client.hidden_states(HiddenStatesRequest(texts=tuple(texts), layer=self.layer))
+            return [np.asarray(s, dtype=np.float32)[: self.max_tokens] for s in res.states]
+        res = self.client.embed(EmbedRequest(texts=tuple(texts)))
+        return [np.asarray(v, dtype=np.float32)[None, :] for v in res.vectors]
+
+    def arrays(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
+        """One ``(t, d)`` array per text (``t == 1`` for vectors)."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise bad_value(f"texts[{i}]", "a non-empty string", t)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memory))
+        done = 0
+        if progress:
+            progress(0, len(todo))
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            for t, a in zip(chunk, self._fetch(chunk)):
+                self._memory[t] = a
+            done += len(chunk)
+            if progress:
+                progress(done, len(todo))
+        return [self._memory[t] for t in texts]
+
+    def __call__(self, texts: Sequence[str], progress: Progress | None = None) -> Features:
+        """Padded features of ``texts``."""
+        return stack(self.arrays(texts, progress))
+
+    def close(self) -> None:
+        """Close the client (and the provider it wraps)."""
+        self.client.close()
