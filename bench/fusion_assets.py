@@ -8,7 +8,7 @@ checks the sha256 values published in ASSETS.md; a file that does not match is d
 the script fails. The files are treated as untrusted data: they are only parsed by the
 transformers GGUF reader, never executed.
 
-    python bench/fusion_assets.py [--cache ~/.cache/blackbox/qwen]
+    python bench/fusion_assets.py [--cache ~/.cache/blackbox/qwen] [--convert]
 """
 
 from __future__ import annotations
@@ -64,12 +64,38 @@ def assemble(role: str, cache: Path = DEFAULT_CACHE) -> Path:
     return out
 
 
+def hf_dir(role: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """A transformers directory (fp32 safetensors + tokenizer) converted once from the GGUF.
+
+    Reading a GGUF de-quantises every tensor and rebuilds the 151k-token tokenizer in
+    Python (minutes on a busy CPU); the converted directory loads in seconds.
+    """
+    out = cache / f"{role}-hf"
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = assemble(role, cache)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True)
+    tmp = cache / f"{role}-hf.part"
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    del model
+    tmp.replace(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--convert", action="store_true", help="also write fp32 safetensors directories (fast loading)")
     args = ap.parse_args(argv)
     for role in MODELS:
         print(role, assemble(role, args.cache.expanduser()), "sha256 ok", flush=True)
+        if args.convert:
+            print(role, "converted to", hf_dir(role, args.cache.expanduser()), flush=True)
     return 0
 
 

@@ -170,8 +170,9 @@ def test_vectorised_objective_matches_a_loop_of_explicit_kls():
     zs = 8 * torch.randn(V, generator=g, dtype=torch.float64)
     ze = zs[None] + 2 * torch.randn(2, V, generator=g, dtype=torch.float64)
     grid = FusionConfig().grid()
-    fast = arith.dynamic_objective(zl, zs, ze, grid)
-    full = arith.dynamic_objective(zl, zs, ze, grid, prune=False)
+    fast = arith.dynamic_objective(zl, zs, ze, grid)  # uniform grid: cumulative-product path
+    pruned = arith.dynamic_objective(zl, zs, ze, grid, prune=True)
+    odd = arith.dynamic_objective(zl, zs, ze, torch.cat([grid[:1], grid[1:] + 1e-3]))  # direct path
     lp, lq = torch.log_softmax(zl, -1), torch.log_softmax(zs, -1)
     lqt = torch.log_softmax(ze, -1)
     a = [float((lqt[t].exp() * (lqt[t] - lq)).sum()) for t in range(2)]
@@ -183,7 +184,17 @@ def test_vectorised_objective_matches_a_loop_of_explicit_kls():
             k2 = float((lp.exp() * (lp - lpt)).sum())
             want = sum((k1 - a[u]) ** 2 + (k2 - b[u]) ** 2 for u in range(2))
             assert float(fast[t, c]) == pytest.approx(want, rel=1e-9, abs=1e-12)
-            assert float(full[t, c]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+            assert float(pruned[t, c]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+            if c == 0:
+                assert float(odd[t, c]) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert not torch.allclose(odd, fast)  # the shifted grid really was evaluated elsewhere
+    al = grid[1:] + 1e-3
+    for t in range(2):
+        lpt = torch.log_softmax(zl + al[4] * (ze[t] - zs), -1)
+        k1 = float((lpt.exp() * (lpt - lp)).sum())
+        k2 = float((lp.exp() * (lp - lpt)).sum())
+        want = sum((k1 - a[u]) ** 2 + (k2 - b[u]) ** 2 for u in range(2))
+        assert float(odd[t, 5]) == pytest.approx(want, rel=1e-9, abs=1e-12)
     assert arith._keep_mask(zl, ze - zs, 2.0).sum() < V  # the test exercised pruning
 
 

@@ -13,15 +13,20 @@ Both KL terms reduce to two per-candidate sums, ``L(α) = logsumexp(zl + α d)``
 
     KL(P̃‖P) = lse(zl) − L(α) + α g(α)        KL(P‖P̃) = L(α) − lse(zl) − α E_P[d]
 
-so a whole grid is one ``(T, C, V')`` tensor operation. ``V'`` drops the tokens whose fused
-logit stays more than :data:`PRUNE_NATS` below a lower bound of the row maximum for every α in
-``[0, α_max]`` (the logit is linear in α, so checking both ends suffices); their total weight is
-below ``V·e^-50 ≈ 3e-17`` of the row's, under float64 round-off, so the result is the
-full-vocabulary one.
+so a whole grid is one ``(T, C, V)`` tensor operation. On the uniform grid ``α_c = c·h``
+the unnormalised weights ``exp(zl + α_c d)`` are a cumulative product over the candidates
+(one multiplication per candidate and token, not an exponential), followed by one batched
+matrix product against ``[1, d]``; everything is float64.
+
+``prune=True`` first drops the tokens whose fused logit stays more than :data:`PRUNE_NATS`
+below a lower bound of the row maximum for every α in ``[0, α_max]`` (the logit is linear
+in α, so both ends suffice); their total weight is below ``V·e^-50 ≈ 3e-17`` of the row's,
+under float64 round-off. It pays off only for very peaked logits, so it is off by default.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -57,15 +62,60 @@ def kl_pair(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor) -> tuple[to
     """``(KL(P̃‖P), KL(P‖P̃))`` for every expert row of ``d`` (T, V) and α in ``alphas`` (C,): ``(T, C)``."""
     lse_l = torch.logsumexp(zl, -1)
     e_p = (torch.softmax(zl, -1)[None] * d).sum(-1)  # E_P[d_t], (T,)
-    z = zl[None, None] + alphas[None, :, None] * d[:, None]  # (T, C, V')
-    big = torch.logsumexp(z, -1)  # L(α)
-    g = (torch.softmax(z, -1) * d[:, None]).sum(-1)  # E_P̃[d]
+    big, g = _lse_and_mean(zl, d, alphas)
     kl_fwd = lse_l - big + alphas[None] * g
     kl_rev = big - lse_l - alphas[None] * e_p[:, None]
     return kl_fwd.clamp_min(0), kl_rev.clamp_min(0)
 
 
-def dynamic_objective(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, prune: bool = True) -> torch.Tensor:
+_local = threading.local()
+
+
+def _workspace(shape: tuple[int, int, int]) -> torch.Tensor:
+    """A reused float64 buffer (per thread): a fresh 25 MB tensor per step costs page faults."""
+    key = "buf_inference" if torch.is_inference_mode_enabled() else "buf"  # the two kinds don't mix
+    buf = getattr(_local, key, None)
+    n = shape[0] * shape[1] * shape[2]
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.float64)
+        setattr(_local, key, buf)
+    return buf[:n].view(shape)
+
+
+def _uniform_from_zero(alphas: torch.Tensor) -> bool:
+    if alphas.numel() < 3 or float(alphas[0]) != 0.0:
+        return False
+    h = float(alphas[1])
+    return h > 0 and bool(torch.allclose(alphas, torch.arange(alphas.numel(), dtype=alphas.dtype) * h, rtol=0, atol=1e-12))
+
+
+def _lse_and_mean(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L(α) = logsumexp(zl + α d)`` and ``g(α) = E_softmax(zl + α d)[d]``, each ``(T, C)``.
+
+    On a uniform grid ``α_c = c·h`` the unnormalised weights are
+    ``exp(zl − m_l) · (exp(h (d − m_d)))^c``: a cumulative product over the candidates (one
+    multiplication per candidate and token instead of an exponential), then one matrix
+    product against ``[1, d]``. float64 keeps every term far from underflow unless the
+    logits span hundreds of nats, where the direct form is used instead.
+    """
+    T, C = d.shape[0], alphas.numel()
+    m_l, m_d = zl.max(), d.max(-1, keepdim=True).values  # (T, 1)
+    span = float(m_l - zl.min()) + float(alphas.max()) * float((m_d.squeeze(-1) - d.min(-1).values).max()) if d.numel() else 0.0
+    if _uniform_from_zero(alphas) and span < 600:
+        h = float(alphas[1])
+        w = _workspace((T, C, zl.numel()))
+        w[:, 0] = torch.exp(zl - m_l)
+        w[:, 1:] = torch.exp(h * (d - m_d))[:, None]
+        w.cumprod_(dim=1)  # (T, C, V): exp(zl − m_l + α_c (d − m_d))
+        rhs = torch.stack([torch.ones_like(d), d], dim=-1)  # (T, V, 2)
+        sums = torch.bmm(w, rhs)  # (T, C, 2): Σ w and Σ w d
+        shift = m_l + alphas[None] * m_d  # (T, C): what was taken out of the exponent
+        return shift + torch.log(sums[..., 0]), sums[..., 1] / sums[..., 0]
+    z = zl[None, None] + alphas[None, :, None] * d[:, None]  # (T, C, V)
+    return torch.logsumexp(z, -1), (torch.softmax(z, -1) * d[:, None]).sum(-1)
+
+
+def dynamic_objective(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, prune: bool = False) -> torch.Tensor:
     """``J(t, α)`` for every expert ``t`` and candidate ``α``: ``(T, C)`` float64."""
     zl, zs, ze = zl.double(), zs.double(), ze.double()
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
