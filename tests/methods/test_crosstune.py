@@ -96,10 +96,10 @@ class ScriptedGenerator(Provider):
 
     def generate(self, request):
         out = []
+        rng = np.random.default_rng(request.seed)
         for p in request.prompts:
             type(self).calls += 1
             label = re.search(r'label "([^"]+)"', p).group(1)
-            rng = np.random.default_rng(request.seed)
             k = int(rng.integers(0, 21))
             if k % 7 == 0:
                 out.append(" !!")
@@ -367,12 +367,12 @@ def test_augmentation_resumes_identically(tmp_path):
     full = generate_examples(generator_client(ScriptedGenerator()), tr_x, tr_y, DESCRIPTIONS, path=tmp_path / "full.jsonl", **kw)
     path = tmp_path / "part.jsonl"
     part = generate_examples(generator_client(ScriptedGenerator()), tr_x, tr_y, DESCRIPTIONS, path=path, stop_after=6, **kw)
-    assert part["generated"] == 6 and not part["complete"]
+    assert part["generated"] == 8 and not part["complete"]  # two whole chunks of 4
     with path.open("a") as fh:
         fh.write('{"i": 9, "lab')  # a torn line from a killed process
     gen = generator_client(ScriptedGenerator())
     rest = generate_examples(gen, tr_x, tr_y, DESCRIPTIONS, path=path, **kw)
-    assert rest["complete"] and gen.ledger.queries == 15 - 6  # only the missing ones were asked
+    assert rest["complete"] and gen.ledger.queries == 15 - 8  # only the missing ones were asked
     assert read_augment_file(path) == read_augment_file(tmp_path / "full.jsonl")
     assert rest["examples"] == full["examples"]
 
@@ -461,14 +461,14 @@ def test_cli_augmentation_saved_and_resumed(tmp_path, registered, monkeypatch):
     monkeypatch.setattr(run_mod, "generate_examples", lambda *a, **k: real(*a, **{**k, "stop_after": 5}))
     r = _invoke(*args)
     assert r.exit_code == 0, r.output
-    assert len(read_augment_file(run / "augment.jsonl")) == 5 and not (run / "model.json").exists()
+    assert len(read_augment_file(run / "augment.jsonl")) == 8 and not (run / "model.json").exists()  # one chunk
     monkeypatch.setattr(run_mod, "generate_examples", real)
     ScriptedGenerator.calls = 0
     r = _invoke(*args)
     assert r.exit_code == 0, r.output
     out = _last_json(r.output)
     a = out["augment"]
-    assert ScriptedGenerator.calls == 12 - 5
+    assert ScriptedGenerator.calls == 12 - 8
     assert a["generated"] == 12 and a["kept"] + a["dropped"] == 12 and a["unparsed"] <= a["dropped"]
     # a rerun reproduces the model from the saved generations without calling the LLM
     from blackbox.runs import load_tensors

@@ -2,8 +2,8 @@
 
 For each class ``c`` and each ``i < n``, the generator (any provider with ``text``) sees a
 prompt listing ``augment_shots`` few-shot examples of class ``c`` (picked with the seed
-``(seed, c, i)``) and its description, and writes one more. Every request depends only on
-``(seed, c, i)`` and is sampled with that seed, so an interrupted generation resumes where it
+``(seed, c, i)``) and its description, and writes one more. Prompts go to the generator in
+fixed chunks of ``batch_size``, each sampled with a seed derived from ``(seed, chunk)``, so an interrupted generation resumes where it
 stopped and ends identical to an uninterrupted one; the client's cache also makes a re-run
 free. Each result is appended to ``augment.jsonl`` (one JSON line, flushed and fsynced) as
 
@@ -112,7 +112,8 @@ def generate_examples(
     """Generate ``n_per_class`` examples per class; resume from ``path`` when it has lines.
 
     Returns ``{"examples": [(text, label)], "generated", "unparsed", "records", "queries"}``.
-    ``stop_after`` ends early after that many new records (for tests of resume).
+    ``stop_after`` ends early once that many new records are written (at a chunk boundary;
+    for tests of resume).
     """
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 0:
         raise bad_value("augment_n", "an integer >= 0", n_per_class)
@@ -127,20 +128,23 @@ def generate_examples(
     for k, r in enumerate(records[: len(plan)]):
         if (r["label"], r["i"]) != plan[k]:
             raise bad_value(f"{file}", "generated examples of this run's classes and order", f"line {k + 1} is {r['label']!r} #{r['i']}")
+    # Requests go in fixed chunks of ``batch_size`` (one sampled request per chunk, seeded by
+    # the chunk's index), so a resumed run restarts at the last complete chunk.
     records = records[: len(plan)]
+    if len(records) < len(plan):
+        records = records[: len(records) - len(records) % batch_size]
+        if file is not None:
+            file.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records), encoding="utf-8")
     q0 = client.ledger.queries if client.ledger is not None else 0
-    todo = plan[len(records):]
     if progress:
         progress(len(records), len(plan))
     fh = file.open("a", encoding="utf-8") if file is not None else None
     new = 0
     try:
-        for s in range(0, len(todo), batch_size):
+        for start in range(len(records), len(plan), batch_size):
             if stop_after is not None and new >= stop_after:
                 break
-            chunk = todo[s : s + batch_size]
-            if stop_after is not None:
-                chunk = chunk[: stop_after - new]
+            chunk = plan[start : start + batch_size]
             prompts, shown = [], []
             for c, i in chunk:
                 pool = by_class[c]
@@ -148,17 +152,12 @@ def generate_examples(
                 ex = [pool[j] for j in rng.choice(len(pool), size=min(shots, len(pool)), replace=False)]
                 shown.append(ex)
                 prompts.append(build_prompt(c, descriptions.get(c, c), ex))
-            # one request per prompt: each has its own seed, so results do not depend on batching
-            reqs = [
-                GenerateRequest(prompts=(p,), max_tokens=max_tokens, temperature=temperature, stop=("\n",),
-                                seed=int(np.random.SeedSequence([seed, classes.index(c), i]).generate_state(1)[0] >> 1))
-                for p, (c, i) in zip(prompts, chunk)
-            ]
-            results = client.map(reqs, return_exceptions=True)
-            for (c, i), ex, res in zip(chunk, shown, results):
-                if isinstance(res, BaseException):
-                    raise res  # a failed call is not a bad generation: what came before is saved; rerun resumes
-                raw = res.texts[0] if res is not None and res.texts else ""
+            chunk_seed = int(np.random.SeedSequence([seed, start // batch_size, 13]).generate_state(1)[0] >> 1)
+            req = GenerateRequest(prompts=tuple(prompts), max_tokens=max_tokens, temperature=temperature, stop=("\n",), seed=chunk_seed)
+            # A failed call raises (it is not a bad generation); what came before is saved.
+            results = list(client.generate(req).texts)
+            for (c, i), ex, raw in zip(chunk, shown, results):
+                raw = raw if isinstance(raw, str) else ""
                 text = parse_generation(raw, ex)
                 rec = {"i": i, "label": c, "raw": raw, "text": text, "status": "ok" if text else "unparsed"}
                 records.append(rec)

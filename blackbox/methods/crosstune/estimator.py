@@ -96,8 +96,14 @@ class CrossTuneClassifier:
         texts = [self.descriptions_[c] for c in self.classes_]
         return self.features(texts, progress).pooled().astype(np.float32)
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str], generated: Sequence[tuple[str, str]] | None = None, progress: Any = None) -> "CrossTuneClassifier":
-        """Learn from the few-shot ``texts``/``labels`` (and ``generated`` (text, label) pairs)."""
+    def fit(self, texts: Sequence[str], labels: Sequence[str], generated: Sequence[tuple[str, str]] | None = None, progress: Any = None,
+            teacher: "CrossTuneClassifier | None" = None) -> "CrossTuneClassifier":
+        """Learn from the few-shot ``texts``/``labels`` (and ``generated`` (text, label) pairs).
+
+        With ``config.switch`` the generated pairs are filtered by a teacher trained on the
+        original few-shot data: ``teacher`` (already fitted on exactly that data) or, by
+        default, a copy of this estimator's configuration fitted here.
+        """
         t_start = time.perf_counter()
         texts, labels = list(texts), [str(y) for y in labels]
         if len(texts) != len(labels):
@@ -126,8 +132,11 @@ class CrossTuneClassifier:
             gtexts, glabels = [t for t, _ in gen], [l for _, l in gen]
             keep = np.ones(len(gen), dtype=bool)
             if self.config.switch:
-                teacher = CrossTuneClassifier(self.features, self.config.__class__(**{**self.config.to_json(), "augment_n": 0}), self.descriptions)
-                teacher.fit(texts, labels)
+                if teacher is None:
+                    teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**self.config.to_json(), "augment_n": 0}), self.descriptions)
+                    teacher.fit(texts, labels)
+                elif getattr(teacher, "classes_", None) != classes:
+                    raise bad_value("teacher", f"a classifier fitted on the classes {classes}", getattr(teacher, "classes_", "an unfitted one"))
                 proba = teacher.predict_proba(gtexts)
                 gi = np.array([classes.index(l) for l in glabels])
                 keep = (proba.argmax(1) == gi) & (proba[np.arange(len(gi)), gi] >= self.config.switch_min_prob)
