@@ -197,3 +197,28 @@ def _check_result(cap: str, req: Any, res: Any) -> None:
     elif cap == "score":
         lp = arr(res.logprobs, "logprobs")
         assert lp.shape == (len(req.prompts),) and np.all(lp <= 1e-6)
+
+
+def tiny_image_classifier(n_classes: int = 20, seed: int = 0) -> Any:
+    """A small random conv net for channels-last images ``(n, H, W, 3)`` -> ``n_classes`` logits.
+
+    A stand-in black box for fast tests of image methods (spec
+    ``torch:blackbox.testing:tiny_image_classifier``); needs torch.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    class _Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 16, n_classes)
+            for p in self.parameters():
+                p.data = torch.randn(p.shape, generator=g) * 0.5
+
+        def forward(self, x: Any) -> Any:
+            h = torch.relu(self.conv(x.permute(0, 3, 1, 2) * 4.0 - 2.0))
+            return self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 4).flatten(1))
+
+    return _Tiny().eval()

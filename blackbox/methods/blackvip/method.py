@@ -1,0 +1,447 @@
+"""BlackVIP training, evaluation and prediction against a black-box image classifier.
+
+One step: the optimizer asks for the 2q (or q+1) probe parameter vectors; the prompts of all
+probes for one shared minibatch are rendered locally and sent to the black box in one
+batched call; one loss per probe goes back to the optimizer. Only the black box's
+probabilities are used. Run directories resume exactly (see ``docs/blackvip.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from blackbox.errors import ConfigError, ObjectiveError, RunError, bad_value
+from blackbox.optim.recipes import make_optimizer
+from blackbox.provider import Provider, require
+from blackbox.runs import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from blackbox.types import Capability, ClassifyRequest
+
+from .config import BlackVIPConfig
+from .data import ImageSet, few_shot_split
+from .encoders import fit_projection, make_encoder, project
+from .outputs import FoldedHead, fixed_map, frequency_map, identity_map, mapped_log_probs
+from .prompts import Coordinator, FullPrompt, NoPrompt, PadPrompt, PromptModule, apply_prompt
+
+VERSION = 1
+
+
+def make_prompt(cfg: BlackVIPConfig, side: int) -> PromptModule:
+    """The prompt module named by ``cfg.prompt`` for ``side``-pixel images."""
+    if cfg.prompt == "coordinator":
+        return Coordinator(cfg.code_dim, cfg.trigger_dim, cfg.channels, side, cfg.init_scale)
+    if cfg.prompt == "full":
+        return FullPrompt(cfg.prompt_res, side)
+    if cfg.prompt == "pad":
+        return PadPrompt(cfg.pad_width, side)
+    return NoPrompt(side)
+
+
+@dataclass
+class Outputs:
+    """How the black box's source-class probabilities become task log-probabilities."""
+
+    kind: str
+    n_task: int
+    M: np.ndarray | None = None
+    head: FoldedHead | None = None
+
+    def train_log_probs(self, probs: np.ndarray, train_pos: np.ndarray) -> np.ndarray:
+        if self.kind == "head":
+            return self.head.train_log_probs(probs, train_pos)  # type: ignore[union-attr]
+        return mapped_log_probs(probs, self.M)  # type: ignore[arg-type]
+
+    def log_probs(self, probs: np.ndarray) -> np.ndarray:
+        if self.kind == "head":
+            return self.head.full.log_probs(probs)  # type: ignore[union-attr]
+        return mapped_log_probs(probs, self.M)  # type: ignore[arg-type]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class BlackBoxImages:
+    """Black-box calls with query accounting: probabilities for a batch of images."""
+
+    def __init__(self, provider: Provider, chunk: int = 0) -> None:
+        require(provider, [Capability.PROBS, Capability.LOGITS], "blackvip", any_of=True)
+        self.provider = provider
+        self.want = "probs" if Capability.PROBS in provider.capabilities else "logits"
+        self.chunk = chunk
+        self.queries = 0
+        self.calls = 0
+        self.seconds = 0.0
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, n_source)``; one provider call (or ``chunk``-sized calls)."""
+        parts = [images] if not self.chunk else [images[i:i + self.chunk] for i in range(0, len(images), self.chunk)]
+        out = []
+        for part in parts:
+            t = time.perf_counter()
+            res = self.provider.classify(ClassifyRequest(inputs=part, output=self.want))
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
+            self.queries += res.usage.queries or len(part)
+            out.append(res.scores if self.want == "probs" else _softmax(res.scores))
+        return np.concatenate(out)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` and ``eval`` report (see ``to_json``)."""
+
+    zero_shot_accuracy: float
+    linear_head_accuracy: float
+    test_accuracy: float
+    queries: int
+    eval_queries: int
+    wall_seconds: float
+    run_dir: str
+    steps: int
+    trainable_parameters: int
+    train_loss: float
+    black_box_seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extras"}
+        out.update(self.extras)
+        return out
+
+
+class BlackVIP:
+    """A BlackVIP run: provider + data + config, trained in ``run_dir`` (resumable).
+
+    ``fit()`` trains until the query budget is spent (or ``max_steps``), checkpointing;
+    calling it again on the same directory resumes where the last checkpoint left off.
+    """
+
+    def __init__(self, provider: Provider, data: ImageSet, config: BlackVIPConfig, run_dir: str | Path, *,
+                 provider_spec: str = "", dataset: str = "") -> None:
+        self.cfg = config
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.bb = BlackBoxImages(provider, config.provider_batch)
+        self.provider_spec, self.dataset = provider_spec, dataset
+        self.side = data.images.shape[1]
+        if data.images.shape[1] != data.images.shape[2]:
+            raise bad_value("dataset", "square images", f"{data.images.shape[1]}x{data.images.shape[2]}")
+        self.module = make_prompt(config, self.side)
+        self.train_idx, self.test_idx = few_shot_split(data, config.shots, config.n_test, config.seed)
+        self.n_task = len(data.classes)
+        self.step = 0
+        self.queries = 0
+        self.eval_queries = 0
+        self.history_lines = 0
+        self.metrics: dict[str, Any] = {}
+        self.opt: Any = None
+        self.outputs: Outputs | None = None
+        self.theta = self.module.init(config.seed)
+
+    # --- setup ----------------------------------------------------------------------------
+    def _codes(self) -> None:
+        """Encoder features of every split image, computed once and cached in the run dir."""
+        path = self.run_dir / "features.safetensors"
+        if self.cfg.prompt != "coordinator":
+            self.codes_train = np.zeros((len(self.train_idx), 1))
+            self.codes_test = np.zeros((len(self.test_idx), 1))
+            self.proj: dict[str, np.ndarray] = {}
+            return
+        if path.exists():
+            arrays, _ = load_tensors(path)
+        else:
+            enc = make_encoder(self.cfg.encoder, self.cfg.encoder_size)
+            f_train = enc.features(self.data.images[self.train_idx])
+            f_test = enc.features(self.data.images[self.test_idx])
+            proj = fit_projection(f_train, self.cfg.code_dim)
+            arrays = {"train": f_train, "test": f_test, **{f"proj.{k}": v for k, v in proj.items()}}
+            save_tensors(path, arrays, {"encoder": self.cfg.encoder, "size": self.cfg.encoder_size})
+        self.proj = {"mean": arrays["proj.mean"], "components": arrays["proj.components"]}
+        self.codes_train = project(arrays["train"], self.proj)
+        self.codes_test = project(arrays["test"], self.proj)
+
+    def _fit_outputs(self, probs_train: np.ndarray) -> None:
+        """(Re)build the label map or head from training-image probabilities."""
+        cfg, y = self.cfg, self.data.labels[self.train_idx]
+        if cfg.output == "identity":
+            self.outputs = Outputs("identity", self.n_task, M=identity_map(self.n_task, probs_train.shape[1]))
+        elif cfg.output == "map":
+            if cfg.label_map == "fixed":
+                names = getattr(self.bb.provider, "class_names", None)
+                try:
+                    spec = json.loads(cfg.fixed_map)
+                except json.JSONDecodeError as exc:
+                    raise bad_value("fixed_map", "a JSON object {task class: [source classes]}", cfg.fixed_map) from exc
+                if not isinstance(spec, dict):
+                    raise bad_value("fixed_map", "a JSON object {task class: [source classes]}", cfg.fixed_map)
+                M = fixed_map(spec, self.data.classes, names, probs_train.shape[1])
+            else:
+                M = frequency_map(probs_train, y, self.n_task, cfg.map_per_class)
+            self.outputs = Outputs("map", self.n_task, M=M)
+        else:
+            if self.outputs is None or self.outputs.head is None:
+                head = FoldedHead(max(cfg.head_folds, 1), cfg.head_C, len(self.train_idx), cfg.seed)
+                self.outputs = Outputs("head", self.n_task, head=head)
+            self.outputs.head.fit(probs_train, y, self.n_task)  # type: ignore[union-attr]
+
+    def _prompted(self, theta: np.ndarray, images: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        import torch
+
+        if not np.all(np.isfinite(theta)):
+            raise ObjectiveError("prompt parameters: expected finite values, received NaN or inf (lower a or eps; the run keeps its last checkpoint)")
+        with torch.no_grad():
+            t = torch.as_tensor(theta, dtype=torch.float32)
+            p = self.module.prompts(t, torch.as_tensor(codes, dtype=torch.float32))
+            x = apply_prompt(torch.as_tensor(images), p, self.cfg.eps)
+        return x.numpy()
+
+    def _probs_on(self, theta: np.ndarray, which: str) -> np.ndarray:
+        idx, codes = (self.train_idx, self.codes_train) if which == "train" else (self.test_idx, self.codes_test)
+        return self.bb.probs(self._prompted(theta, self.data.images[idx], codes))
+
+    def _accuracy(self, probs: np.ndarray) -> float:
+        pred = self.outputs.log_probs(probs).argmax(axis=1)  # type: ignore[union-attr]
+        return float(np.mean(pred == self.data.labels[self.test_idx]))
+
+    def _make_optimizer(self) -> Any:
+        cfg = self.cfg
+        over: dict[str, Any] = dict(c=cfg.c, alpha=cfg.alpha, gamma=cfg.gamma, o=cfg.o, q=cfg.q, two_sided=cfg.two_sided,
+                                    perturbation=cfg.perturbation, guard=False)
+        over["a"] = cfg.a if cfg.a > 0 else None
+        if cfg.optimizer == "spsa-gc":
+            over.update(momentum="gc", beta=cfg.beta)
+        else:
+            over.update(momentum="none")
+        return make_optimizer(cfg.optimizer, self.theta, seed=cfg.seed, **over)
+
+    def _start(self) -> None:
+        """Zero-shot passes: label map / head on un-prompted outputs and the no-prompt baselines."""
+        cfg = self.cfg
+        before = self.bb.queries
+        zero = np.zeros_like(self.theta)
+        base = NoPrompt(self.side)
+        saved, self.module = self.module, base
+        probs_train = self._probs_on(zero[:0], "train")
+        self.queries += self.bb.queries - before
+        e0 = self.bb.queries
+        probs_test = self._probs_on(zero[:0], "test")
+        self.module = saved
+        # No-prompt references on the same split: the label map, and a head fitted on the
+        # un-prompted outputs (the baseline any prompt must beat).
+        y = self.data.labels[self.train_idx]
+        M = frequency_map(probs_train, y, self.n_task, cfg.map_per_class) if cfg.output != "identity" else identity_map(self.n_task, probs_train.shape[1])
+        zs = float(np.mean(mapped_log_probs(probs_test, M).argmax(axis=1) == self.data.labels[self.test_idx]))
+        head = FoldedHead(1, cfg.head_C, len(self.train_idx), cfg.seed).fit(probs_train, y, self.n_task)
+        lh = float(np.mean(head.full.log_probs(probs_test).argmax(axis=1) == self.data.labels[self.test_idx]))
+        self.eval_queries += self.bb.queries - e0
+        self.metrics.update(zero_shot_accuracy=zs, linear_head_accuracy=lh, n_source_classes=int(probs_train.shape[1]))
+        self._fit_outputs(probs_train)
+        self.opt = self._make_optimizer() if self.module.dim else None
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _config_json(self) -> dict[str, Any]:
+        return {"method": "blackvip", "version": VERSION, "config": self.cfg.to_dict(), "provider": self.provider_spec,
+                "dataset": self.dataset, "classes": list(self.data.classes), "prompt": self.module.describe(),
+                "n_train": int(len(self.train_idx)), "n_test": int(len(self.test_idx))}
+
+    def checkpoint(self) -> None:
+        """Atomically write parameters, optimizer, map/head and counters."""
+        arrays: dict[str, np.ndarray] = {"theta": np.asarray(self.opt.recommend() if self.opt else self.theta)}
+        opt_meta: dict[str, Any] = {}
+        if self.opt is not None:
+            oa, opt_meta = self.opt.state_dict()
+            arrays.update({f"opt.{k}": v for k, v in oa.items()})
+        if self.outputs is not None and self.outputs.M is not None:
+            arrays["map"] = self.outputs.M
+        if self.outputs is not None and self.outputs.head is not None:
+            arrays.update(self.outputs.head.arrays())
+        meta = {"step": self.step, "queries": self.queries, "eval_queries": self.eval_queries, "metrics": self.metrics,
+                "history_lines": self.history_lines, "opt": opt_meta, "bb_seconds": self.bb.seconds}
+        save_tensors(self.run_dir / "state.safetensors", arrays, meta)
+
+    def _restore(self) -> None:
+        arrays, meta = load_tensors(self.run_dir / "state.safetensors")
+        self.step, self.queries, self.eval_queries = meta["step"], meta["queries"], meta["eval_queries"]
+        self.metrics, self.history_lines = meta["metrics"], meta["history_lines"]
+        self.bb.seconds = meta.get("bb_seconds", 0.0)
+        self.opt = self._make_optimizer() if self.module.dim else None
+        if self.opt is not None:
+            self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["opt"])
+        self.theta = arrays["theta"]
+        if self.cfg.output == "head":
+            head = FoldedHead(max(self.cfg.head_folds, 1), self.cfg.head_C, len(self.train_idx), self.cfg.seed)
+            head.load(arrays)
+            self.outputs = Outputs("head", self.n_task, head=head)
+        else:
+            self.outputs = Outputs(self.cfg.output, self.n_task, M=arrays["map"])
+        # Drop history lines written after the checkpoint, so a resumed run's log matches.
+        hist = self.run_dir / "history.jsonl"
+        if hist.exists():
+            lines = hist.read_text().splitlines()[: self.history_lines]
+            atomic_write_bytes(hist, ("\n".join(lines) + ("\n" if lines else "")).encode())
+
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        self.history_lines += 1
+
+    # --- training ---------------------------------------------------------------------------
+    def _step_cost(self) -> int:
+        return int(self.opt.next_cost()) * self.cfg.batch_size
+
+    def _minibatch(self, seed: int) -> np.ndarray:
+        return np.random.default_rng(int(seed) & 0x7FFFFFFFFFFFFFFF).choice(len(self.train_idx), size=min(self.cfg.batch_size, len(self.train_idx)), replace=False)
+
+    def _probe_losses(self, X: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """All probes of one step in one batched black-box call (per distinct minibatch)."""
+        cfg = self.cfg
+        losses = np.empty(len(X))
+        for s in np.unique(seeds):
+            rows = np.flatnonzero(seeds == s)
+            pos = self._minibatch(int(s))
+            imgs = self.data.images[self.train_idx[pos]]
+            codes = self.codes_train[pos]
+            batch = np.concatenate([self._prompted(X[r], imgs, codes) for r in rows])
+            probs = self.bb.probs(batch).reshape(len(rows), len(pos), -1)
+            y = self.data.labels[self.train_idx[pos]]
+            for j, r in enumerate(rows):
+                lp = self.outputs.train_log_probs(probs[j], pos)  # type: ignore[union-attr]
+                losses[r] = -float(np.mean(lp[np.arange(len(pos)), y]))
+        return losses
+
+    def fit(self, max_steps: int | None = None, on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train until the budget is spent (or ``max_steps`` more steps); resumes from ``run_dir``."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.run_dir / "config.json"
+        if cfg_path.exists():
+            saved = json.loads(cfg_path.read_text())
+            if saved.get("config") != self.cfg.to_dict() or saved.get("dataset") != self.dataset:
+                raise RunError(f"run_dir: expected a new directory or one with the same configuration, received {self.run_dir} "
+                               "whose config.json differs (use another --run-dir)")
+        else:
+            atomic_write_json(cfg_path, self._config_json())
+        self._codes()
+        if (self.run_dir / "state.safetensors").exists():
+            self._restore()
+        else:
+            if (self.run_dir / "history.jsonl").exists():
+                (self.run_dir / "history.jsonl").unlink()
+            self._start()
+            self.checkpoint()
+        wall0 = self.metrics.get("wall_seconds", 0.0)
+        taken = 0
+        last_loss = math.nan
+        trainable = self.module.dim > 0
+        while trainable and self.queries + self._step_cost() <= cfg.budget and (max_steps is None or taken < max_steps):
+            refit_due = self.step > 0 and (
+                (cfg.output == "head" and cfg.head_every and self.step % cfg.head_every == 0)
+                or (cfg.output == "map" and cfg.label_map == "frequency" and cfg.remap_every and self.step % cfg.remap_every == 0)
+            )
+            if refit_due:
+                if self.queries + len(self.train_idx) + self._step_cost() > cfg.budget:
+                    break
+                before = self.bb.queries
+                self._fit_outputs(self._probs_on(self.opt.recommend(), "train"))
+                self.queries += self.bb.queries - before
+            X = self.opt.ask()
+            seeds = self.opt.candidate_seeds()
+            before = self.bb.queries
+            losses = self._probe_losses(X, seeds)
+            self.queries += self.bb.queries - before
+            info = self.opt.tell(losses)
+            self.step += 1
+            taken += 1
+            last_loss = float(np.mean(losses))
+            row: dict[str, Any] = {"step": self.step, "queries": self.queries, "loss": last_loss, "phase": info.phase}
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                e0 = self.bb.queries
+                row["test_accuracy"] = self._accuracy(self._probs_on(self.opt.recommend(), "test"))
+                self.eval_queries += self.bb.queries - e0
+            self._log(row)
+            if on_step:
+                on_step(row)
+            if self.step % cfg.checkpoint_every == 0:
+                self.metrics["wall_seconds"] = wall0 + time.perf_counter() - t0
+                self.checkpoint()
+        if self.opt is not None:
+            self.theta = self.opt.recommend()
+        e0 = self.bb.queries
+        acc = self._accuracy(self._probs_on(self.theta, "test"))
+        self.eval_queries += self.bb.queries - e0
+        self.metrics["test_accuracy"] = acc
+        self.metrics["wall_seconds"] = wall0 + time.perf_counter() - t0
+        self.checkpoint()
+        result = self.result(last_loss)
+        atomic_write_json(self.run_dir / "result.json", result.to_json())
+        return result
+
+    def result(self, train_loss: float = math.nan) -> TrainResult:
+        m = self.metrics
+        return TrainResult(
+            zero_shot_accuracy=m["zero_shot_accuracy"], linear_head_accuracy=m["linear_head_accuracy"],
+            test_accuracy=m.get("test_accuracy", math.nan), queries=self.queries, eval_queries=self.eval_queries,
+            wall_seconds=round(m.get("wall_seconds", 0.0), 3), run_dir=str(self.run_dir), steps=self.step,
+            trainable_parameters=self.module.dim, train_loss=train_loss if math.isfinite(train_loss) else -1.0,
+            black_box_seconds=round(self.bb.seconds, 3),
+            extras={"prompt": self.cfg.prompt, "output": self.cfg.output, "optimizer": self.cfg.optimizer},
+        )
+
+    # --- inference -------------------------------------------------------------------------
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Task-class log-probabilities for new images (same side as the training images)."""
+        if images.ndim != 4 or images.shape[1:] != (self.side, self.side, 3):
+            raise bad_value("images", f"RGB images of shape (n, {self.side}, {self.side}, 3) in [0, 1]", f"shape {images.shape}")
+        codes = np.zeros((len(images), 1))
+        if self.cfg.prompt == "coordinator":
+            codes = project(make_encoder(self.cfg.encoder, self.cfg.encoder_size).features(images), self.proj)
+        probs = self.bb.probs(self._prompted(self.theta, images, codes))
+        return self.outputs.log_probs(probs)  # type: ignore[union-attr]
+
+    @classmethod
+    def load(cls, run_dir: str | Path, provider: Provider | None = None, data: ImageSet | None = None) -> "BlackVIP":
+        """Reopen a run directory (provider and data rebuilt from its config unless given)."""
+        from blackbox.provider import load_provider
+
+        from .data import load_dataset
+
+        run_dir = Path(run_dir)
+        path = run_dir / "config.json"
+        if not path.exists() or not (run_dir / "state.safetensors").exists():
+            raise RunError(f"run_dir: expected a BlackVIP run directory with config.json and state.safetensors, received {run_dir}")
+        saved = json.loads(path.read_text())
+        if saved.get("method") != "blackvip":
+            raise RunError(f"run_dir: expected a BlackVIP run, received a {saved.get('method')!r} run in {run_dir}")
+        cfg = BlackVIPConfig(**saved["config"])
+        provider = provider or load_provider(saved["provider"])
+        data = data or load_dataset(saved["dataset"])
+        run = cls(provider, data, cfg, run_dir, provider_spec=saved["provider"], dataset=saved["dataset"])
+        run._codes()
+        run._restore()
+        return run
+
+    def evaluate(self) -> TrainResult:
+        """Test accuracy of the saved prompt and map/head on the run's test split."""
+        e0 = self.bb.queries
+        acc = self._accuracy(self._probs_on(self.theta, "test"))
+        self.eval_queries += self.bb.queries - e0
+        self.metrics["test_accuracy"] = acc
+        return self.result()
+
+
+def check_config_for(data: ImageSet, cfg: BlackVIPConfig) -> None:
+    """Fail early when the split cannot be made (more shots than images)."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    if cfg.shots >= counts.min():
+        c = int(np.argmin(counts))
+        raise ConfigError(f"shots: expected at most {counts.min() - 1} for class {data.classes[c]!r} ({counts.min()} images), received {cfg.shots}")
