@@ -314,22 +314,34 @@ def test_refuses_provider_without_inputs_embeds():
 
 # --- jobs --------------------------------------------------------------------------------------------
 def _general_rows():
-    return [{"prompt": f"{g} ({k})"} for k in range(10) for g in GENERAL]
+    return [{"prompt": f"{g} ({k})"} for k in range(4) for g in GENERAL]
 
 
-def test_fit_unlearns_and_resume_is_identical(lm, data, tmp_path):
+FIT_CFG = dict(fpr=0.05, start=0.5, max_new_tokens=3, bisect_steps=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(lm, data, tmp_path_factory):
+    """One uninterrupted reference fit, shared by the tests below."""
     from blackbox.methods.eco.job import EcoConfig, fit
 
-    cfg = EcoConfig(fpr=0.05, start=0.5, max_new_tokens=3, bisect_steps=3)
+    run = tmp_path_factory.mktemp("eco_ref") / "a"
+    return run, fit(lm, data["forget"], data["retain"], run, general=_general_rows(), config=EcoConfig(**FIT_CFG)).artifact
+
+
+def test_fit_unlearns_and_resume_is_identical(lm, data, fitted, tmp_path):
+    from blackbox.methods.eco.job import EcoConfig, fit
+
+    cfg = EcoConfig(**FIT_CFG)
     gen = _general_rows()
-    full = fit(lm, data["forget"], data["retain"], tmp_path / "a", general=gen, config=cfg).artifact
+    ref_dir, full = fitted
     m = full["metrics"]
     assert m["forget_accuracy_before"] == 1.0
     assert m["forget_accuracy_after"] == 0.0
     assert m["retain_accuracy_after"] == m["retain_accuracy_before"]
     from blackbox.methods.eco.job import load_guarded
 
-    flagged = load_guarded(tmp_path / "a", provider=lm).gate.flags([g["prompt"] for g in gen])
+    flagged = load_guarded(ref_dir, provider=lm).gate.flags([g["prompt"] for g in gen])
     assert flagged.mean() <= 0.1  # calibrated at 5%
     assert m["general_unchanged"] == 1.0 - flagged.mean()  # every unflagged prompt is unchanged
     assert m["search_queries"] == sum(e["queries"] for e in full["search"]["evaluations"]) > 0
@@ -354,7 +366,28 @@ def test_fit_unlearns_and_resume_is_identical(lm, data, tmp_path):
     assert resumed.resumed
     strip = lambda a: {k: v for k, v in a.items() if k != "timing"}  # noqa: E731
     assert strip(resumed.artifact) == strip(full)
-    assert (tmp_path / "a" / "artifact.safetensors").read_bytes() == (tmp_path / "b" / "artifact.safetensors").read_bytes()
+    assert (ref_dir / "artifact.safetensors").read_bytes() == (tmp_path / "b" / "artifact.safetensors").read_bytes()
+
+
+def test_fit_cheap_mode_and_other_searches(lm, data, fitted, tmp_path):
+    """verify_unflagged=False gives the same accuracies; the central/vector rules and the
+    divergence objective run through the same job and count their queries."""
+    from blackbox.methods.eco.job import EcoConfig, fit
+
+    gen = _general_rows()
+    ref = fitted[1]
+    cheap = fit(lm, data["forget"], data["retain"], tmp_path / "c", general=gen, config=EcoConfig(**FIT_CFG, verify_unflagged=False)).artifact
+    for key in ("forget_accuracy_after", "retain_accuracy_after", "retain_accuracy_before"):
+        assert cheap["metrics"][key] == ref["metrics"][key]
+    assert cheap["metrics"]["outputs_verified"] is False
+    for search in ("central", "vector"):
+        cfg = EcoConfig(fpr=0.05, start=0.05, eps=0.02, lr=1.0, max_step=1.0, max_steps=4, search=search, objective="divergence",
+                        max_divergence=50.0, max_new_tokens=2, verify_unflagged=False)
+        art = fit(lm, data["forget"][:4], data["retain"], tmp_path / search, general=gen, config=cfg).artifact
+        ev = art["search"]["evaluations"]
+        assert art["search"]["met"] and art["search"]["stopped"] == "target met"
+        assert art["metrics"]["search_queries"] == sum(e["queries"] for e in ev) == len(ev) * art["metrics"]["n_known_forget"] > 0
+        assert all("divergence" in e for e in ev)
 
 
 def test_fit_bad_inputs(lm, data, tmp_path):
