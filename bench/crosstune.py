@@ -172,8 +172,11 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         sw, un, ct = by[(ds, ft, "aug-switch")], by[(ds, ft, "aug-unfiltered")], by[(ds, ft, "crosstune")]
         aug.append(f"| {ds} | {ft} | {sw['generated']} | {sw['unparsed']} | {sw['kept']} | {sw['dropped']} | "
                    f"{100 * (un['acc_mean'] - ct['acc_mean']):+.1f} | {100 * (sw['acc_mean'] - ct['acc_mean']):+.1f} | {sw['gen_seconds']:.0f} s |")
-    out += [f"Augmentation (generator: SmolLM2-135M-Instruct via `hf-causal:smollm2`, {args.augment_n} examples per class "
-            "and seed, 4 in-context examples, temperature 0.8; counts summed over seeds):", "", *aug, ""]
+    per = sorted({round(r["generated"] / (r["classes"] * r["seeds"])) for r in rows if r["arm"] == "aug-switch"})
+    if per:
+        out += [f"Augmentation (generator: SmolLM2-135M-Instruct via `hf-causal:smollm2`, {'/'.join(map(str, per))} examples "
+                "asked per class and seed, 4 in-context examples, temperature 0.8; counts summed over seeds; only the rows "
+                "listed were run with augmentation):", "", *aug, ""]
     cost = ["| data set | features | queries per run (few-shot texts + label descriptions) | unique texts queried, all seeds + test | head training time, mean / max (s) | feature extraction (s) |",
             "|" + "---|" * 6]
     for ds, ft in keys:

@@ -92,11 +92,13 @@ class CrossTuneHead(nn.Module):
         b, t = mask.shape
         h, dh = self.heads, self.dim // self.heads
         xs = self.project(x) if projected is None else projected
-        xs = self.drop(xs) * mask[..., None]
+        xs = self.drop(xs)
         e = self.label_matrix(labels)
         q = self.q(e).view(self.n_classes, h, dh)                   # (C, H, dh)
-        k = self.k(xs).view(b, t, h, dh)                            # (B, T, H, dh)
-        v = self.v(xs).view(b, t, h, dh)
+        # keys and values of the real tokens only (padding is often most of a batch)
+        valid = xs[mask]                                             # (N_tokens, rank)
+        k = xs.new_zeros(b, t, self.dim).index_put((mask.nonzero(as_tuple=True)), self.k(valid)).view(b, t, h, dh)
+        v = xs.new_zeros(b, t, self.dim).index_put((mask.nonzero(as_tuple=True)), self.v(valid)).view(b, t, h, dh)
         logits = torch.einsum("chd,bthd->bcht", q, k) / math.sqrt(dh)
         logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
         att = torch.softmax(logits, dim=-1)                          # (B, C, H, T)
