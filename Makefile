@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# The main job: BlackVIP against the shipped EfficientNet-Lite0 ImageNet classifier (queried
+# as a black box) on real MNIST digits, 16 shots per class.
 demo: $(STAMP)
-	$(VENV)/bin/blackbox optimize --objective logistic --dim 1000 --optimizer spsa-gc \
-		--budget 20000 --seed 0 --run-dir runs/demo-$$(date +%Y%m%d-%H%M%S) --progress
+	$(VENV)/bin/blackbox blackvip train --provider 'efficientnet-lite0?size=96' --dataset mnist \
+		--shots 16 --budget 20000 --run-dir runs/blackvip-$$(date +%Y%m%d-%H%M%S) --progress
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -217,6 +217,7 @@ class BlackVIP:
         over: dict[str, Any] = dict(c=cfg.c, alpha=cfg.alpha, gamma=cfg.gamma, o=cfg.o, q=cfg.q, two_sided=cfg.two_sided,
                                     perturbation=cfg.perturbation, guard=False)
         over["a"] = cfg.a if cfg.a > 0 else None
+        over["step0"] = cfg.step0
         if cfg.optimizer == "spsa-gc":
             over.update(momentum="gc", beta=cfg.beta)
         else:
@@ -244,6 +245,12 @@ class BlackVIP:
         lh = float(np.mean(head.full.log_probs(probs_test).argmax(axis=1) == self.data.labels[self.test_idx]))
         self.eval_queries += self.bb.queries - e0
         self.metrics.update(zero_shot_accuracy=zs, linear_head_accuracy=lh, n_source_classes=int(probs_train.shape[1]))
+        if self.module.dim and self.cfg.init_scale > 0 and (cfg.output == "head" or cfg.label_map == "frequency"):
+            # The initial prompt already moves the black box's predictions: fit the map or
+            # head to what the optimizer will actually see (one counted pass).
+            before = self.bb.queries
+            probs_train = self._probs_on(self.theta, "train")
+            self.queries += self.bb.queries - before
         self._fit_outputs(probs_train)
         self.opt = self._make_optimizer() if self.module.dim else None
 
