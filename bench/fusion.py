@@ -22,7 +22,7 @@ variant: at every step of the proxy and dynamic runs, the greedy choice of the t
 variant (the large model's top-k log-probs only, emulating an API from the same local
 model) is compared with the full-vocabulary choice (teacher-forced on the full run's path).
 
-    python bench/fusion.py [--n-task 24] [--n-general-pool 40] [--threads 2] [--write-docs]
+    python bench/fusion.py [--n-task 16] [--n-general-pool 32] [--threads 2] [--write-docs]
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import command_line, emit, loadavg, machine, machine_line, today, write_section
-from fusion_assets import hf_dir
+from fusion_assets import DEFAULT_CACHE, hf_dir
 from fusion_expert import GENERAL_TEMPLATE, TASK_TEMPLATE, expert_dir, split
 
 KS = (5, 10, 20)
@@ -59,17 +60,20 @@ def peak_rss_gb() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-task", type=int, default=24)
-    ap.add_argument("--n-general-pool", type=int, default=40)
-    ap.add_argument("--n-general", type=int, default=24)
-    ap.add_argument("--max-tokens", type=int, default=9)
+    ap.add_argument("--n-task", type=int, default=16)
+    ap.add_argument("--n-general-pool", type=int, default=32)
+    ap.add_argument("--n-general", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--refine", type=int, default=12)
-    ap.add_argument("--timing-tokens", type=int, default=12)
-    ap.add_argument("--timing-repeats", type=int, default=2)
+    ap.add_argument("--refine-sample", type=int, default=64, help="decoding steps on which refinement is measured")
+    ap.add_argument("--timing-tokens", type=int, default=10)
+    ap.add_argument("--timing-repeats", type=int, default=1)
     ap.add_argument("--models", nargs=3, metavar=("LARGE", "SMALL", "EXPERT"), help="other model directories (smoke tests)")
     ap.add_argument("--no-select", action="store_true", help="general set without the large-right/small-wrong selection (smoke tests)")
+    ap.add_argument("--phase", choices=("all", "base"), default="all", help="base: only the base models' runs (stored for reuse)")
+    ap.add_argument("--wait-expert", type=float, default=0.0, help="seconds to wait for the expert directory to appear")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
 
@@ -86,10 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         dirs = args.models
     else:
-        if not (expert_dir() / "config.json").is_file():
-            raise SystemExit("no expert: run `python bench/fusion_expert.py` first")
         dirs = [hf_dir("large"), hf_dir("small"), expert_dir()]
-    large, small, expert = (HFCausalProvider(d, max_batch=args.batch) for d in dirs)
+    large, small = (HFCausalProvider(d, max_batch=args.batch) for d in dirs[:2])
+    expert = None  # loaded after the base models' runs: it may still be training (--wait-expert)
+    # phase "base" (the base models only, e.g. while the expert trains) stores its results
+    # here; a later full run with the same settings reuses them instead of recomputing
+    key = {k: getattr(args, k) for k in ("n_task", "n_general_pool", "n_general", "max_tokens", "batch", "no_select")}
+    base_file = (DEFAULT_CACHE / "fusion_base_runs.json") if not args.models else None
+    stored = json.loads(base_file.read_text()) if base_file is not None and base_file.is_file() else None
+    if stored is not None and stored.get("key") != key:
+        stored = None
     emit({"event": "loaded", "seconds": round(time.time() - t_start, 1), "peak_rss_gb": round(peak_rss_gb(), 2)})
 
     _, held = split()
@@ -102,12 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         return list(out.texts), out.usage.completion_tokens, time.perf_counter() - t0
 
     # general set: knowledge the 1.5B has and the 0.5B lacks -----------------------------
-    gprompts = [GENERAL_TEMPLATE.format(c=c) for c, _ in pool]
-    lg, _, _ = plain(large, gprompts, ("\n",))
-    sg, _, _ = plain(small, gprompts, ("\n",))
-    general_set = [pc for pc, a, b in zip(pool, lg, sg) if args.no_select or (general_ok(a, pc[1]) and not general_ok(b, pc[1]))][: args.n_general]
-    emit({"event": "general_selection", "pool": len(pool), "large_right": sum(general_ok(a, c[1]) for a, c in zip(lg, pool)),
-          "small_right": sum(general_ok(b, c[1]) for b, c in zip(sg, pool)), "selected": len(general_set)})
+    if stored is not None:
+        general_set = [tuple(x) for x in stored["general_set"]]
+        selection = stored["selection"]
+    else:
+        gprompts = [GENERAL_TEMPLATE.format(c=c) for c, _ in pool]
+        lg, _, _ = plain(large, gprompts, ("\n",))
+        sg, _, _ = plain(small, gprompts, ("\n",))
+        general_set = [pc for pc, a, b in zip(pool, lg, sg) if args.no_select or (general_ok(a, pc[1]) and not general_ok(b, pc[1]))][: args.n_general]
+        selection = {"pool": len(pool), "large_right": sum(general_ok(a, c[1]) for a, c in zip(lg, pool)),
+                     "small_right": sum(general_ok(b, c[1]) for b, c in zip(sg, pool)), "selected": len(general_set)}
+    emit({"event": "general_selection", **selection})
 
     sets = {
         "task": ([TASK_TEMPLATE.format(c=c) for c, _ in task_set], [k for _, k in task_set], ("]]", "\n"), task_ok),
@@ -125,11 +140,34 @@ def main(argv: list[str] | None = None) -> int:
         row["seconds"] += secs
         row.setdefault("examples", {})[set_name] = texts[:3]
 
-    for name, prov in (("large base (1.5B)", large), ("small base (0.5B)", small), ("small expert (0.5B LoRA)", expert)):
+    if stored is not None:
+        rows.update(stored["rows"])
+    for name in ("large base (1.5B)", "small base (0.5B)", "small expert (0.5B LoRA)"):
+        if name in rows:
+            continue
+        if name.startswith("small expert"):
+            if args.phase == "base":
+                continue
+            deadline = time.time() + args.wait_expert
+            while not (Path(dirs[2]) / "train_info.json").is_file():  # written last by fusion_expert.py
+                if time.time() > deadline:
+                    raise SystemExit("no expert: run `python bench/fusion_expert.py` first")
+                time.sleep(10)
+            time.sleep(2)
+            expert = HFCausalProvider(dirs[2], max_batch=args.batch)
+            emit({"event": "expert_loaded", "seconds": round(time.time() - t_start, 1)})
+        prov = {"large base (1.5B)": large, "small base (0.5B)": small}.get(name, expert)
         for set_name, (prompts, caps, stop, _) in sets.items():
             texts, n_tok, secs = plain(prov, prompts, stop)
             record(name, set_name, texts, n_tok, secs)
         emit({"event": "system", "name": name, **{k: v for k, v in rows[name].items() if k != "examples"}})
+
+    if args.phase == "base":
+        if base_file is not None:
+            base_file.write_text(json.dumps({"key": key, "general_set": general_set, "selection": selection, "rows": rows}))
+        emit({"event": "base_stored", "file": str(base_file)})
+        return 0
+    summary_extra = {"base_rows_reused": stored is not None}
 
     fusion_time: dict[str, float] = {}
     configs = {
@@ -162,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             def on_step(step: dict[str, Any], _fusion: Any = fusion, _agree: dict = agree, _hook: list = hook, _dyn: bool = base_cfg.mode == "dynamic") -> None:
                 t0 = time.perf_counter()
                 zl, zs, ze, tok = step["large"], step["small"], step["experts"], step["token"]
-                if _dyn:
+                if _dyn and refine_stats["steps"] < args.refine_sample:
                     t1 = time.perf_counter()
                     w0, j0 = arith.dynamic_weights(zl, zs, ze, grid)
                     t2 = time.perf_counter()
@@ -226,12 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         })
     agree_out = {name: {k: a / max(b, 1) for k, (a, b) in v.items()} for name, v in agreement.items()}
     n_steps = {name: v[KS[0]][1] for name, v in agreement.items()}
-    summary = {"table": table, "refine": refine_stats, "topk_agreement": agree_out, "topk_steps": n_steps, "timing_tokens_per_s": tps,
+    summary = {**summary_extra, "selection": selection, "table": table, "refine": refine_stats, "topk_agreement": agree_out, "topk_steps": n_steps, "timing_tokens_per_s": tps,
                "n_task": len(sets["task"][1]), "n_general": len(sets["general"][1]), "seconds": round(total, 1),
                "peak_rss_gb": round(peak_rss_gb(), 2), "examples": {n: r.get("examples") for n, r in rows.items()}}
     emit({"event": "summary", **summary})
     if args.write_docs:
-        write_section("fusion", render(summary, info, args))
+        text = render(summary, info, args)
+        write_section("fusion", text)
+        # the same table in docs/fusion.md, between its results markers
+        doc = _common.REPO / "docs" / "fusion.md"
+        body = doc.read_text()
+        start, end = "<!-- fusion-results -->", "<!-- /fusion-results -->"
+        i, j = body.find(start), body.find(end)
+        if i >= 0 and j > i:
+            table = text.split("\n", 2)[2]  # without the section heading
+            doc.write_text(body[: i + len(start)] + "\n" + table.strip() + "\n" + body[j:])
     return 0
 
 
@@ -257,6 +304,14 @@ def render(s: dict[str, Any], info: dict[str, Any], args: Any) -> str:
         share = "–" if r["fusion_arith_share"] is None else f"{100 * r['fusion_arith_share']:.2f}%"
         mw = "–" if r.get("mean_weight") is None else f"{r['mean_weight']:.2f}"
         lines.append(f"| {r['system']} | {pct(r['task'])} | {pct(r['general'])} | {pct(r['mixed'])} | {r['tokens_per_s']:.2f} | {share} | {mw} |")
+    if s.get("base_rows_reused"):
+        lines += ["", "The large-base and small-base rows were measured by an earlier process with the same settings "
+                  "(`--phase base`, run while the expert trained); their tokens/s come from other load conditions, so compare "
+                  "speeds with the identical-prompt timing below, which ran in this process."]
+    sel = s.get("selection", {})
+    if sel:
+        lines += ["", f"General-set selection: of {sel.get('pool')} held-out countries, the 1.5B answered {sel.get('large_right')} "
+                  f"and the 0.5B base {sel.get('small_right')}; {sel.get('selected')} (1.5B right, 0.5B wrong) were kept."]
     t = s["timing_tokens_per_s"]
     lines += [
         "",
@@ -277,7 +332,7 @@ def render(s: dict[str, Any], info: dict[str, Any], args: Any) -> str:
     if r["steps"]:
         lines += [
             "",
-            f"Golden-section refinement ({args.refine} steps within ±0.1 of the grid's α), measured on every step of the dynamic runs "
+            f"Golden-section refinement ({args.refine} steps within ±0.1 of the grid's α), measured on the first steps of the dynamic runs "
             f"({r['steps']} steps, same logits): it moved α by more than 0.001 at {100 * r['alpha_moved'] / r['steps']:.0f}% of the steps, "
             f"lowered the summed objective from {r['obj_grid']:.3g} to {r['obj_refined']:.3g}, changed the greedy token at "
             f"{r['token_changed']} of {r['steps']} steps, and cost {1000 * r['refine_s'] / r['steps']:.1f} ms per step against "

