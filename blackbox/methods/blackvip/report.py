@@ -20,11 +20,13 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def prompt_grid(run: Any, n: int = 6, scale: int = 3) -> np.ndarray:
-    """Rows of (test image, prompt mapped to [0, 1], prompted image), upscaled ``scale``×."""
+def prompt_grid(run: Any, n: int = 10, scale: int = 3) -> np.ndarray:
+    """Rows of (test image, prompt contrast-stretched to [0, 1], prompted image), one per class, upscaled ``scale``×."""
     import torch
 
-    pos = np.arange(min(n, len(run.test_idx)))
+    # One test image per class (as many classes as fit), so the grid shows input dependence.
+    labels = run.data.labels[run.test_idx]
+    pos = np.array([int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)][:n])
     imgs = run.data.images[run.test_idx[pos]]
     codes = run.codes_test[pos]
     with torch.no_grad():
@@ -34,7 +36,10 @@ def prompt_grid(run: Any, n: int = 6, scale: int = 3) -> np.ndarray:
     gap = 2
     grid = np.ones((len(pos) * (side + gap), 3 * (side + gap), 3), dtype=np.float32)
     for i in range(len(pos)):
-        for j, tile in enumerate((imgs[i], (p[i] + 1.0) / 2.0, prompted[i])):
+        # The prompt is contrast-stretched per image (its raw range may be tiny).
+        lo, hi = float(p[i].min()), float(p[i].max())
+        shown = (p[i] - lo) / (hi - lo) if hi > lo else np.full_like(p[i], 0.5)
+        for j, tile in enumerate((imgs[i], shown, prompted[i])):
             grid[i * (side + gap):i * (side + gap) + side, j * (side + gap):j * (side + gap) + side] = tile
     return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
 
