@@ -331,7 +331,8 @@ def memo_generate(memo: Memo, key: str, provider: Any, items: Sequence[Item], co
     outs: list[str] = []
     queries = 0
     for r in _chunks(len(items), chunk):
-        val = memo.get(f"{key}:{r.start}", lambda r=r: dict(zip(("texts", "queries"), generate_all(provider, [items[i].prompt for i in r], config))))
+        digest = hashlib.sha256("\x00".join(items[i].prompt for i in r).encode()).hexdigest()[:12]
+        val = memo.get(f"{key}:{r.start}:{digest}", lambda r=r: dict(zip(("texts", "queries"), generate_all(provider, [items[i].prompt for i in r], config))))
         outs += val["texts"]
         queries += val["queries"]
     return outs, queries
@@ -379,12 +380,18 @@ def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence
     train_neg, cal = split_calibration(negatives, config)
     pos_extra, neg_extra = augment([(i.prompt, i.target) for i in forget if i.target], others, matcher, seed=config.seed)
     positives = [i.prompt for i in forget] + pos_extra
+    # Hard negatives are near neighbours: half train the classifier, half join the calibration
+    # set, so the calibrated threshold also covers prompts about entities it never saw.
+    rng = np.random.default_rng([config.seed, 17])
+    hard = [neg_extra[k] for k in rng.permutation(len(neg_extra))]
+    hard_train, hard_cal = hard[: len(hard) // 2], hard[len(hard) // 2 :]
+    cal = cal + hard_cal
     gate = Gate(GateConfig(fpr=config.fpr, exact_match=config.exact_match, seed=config.seed), matcher, encoder)
-    gate.fit(positives, train_neg + neg_extra, cal)
+    gate.fit(positives, train_neg + hard_train, cal)
     cal_flags = gate.flags(cal)
     report = {
-        "n_train_positive": len(positives), "n_train_negative": len(train_neg) + len(neg_extra),
-        "n_hard_negative": len(neg_extra), "n_calibration": len(cal),
+        "n_train_positive": len(positives), "n_train_negative": len(train_neg) + len(hard_train),
+        "n_hard_negative": len(neg_extra), "n_hard_negative_calibration": len(hard_cal), "n_calibration": len(cal),
         "calibration_false_positive_rate": float(cal_flags.mean()), "threshold": gate.threshold_,
         "forget_recall_train": float(gate.flags([i.prompt for i in forget]).mean()),
     }
