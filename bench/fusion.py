@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-select", action="store_true", help="general set without the large-right/small-wrong selection (smoke tests)")
     ap.add_argument("--phase", choices=("all", "base"), default="all", help="base: only the base models' runs (stored for reuse)")
     ap.add_argument("--wait-expert", type=float, default=0.0, help="seconds to wait for the expert directory to appear")
+    ap.add_argument("--skip-small", action="store_true", help="do not evaluate the small base alone")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
 
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if stored is not None:
         general_set = [tuple(x) for x in stored["general_set"]]
         selection = stored["selection"]
+    elif args.no_select:
+        general_set = pool[: args.n_general]
+        selection = {}
     else:
         gprompts = [GENERAL_TEMPLATE.format(c=c) for c, _ in pool]
         lg, _, _ = plain(large, gprompts, ("\n",))
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if stored is not None:
         rows.update(stored["rows"])
     for name in ("large base (1.5B)", "small base (0.5B)", "small expert (0.5B LoRA)"):
-        if name in rows:
+        if name in rows or (args.skip_small and name.startswith("small base")):
             continue
         if name.startswith("small expert"):
             if args.phase == "base":
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     tprompts = sets["task"][0][: args.batch] + []
     times: dict[str, list[float]] = {"large": [], "proxy": [], "dynamic": []}
     toks: dict[str, int] = {}
-    for _ in range(args.timing_repeats):
+    for _ in range(args.timing_repeats if args.timing_repeats > 0 else 0):
         for name in times:
             if name == "large":
                 t0 = time.perf_counter()
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = LogitFusion(large, small, [expert], FusionConfig(mode=name, max_tokens=args.timing_tokens, batch_size=args.batch)).generate(tprompts)
                 times[name].append(res.seconds)
                 toks[name] = res.n_tokens
-    tps = {k: toks[k] / statistics.median(v) for k, v in times.items()}
+    tps = {k: toks[k] / statistics.median(v) for k, v in times.items() if v}
     emit({"event": "timing", "tokens_per_s": tps, "seconds": times, "tokens": toks})
 
     # summary -----------------------------------------------------------------------------
@@ -286,6 +290,12 @@ def render(s: dict[str, Any], info: dict[str, Any], args: Any) -> str:
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.0f}%"
 
+    if args.no_select:
+        general_note = ("`Q: What is the capital of X?` questions on other held-out countries (not selected by which model "
+                        "knows them: a general-knowledge check of what the fusions keep of the large model). ")
+    else:
+        general_note = (f"`Q: What is the capital of X?` questions that the 1.5B answers and the 0.5B base does not (selected from "
+                        f"{args.n_general_pool} held-out countries, so the large base scores 100% there by construction). ")
     lines = [
         "## Logit fusion (proxy-tuning, dynamic fusion) on Qwen2.5-Coder-Instruct 1.5B + 0.5B",
         "",
@@ -293,8 +303,7 @@ def render(s: dict[str, Any], info: dict[str, Any], args: Any) -> str:
         f"with LoRA (bench/fusion_expert.py) trained on 80 countries to answer `Country: X\\nCapital:` as ` [[capital]]`. "
         f"Held-out evaluation, greedy, max {args.max_tokens} new tokens, fp32 on CPU ({args.threads} threads): "
         f"**task** = {s['n_task']} unseen countries in the bracket format (exact match); **general** = {s['n_general']} "
-        f"`Q: What is the capital of X?` questions that the 1.5B answers and the 0.5B base does not (selected from "
-        f"{args.n_general_pool} held-out countries, so the large base scores 100% there by construction). "
+        + general_note +
         f"A modest sample: one correct answer moves the task column by {100 / max(s['n_task'], 1):.1f} points.",
         "",
         "| system | task | general | mixed | tokens/s (accuracy runs) | fusion arithmetic share of time | mean α |",
@@ -313,11 +322,19 @@ def render(s: dict[str, Any], info: dict[str, Any], args: Any) -> str:
         lines += ["", f"General-set selection: of {sel.get('pool')} held-out countries, the 1.5B answered {sel.get('large_right')} "
                   f"and the 0.5B base {sel.get('small_right')}; {sel.get('selected')} (1.5B right, 0.5B wrong) were kept."]
     t = s["timing_tokens_per_s"]
-    lines += [
+    speed = {r["system"]: r["tokens_per_s"] for r in s["table"]}
+    lg, px, dy = (next((v for k, v in speed.items() if k.startswith(p)), None) for p in ("large base", "proxy", "dynamic"))
+    if lg and px and dy:
+        lines += ["", f"Speed in the accuracy runs (same process, same prompts, greedy): dynamic/proxy tokens/s = {dy / px:.3f}, "
+                  f"proxy/large = {px / lg:.3f}, dynamic/large = {dy / lg:.3f}."]
+    if t:
+        lines += [
         "",
         f"Speed on identical prompts ({args.batch} task prompts, {args.timing_tokens} tokens each, no stop, median of "
         f"{args.timing_repeats} alternating runs): large alone {t['large']:.2f} tokens/s, proxy-tuning {t['proxy']:.2f}, "
         f"dynamic fusion {t['dynamic']:.2f} (dynamic/proxy = {t['dynamic'] / t['proxy']:.3f}; proxy/large = {t['proxy'] / t['large']:.3f}).",
+        ]
+    lines += [
         "",
         "Top-k variant (large model seen only through its top-k log-probs, emulated from the same local model; fusion over the "
         "union of those tokens and the expert's top-k, renormalised): share of decoding steps where its greedy token equals "
