@@ -362,8 +362,8 @@ def render(s: dict[str, Any]) -> str:
         f"{s['fit_seconds']:.0f} s. Within the fit, only flagged prompts are regenerated (`verify_unflagged=false`); "
         "byte-identity of unflagged outputs is checked on the held-out general prompts below by real generation.",
         "",
-        "- Scale: sample sizes are small (the defaults of this script) because the shared 2-core machine gave this process about a tenth "
-        "of a core while the benchmark ran; every number below is from one seeded run, so a 1-in-N change is one prompt.",
+        "- Scale: sample sizes are small (set by the flags in the command) to fit a shared 2-core machine that was heavily loaded by "
+        "other jobs; every number below is from one seeded run, so with N prompts one prompt is 1/N.",
         "",
         "| metric | before | after | target | met |",
         "|---|---|---|---|---|",
@@ -398,7 +398,8 @@ def render(s: dict[str, Any]) -> str:
     lines += [
         "",
         "**Corruption families** (forced on every prompt; strength from bracket + bisect, at most 6 evaluations, to 0% first-token "
-        "forget accuracy; the retain column is what a gate false positive would cost):",
+        "forget accuracy; retain prompts name no forget target, so there the entity selection falls back to all tokens but the last: "
+        "the retain column is what a gate false positive would cost):",
         "",
         "| family | tokens | strength | target met | forget | retain (forced) | search queries |",
         "|---|---|---|---|---|---|---|",
