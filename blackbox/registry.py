@@ -134,5 +134,5 @@ def register_decorator(registry: Registry[Any], name: str, summary: str = "") ->
 
 
 optimizers: Registry[Any] = Registry("optimizer", "blackbox.optimizers", ("blackbox.optim.recipes",))
-providers: Registry[Any] = Registry("provider", "blackbox.providers", ("blackbox.providers",))
+providers: Registry[Any] = Registry("provider", "blackbox.providers", ("blackbox.providers", "blackbox.methods.eco.guarded"))
 methods: Registry[Any] = Registry("method", "blackbox.methods", ("blackbox.methods",))
