@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import typer
 
-from ._cli_util import JSON_OPT, PROGRESS_OPT, _emit_json, _fail, _show_progress, handle_errors, parse_sets  # noqa: F401
+from ._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _fail, _show_progress, handle_errors, parse_sets  # noqa: F401
 from ._version import __version__
 from .errors import BlackboxError
 
@@ -50,39 +50,14 @@ def main_callback(
     """Black-box and zeroth-order adaptation of pretrained models."""
 
 
-class _Progress:
-    """A rich progress bar fed by optimizer callbacks (queries / budget, loss, ETA)."""
+class _Progress(ProgressBar):
+    """The shared progress bar fed by optimizer callbacks (queries / budget, loss, best, ETA)."""
 
     def __init__(self, budget: int, enabled: bool, done: int = 0) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]queries"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  best {task.fields[best]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self.task = self.progress.add_task("run", total=budget, completed=done, loss="-", best="-")
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.progress.stop()
+        super().__init__(budget, "queries", enabled, done=done)
 
     def __call__(self, info: Any) -> None:
-        if self.enabled:
-            self.progress.update(self.task, completed=info.queries, loss=f"{info.loss:.4g}", best=f"{info.best_loss:.4g}")
+        self.update(info.queries, loss=f"{info.loss:.4g}", best=f"{info.best_loss:.4g}")
 
 
 def _print_result(result: Any, as_json: bool) -> None:
