@@ -13,11 +13,15 @@ best point of a small grid (FD optimizers: ``step0`` ∈ {0.003, 0.03, 0.3}; cma
 ``sigma`` ∈ {0.1, 0.5, 2}) chosen by the median over seeds at the selection checkpoint
 (20k queries on logistic, 10k on rosenbrock). Nevergrad arms run with defaults only.
 
-Each run has a budget of 50k queries; at each checkpoint the loss of the *recommended*
-point is recorded when the run's query count first reaches it (our optimizers:
-``f(opt.recommend())``, evaluated outside the budget; nevergrad: ``opt.recommend()`` after
-that many ask/tell pairs). A grid point that is not selected stops at the selection
-checkpoint (its later numbers are never reported); the selected one continues to 50k.
+Protocol ``--protocol budget`` (default): every checkpoint is its own run, given that many
+queries as its budget, because both our defaults (Spall's stability constant o = 10% of
+the steps the budget allows) and nevergrad's (NGOpt picks its algorithm from the budget)
+plan for the budget they are given; the number is the loss of the *recommended* point when
+the run ends (our optimizers: ``f(opt.recommend())``, evaluated outside the budget;
+nevergrad: ``opt.recommend()``). Grid points run at the selection budget only; the
+selected one then runs at the other budgets too. ``--protocol anytime``: one run with a
+50k budget, read when its query count first reaches each checkpoint; a grid point that is
+not selected stops at the selection checkpoint.
 
 To make the full run affordable on 2 cores, the independent runs of one arm (all seeds and
 grid points) advance in lockstep and the objective is called once per round on all their
@@ -60,9 +64,13 @@ QUICK_CHECKPOINTS = (100, 200, 400)
 QUICK_SELECT = 200
 OBJECTIVES = {"logistic": logistic, "rosenbrock": rosenbrock}
 
-FD_ARMS = ("spsa", "spsa-gc", "zo-sgd")
+FD_ARMS = ("spsa", "spsa-gc", "spsa-gc/segmented", "zo-sgd")
+# Variants of a recipe run as arms of their own, defaults only (no grid): BlackVIP's
+# segmented perturbation, which the spsa-gc recipe no longer uses by default.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"spsa-gc/segmented": ("spsa-gc", {"perturbation": "segmented"})}
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    **{a: ("step0", (0.003, 0.03, 0.3)) for a in FD_ARMS},
+    **{a: ("step0", (0.003, 0.03, 0.3)) for a in FD_ARMS if a not in VARIANTS},
+    **{a: ("step0", ()) for a in VARIANTS},
     "cma-es": ("sigma", (0.1, 0.5, 2.0)),
 }
 OUR_ARMS = (*FD_ARMS, "cma-es")
@@ -79,7 +87,8 @@ NG_SEEDS = 3
 # --------------------------------------------------------------------------------------
 class OursRun:
     def __init__(self, arm: str, d: int, seed: int, budget: int, overrides: dict[str, float]) -> None:
-        self.opt = make_optimizer(arm, np.zeros(d), seed=seed, budget=budget, **overrides)
+        arm, fixed = VARIANTS.get(arm, (arm, {}))
+        self.opt = make_optimizer(arm, np.zeros(d), seed=seed, budget=budget, **{**fixed, **overrides})
 
     @property
     def queries(self) -> int:
@@ -145,6 +154,7 @@ class Run:
     stop_at: int
     records: dict[int, dict[str, float]] = field(default_factory=dict)
     time_s: float = 0.0
+    budget: int = 0
 
     def active(self) -> bool:
         return self.impl.queries < self.stop_at and self.impl.can_ask()
@@ -195,15 +205,25 @@ def run_group(task: dict[str, Any]) -> list[dict[str, Any]]:
     t0, c0 = time.perf_counter(), time.process_time()
     problem, arms = task["problem"], task["arms"]
     budget, cps, select_at = task["budget"], tuple(task["checkpoints"]), task["select_at"]
+    per_budget = task.get("protocol", "budget") == "budget"
     d = PROBLEMS[problem]["d"]
     f = OBJECTIVES[problem]
     if problem == "logistic":
         logistic_data(d)  # build the cached data set once, before anything is timed
 
-    def new_runs(arm: str, setting: str, overrides: dict[str, float], stop: int) -> list[Run]:
-        if arm in NG_ARMS:
-            return [Run(setting, s, NevergradRun(NG_ARMS[arm], d, s, budget), cps, stop) for s in task["seeds"][arm]]
-        return [Run(setting, s, OursRun(arm, d, s, budget, overrides), cps, stop) for s in task["seeds"][arm]]
+    def new_runs(arm: str, setting: str, overrides: dict[str, float], stop: int,
+                 budgets: list[int] | None = None) -> list[Run]:
+        # Per-budget protocol: one run per checkpoint, given that checkpoint as its budget
+        # (budget-aware defaults such as o = 10% of the steps see the real budget); anytime
+        # protocol: one run with the full budget, read at every checkpoint.
+        budgets = budgets if budgets is not None else (list(cps) if per_budget else [budget])
+        out = []
+        for b in budgets:
+            rc = (b,) if per_budget else cps
+            for s in task["seeds"][arm]:
+                impl = NevergradRun(NG_ARMS[arm], d, s, b) if arm in NG_ARMS else OursRun(arm, d, s, b, overrides)
+                out.append(Run(setting, s, impl, rc, min(stop, b), budget=b))
+        return out
 
     ng_arms = [a for a in arms if a in NG_ARMS]
     our_arms = [a for a in arms if a not in NG_ARMS]
@@ -215,31 +235,42 @@ def run_group(task: dict[str, Any]) -> list[dict[str, Any]]:
     calib = [r for rs in defaults.values() for r in rs]
     while any(getattr(r.impl.opt, "phase", "run") != "run" for r in calib):
         drive([_limit(r, r.impl.queries + 1) for r in calib], f)
+    overrides_of: dict[str, dict[str, float]] = {"default": {}}
     for a in our_arms:
         for r in defaults[a]:
-            r.stop_at = select_at
+            r.stop_at = min(select_at, r.budget)
         key, values = GRIDS[a]
         resolved = {_resolved(r.impl, key) for r in defaults[a]}
         grids[a] = {"default": defaults[a]}
         for v in values:
             name = f"{key}={v:g}"
+            overrides_of[name] = {key: v}
             if len(resolved) == 1 and next(iter(resolved)) == v:
                 aliases[a][name] = "default"
             else:
-                grids[a][name] = new_runs(a, name, {key: v}, select_at)
+                grids[a][name] = new_runs(a, name, {key: v}, select_at, [select_at] if per_budget else None)
     # Phase 1: every run up to the selection checkpoint (nevergrad runs straight to the end).
     drive([r for a in arms for rs in grids[a].values() for r in rs], f)
     # Selection by the median at the selection checkpoint; then default + selected go on.
     selected: dict[str, str | None] = {a: None for a in ng_arms}
     for a in our_arms:
         g = grids[a]
-        med = {n: float(np.median([r.records[select_at]["loss"] for r in rs])) for n, rs in g.items()}
+        med = {n: float(np.median([r.records[select_at]["loss"] for r in rs if select_at in r.records]))
+               for n, rs in g.items()}
         candidates = [n for n in g if n != "default" or aliases[a]]
+        if not candidates:  # a defaults-only variant
+            selected[a] = None
+            for r in g["default"]:
+                r.stop_at = r.budget
+            continue
         selected[a] = min(candidates, key=lambda n: med[n])
+        if per_budget and selected[a] != "default":  # the selected point's other budgets
+            g[selected[a]] += new_runs(a, selected[a], overrides_of[selected[a]], budget,
+                                       [b for b in cps if b != select_at])
         for n in {"default", selected[a]}:
             for r in g[n]:
-                r.stop_at = budget
-    drive([r for a in our_arms for n in {"default", selected[a]} for r in grids[a][n]], f)
+                r.stop_at = r.budget
+    drive([r for a in our_arms for n in {"default", selected[a] or "default"} for r in grids[a][n]], f)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return [
         {
@@ -328,17 +359,18 @@ def aggregate(results: list[dict[str, Any]], fstar: float | None, cps_by_problem
                 "arm": arm,
                 "variant": variant,
                 "setting": setting,
-                "seeds": [r["seed"] for r in rs],
+                "seeds": sorted({r["seed"] for r in rs}),
             }
             med, per_seed, queries = {}, {}, {}
+            n_seeds = len({r["seed"] for r in rs})
             for c in cps:
                 vals = [r["records"][c]["loss"] for r in rs if c in r["records"]]
-                if len(vals) < len(rs):
+                if len(vals) < n_seeds:
                     continue
                 vals_rep = [v - fstar for v in vals] if (problem == "logistic" and fstar is not None) else vals
                 med[str(c)] = float(np.median(vals_rep))
                 per_seed[str(c)] = vals_rep
-                queries[str(c)] = sorted({r["records"][c]["queries"] for r in rs})
+                queries[str(c)] = sorted({r["records"][c]["queries"] for r in rs if c in r["records"]})
             out["metric"] = "excess_loss" if problem == "logistic" and fstar is not None else "loss"
             out["median"] = med
             out["per_seed"] = per_seed
@@ -479,19 +511,31 @@ def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         f"- Date: {summary['date']}; wall time {summary['wall_s'] / 60:.1f} min with {summary['workers']} worker processes; "
         f"CPU time of all processes {summary['cpu_s'] / 60:.1f} min",
         f"- Machine: {machine_line(summary['machine'])}",
-        f"- Budget {summary['budget']} queries per run, x0 = 0; seeds {summary['seeds']} for our optimizers, "
+        (f"- Protocol `budget`: each checkpoint is a separate run given that many queries as its budget "
+         f"(budget-aware defaults plan for it), x0 = 0; seeds {summary['seeds']} for our optimizers, "
+         if summary.get("protocol", "anytime") == "budget" else
+         f"- Protocol `anytime`: budget {summary['budget']} queries per run, read at each checkpoint, x0 = 0; "
+         f"seeds {summary['seeds']} for our optimizers, ") +
         f"{summary['ng_seeds']} for the nevergrad arms (nevergrad {summary.get('nevergrad', '?')})." + _ng_note(rows, summary),
         f"- Logistic optimum f* = {fs.get('f_star', float('nan')):.12f} (scipy L-BFGS-B with the analytic gradient, "
         f"{fs.get('iterations', '?')} iterations, final ‖∇f‖ = {fs.get('grad_norm', float('nan')):.1e}).",
-        "- Numbers are the loss of the *recommended* point (our optimizers: the current iterate / CMA mean; "
-        "nevergrad: `recommend()`), recorded when a run's query count first reaches the checkpoint; "
-        "cma-es records at the first generation boundary at or past it (e.g. 2016 for 2000 with popsize 24). "
-        "Calibration queries of our FD optimizers count against the budget.",
+        ("- Numbers are the loss of the *recommended* point (our optimizers: the current iterate / CMA mean; "
+         "nevergrad: `recommend()`) when the run has spent its budget (cma-es stops at the last whole generation "
+         "that fits). Calibration queries of our FD optimizers count against the budget."
+         if summary.get("protocol", "anytime") == "budget" else
+         "- Numbers are the loss of the *recommended* point (our optimizers: the current iterate / CMA mean; "
+         "nevergrad: `recommend()`), recorded when a run's query count first reaches the checkpoint; "
+         "cma-es records at the first generation boundary at or past it (e.g. 2016 for 2000 with popsize 24). "
+         "Calibration queries of our FD optimizers count against the budget."),
         "- \"tuned\" = best grid point by the median at 20k queries (logistic) / 10k (rosenbrock); grids: "
         "FD step0 ∈ {0.003, 0.03, 0.3}, cma-es sigma ∈ {0.1, 0.5, 2}. nevergrad SPSA and NGOpt: defaults only (no tuned rows). "
         "With a deterministic objective, c calibrates to c_min = 0.01 and the default step0 = 30·c = 0.3, i.e. "
         "the default *is* the grid point step0 = 0.3 (as sigma = 0.5 is cma-es's default); such grid points reuse the default runs. "
-        "Grid points that are not selected stop at the selection checkpoint.",
+        + ("Grid points run at the selection budget only; the selected one also at the other budgets."
+         if summary.get("protocol", "anytime") == "budget" else
+         "Grid points that are not selected stop at the selection checkpoint."),
+        "- `spsa-gc/segmented` is the spsa-gc recipe with BlackVIP's segmented ±U[0.5, 1] directions "
+        "(the recipe's default before 2026-11-28, and what `blackbox blackvip` uses); defaults only.",
         "- The runs of one arm advance in lockstep and the objective is called once per round on all their candidates "
         "stacked (it is row-wise, so each run's losses and query counts are unchanged).",
         *_flat_note(rows, summary),
@@ -537,6 +581,8 @@ def main() -> None:
     ap.add_argument("--ng-seeds", type=int, default=None, help=f"seeds for the nevergrad arms (default {NG_SEEDS})")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiply the budget and every checkpoint by this (for timing probes; not for reporting)")
+    ap.add_argument("--protocol", choices=("budget", "anytime"), default="budget",
+                    help="budget: one run per checkpoint with that budget (default); anytime: one 50k run read at each checkpoint")
     ap.add_argument("--arms", default=None, help="comma-separated subset of arms (for debugging)")
     ap.add_argument("--problems", default=None, help="comma-separated subset of problems (for debugging)")
     args = ap.parse_args()
@@ -563,6 +609,7 @@ def main() -> None:
     for p in problems:
         for g in groups:
             tasks.append({"problem": p, "arms": g, "budget": budget, "checkpoints": cps[p], "select_at": select_at[p],
+                          "protocol": args.protocol,
                           "seeds": {a: list(range(ng_seeds if a in NG_ARMS else seeds)) for a in g}})
     cost = {"ng-NGOpt": 4, "ng-SPSA": 3, "cma-es": 2}
     tasks.sort(key=lambda t: -sum(cost.get(a, 3) for a in t["arms"]) * (2 if t["problem"] == "logistic" else 1))
@@ -606,6 +653,7 @@ def main() -> None:
         "workers": args.workers,
         "machine": info,
         "budget": budget,
+        "protocol": args.protocol,
         "seeds": seeds,
         "ng_seeds": ng_seeds,
         "x0_loss": {p: float(OBJECTIVES[p](np.zeros(PROBLEMS[p]["d"]))) for p in problems},

@@ -78,6 +78,54 @@ def back_to_back(name: str, d: int, steps: int) -> list[float]:
     return out
 
 
+def _py_loop() -> int:
+    s = 0
+    for i in range(200):
+        s += i
+    return s
+
+
+_REF_VEC = np.zeros(10**4)
+
+
+def _np_pass() -> None:
+    y = _REF_VEC * 2.0
+    y += 1.0
+
+
+def machine_reference(reps: int = 300) -> list[dict]:
+    """The same fixed work timed back-to-back and right after a 10 ms sleep: what a pause
+    costs any code on this machine, optimizer or not (caches and predictors gone cold)."""
+    out = []
+    for label, work in (("200-iteration Python loop", _py_loop), ("two numpy passes over 1e4 floats", _np_pass)):
+        times = {}
+        for mode in ("back-to-back", "after 10 ms sleep"):
+            ts = []
+            for _ in range(reps):
+                if mode != "back-to-back":
+                    time.sleep(SLEEP_S)
+                t = time.perf_counter()
+                work()
+                ts.append(time.perf_counter() - t)
+            times[mode] = 1e6 * statistics.median(ts)
+        out.append({"kind": "reference", "work": label, "hot_us": times["back-to-back"],
+                    "after_sleep_us": times["after 10 ms sleep"]})
+    return out
+
+
+def rng_share(name: str, d: int, reps: int = 300) -> float:
+    """Median µs of one step's random directions alone (back-to-back), for the breakdown."""
+    opt = make_optimizer(name, np.zeros(d), seed=0, budget=None)
+    q = getattr(opt.config, "q", 1)
+    ts = []
+    for r in range(reps):
+        opt.round = r
+        t = time.perf_counter()
+        opt._directions(q)
+        ts.append(time.perf_counter() - t)
+    return 1e6 * statistics.median(ts)
+
+
 def measure(name: str, d: int, steps: int) -> dict:
     f = SleepObjective()
     opt = make_optimizer(name, np.zeros(d), seed=0, budget=None)
@@ -119,6 +167,7 @@ def measure(name: str, d: int, steps: int) -> dict:
         "back_to_back_ms_median": 1e3 * statistics.median(b2b),
         "fraction_back_to_back": 1e3 * statistics.fmean(b2b) / obj_ms,
         "variant": opt.resolved_hyperparameters().get("variant"),
+        "directions_us_median": rng_share(name, d) if name in FD_ARMS else None,
     }
 
 
@@ -149,6 +198,29 @@ def docs_body(rows: list[dict], summary: dict, quick: bool) -> str:
             f"{100 * r['fraction_if_10ms_per_query']:.2f}% | {fmt(r['back_to_back_ms_mean'])} / "
             f"{fmt(r['back_to_back_ms_median'])} | {100 * r['fraction_back_to_back']:.2f}% |"
         )
+    lines += [
+        "",
+        "Where the back-to-back time goes (finite-difference optimizers): drawing the step's random "
+        "directions alone (Philox, median µs, back-to-back) against the whole ask + tell:",
+        "",
+        "| optimizer | d | directions µs | back-to-back step µs (median) | directions share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("directions_us_median") is None:
+            continue
+        step_us = 1e3 * r["back_to_back_ms_median"]
+        lines.append(f"| {r['optimizer']} | {r['d']:.0e} | {r['directions_us_median']:.0f} | {step_us:.0f} | "
+                     f"{100 * r['directions_us_median'] / step_us:.0f}% |")
+    lines += [
+        "",
+        "What a 10 ms pause costs any code on this machine (median µs of the same fixed work):",
+        "",
+        "| work | back-to-back µs | right after a 10 ms sleep µs | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in summary["reference"]:
+        lines.append(f"| {r['work']} | {r['hot_us']:.1f} | {r['after_sleep_us']:.1f} | {r['after_sleep_us'] / r['hot_us']:.1f}× |")
     t = summary["target"]
     verdict = "**holds**" if t["holds"] else "**does not hold**"
     detail = ", ".join(f"{k} {100 * v:.2f}%" for k, v in t["fractions"].items())
@@ -185,6 +257,9 @@ def main() -> None:
             row = measure(name, d, steps)
             emit(row)
             rows.append(row)
+    reference = machine_reference()
+    for r in reference:
+        emit(r)
     info["loadavg_at_end"] = loadavg()
     fractions = {r["optimizer"]: r["fraction"] for r in rows if r["d"] == TARGET_DIM and r["optimizer"] in FD_ARMS}
     summary = {
@@ -195,6 +270,7 @@ def main() -> None:
         "quick": args.quick,
         "wall_s": time.perf_counter() - t_start,
         "machine": info,
+        "reference": reference,
         "target": {
             "description": f"FD optimizers: overhead <= {TARGET_FRACTION:.0%} of objective time at d={TARGET_DIM}",
             "fractions": fractions,

@@ -58,7 +58,7 @@ def test_optimizers_list_json_has_hyperparameters():
     rows = {r["name"]: r for r in last_json(res.stdout)["optimizers"]}
     assert set(rows) >= {"spsa", "spsa-gc", "zo-sgd", "cma-es"}
     gc = {p["name"]: p["default"] for p in rows["spsa-gc"]["hyperparameters"]}
-    assert gc["beta"] == 0.9 and gc["perturbation"] == "segmented" and gc["alpha"] == 0.4
+    assert gc["beta"] == 0.9 and gc["perturbation"] == "rademacher" and gc["alpha"] == 0.4
     assert {p["name"] for p in rows["cma-es"]["hyperparameters"]} >= {"sigma", "popsize"}
 
 

@@ -32,7 +32,11 @@ def segmented_uniform(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
     """Random sign times U[0.5, 1] (BlackVIP): bounded away from 0 so ``1/Δ`` stays ≤ 2."""
     # One uniform draw per coordinate: its sign is the sign, its magnitude maps onto [0.5, 1].
     u = rng.uniform(-1.0, 1.0, size=(q, d))
-    return np.copysign(0.5 + 0.5 * np.abs(u), u)
+    # In place (same values as copysign(0.5 + 0.5|u|, u)): one temporary instead of four.
+    out = np.abs(u)
+    out *= 0.5
+    out += 0.5
+    return np.copysign(out, u, out=out)
 
 
 def gaussian(rng: np.random.Generator, q: int, d: int) -> np.ndarray:

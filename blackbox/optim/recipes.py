@@ -2,8 +2,10 @@
 
 =========  ==============================================================================
 spsa       Spall's SPSA: Rademacher directions, two-sided, α=0.602, γ=0.101, no momentum.
-spsa-gc    BlackVIP's SPSA with Nesterov gradient correction: segmented ±U[0.5,1]
-           directions, β=0.9, α=0.4, γ=0.1 (the reference code's exponents).
+spsa-gc    BlackVIP's SPSA with Nesterov gradient correction: β=0.9, α=0.4, γ=0.1 (the
+           reference code's exponents), Rademacher directions by default (the paper's
+           segmented ±U[0.5,1] is ``perturbation=segmented``, which BlackVIP itself uses:
+           on generic problems it raises the estimate's variance, see docs/optimizers.md).
 zo-sgd     MeZO-style ZO-SGD: Gaussian directions regenerated from the round seed (nothing
            stored), two-sided, constant step size.
 cma-es     CMA-ES from the ``cmaes`` package (full or diagonal), as a baseline.
@@ -40,11 +42,10 @@ class SPSAConfig(FDConfig):
 
 @dataclass(frozen=True)
 class SPSAGCConfig(FDConfig):
-    """SPSA-GC defaults (BlackVIP reference exponents, β = 0.9)."""
+    """SPSA-GC defaults (BlackVIP reference exponents, β = 0.9; Rademacher directions)."""
 
     alpha: float = _default("alpha", 0.4)
     gamma: float = _default("gamma", 0.1)
-    perturbation: str = _default("perturbation", "segmented")
     momentum: str = _default("momentum", "gc")
 
 
@@ -65,7 +66,7 @@ class SPSA(FiniteDifferenceOptimizer):
 
 
 class SPSAGC(FiniteDifferenceOptimizer):
-    """SPSA-GC (BlackVIP): segmented-uniform SPSA with Nesterov gradient correction, β=0.9."""
+    """SPSA-GC (BlackVIP): SPSA with Nesterov gradient correction, β=0.9."""
 
     name = "spsa-gc"
     Config = SPSAGCConfig

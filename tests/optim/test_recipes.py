@@ -77,7 +77,7 @@ def test_recipe_defaults() -> None:
         0.602, 0.101, "rademacher", "none", "power", True,
     )
     gc = make_optimizer("spsa-gc", 3).config
-    assert (gc.alpha, gc.gamma, gc.perturbation, gc.momentum, gc.beta) == (0.4, 0.1, "segmented", "gc", 0.9)
+    assert (gc.alpha, gc.gamma, gc.perturbation, gc.momentum, gc.beta) == (0.4, 0.1, "rademacher", "gc", 0.9)
     zo = make_optimizer("zo-sgd", 3).config
     assert (zo.gamma, zo.perturbation, zo.schedule) == (0.0, "gaussian", "constant")
 

@@ -247,3 +247,33 @@ def test_optimizer_update_matches_reference_loop(recipe: str, schedule: str, mom
         assert info.step == k
         np.testing.assert_allclose(opt.recommend(), theta, rtol=1e-10, atol=1e-12)
         assert info.extras["c_k"] == pytest.approx(ck)
+
+
+class _ComposedUpdate:
+    """Mixin: the update through ``tx.chain`` (allocating, dict state), as before the fused path."""
+
+    def _apply(self, g: np.ndarray) -> None:
+        upd, self._tstate = self._transform(self.a).update(g, self._tstate)
+        self.theta = self.theta + upd
+
+
+@pytest.mark.parametrize("recipe, overrides", [
+    ("spsa-gc", {}), ("spsa", {"momentum": "heavy-ball"}), ("spsa", {}), ("zo-sgd", {}),
+    ("spsa-gc", {"q": 3, "two_sided": False}),
+])
+def test_fused_update_is_bit_identical_to_composed_transforms(recipe: str, overrides: dict) -> None:
+    """The in-place update of the optimizer equals the composed transforms exactly, including
+    through calibration and the guard's backoffs (rosenbrock from 0 with the default step)."""
+    cls = optimizers.get(recipe)
+    composed = type("Composed", (_ComposedUpdate, cls), {})
+    runs = []
+    for kind in (cls, composed):
+        opt = kind(cls.Config.from_overrides(overrides), np.zeros(30), seed=4, budget=3000)
+        while opt.can_ask():
+            opt.tell(T.rosenbrock(opt.ask()))
+        runs.append(opt)
+    fused, ref = runs
+    assert fused.backoffs > 0  # the guard fired, so resets of the state were exercised
+    np.testing.assert_array_equal(fused.recommend(), ref.recommend())
+    np.testing.assert_array_equal(fused.best_x, ref.best_x)
+    assert fused.state_dict()[1] == ref.state_dict()[1]
