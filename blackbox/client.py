@@ -960,11 +960,12 @@ class RetryPolicy:
         self.rng = rng if rng is not None else random.Random()
 
     def should_retry(self, exc: BaseException) -> bool:
-        """True for a TransportError marked retryable or with a retryable status (every 5xx too)."""
+        """A TransportError's own verdict when it has one (``retryable`` True/False, e.g. from
+        a server's ``x-should-retry``); otherwise its status: a retry status or any 5xx."""
         if not isinstance(exc, TransportError):
             return False
-        if exc.retryable:
-            return True
+        if exc.retryable is not None:
+            return bool(exc.retryable)
         return exc.status is not None and (exc.status in self.retry_statuses or 500 <= exc.status < 600)
 
     def backoff(self, attempt: int) -> float:

@@ -80,7 +80,7 @@ class TransportError(ProviderError):
         request_id: str | None = None,
         retry_after: float | None = None,
         attempts: int = 1,
-        retryable: bool = False,
+        retryable: bool | None = None,
     ) -> None:
         self.message = message  # without the status/request-id suffix, for re-wrapping
         self.status, self.request_id, self.retry_after = status, request_id, retry_after

@@ -54,6 +54,13 @@ class Registry(Generic[T]):
             self._entries[name] = Entry(name, obj, source, summary)
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. a component registered by a test); unknown names list the valid ones."""
+        with self._lock:
+            if name not in self._entries:
+                raise UnknownComponentError(self.kind, name, sorted(self._entries))
+            del self._entries[name]
+
     def _load_builtins(self) -> None:
         if self._builtins_loaded:
             return

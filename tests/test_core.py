@@ -64,6 +64,11 @@ def test_register_rejects_a_different_object_under_a_taken_name():
     reg.register("a", object)  # same object: fine
     with pytest.raises(errors.ConfigError, match="already registered"):
         reg.register("a", int)
+    reg.unregister("a")
+    assert "a" not in reg
+    reg.register("a", int)  # the name is free again
+    with pytest.raises(errors.UnknownComponentError, match="'b'"):
+        reg.unregister("b")
 
 
 def _fake_distribution(tmp_path, name, group, entries):

@@ -189,3 +189,18 @@ def test_history_cut_back_to_checkpoint(tmp_path):
     run = Run.load(tmp_path / "r")
     assert run.history_lines == 10
     assert len((tmp_path / "r" / "history.jsonl").read_text().splitlines()) == 10
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path) -> None:
+    """Artifacts are as readable as any file the user writes (mkstemp alone would make them 0600)."""
+    import os
+
+    from blackbox.runs import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        (tmp_path / "b.bin").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o640

@@ -622,7 +622,7 @@ def test_exponential_backoff_capped_and_bounded(fake, sleeps):
         client.embed(EmbedRequest(texts=("a",)))
     err = info.value
     assert sleeps.delays == [0.25, 0.5, 1.0, 1.0] and fake.attempts == 5
-    assert err.status == 500 and err.request_id == "r-4" and err.attempts == 5 and err.retryable is False
+    assert err.status == 500 and err.request_id == "r-4" and err.attempts == 5 and not err.retryable
     assert isinstance(err.__cause__, TransportError) and err.__cause__.request_id == "r-4"
     assert str(err).startswith("provider fake: embed() failed: boom (max_attempts=5 reached); status 500; request id r-4")
     assert str(err).endswith("after 5 attempts") and str(err).count("status 500") == 1
@@ -652,6 +652,14 @@ def test_connection_errors_retry_client_errors_do_not(fake, sleeps):
     for status in (408, 409, 429, 500, 501, 502, 503, 504, 599):
         assert RetryPolicy().should_retry(TransportError("x", status=status))
     assert not RetryPolicy().should_retry(TransportError("x", status=404)) and not RetryPolicy().should_retry(ValueError())
+    # The error's own verdict wins over its status (a server's `x-should-retry: false` on a 503).
+    assert not RetryPolicy().should_retry(TransportError("x", status=503, retryable=False))
+    assert RetryPolicy().should_retry(TransportError("x", status=404, retryable=True))
+    fake.script = [TransportError("overloaded, do not retry", status=503, retryable=False), None]
+    fake.attempts = 0
+    with pytest.raises(TransportError, match=r"status 503") as info:
+        Client(fake, retry=RetryPolicy(sleep=sleeps)).embed(EmbedRequest(texts=("c",)))
+    assert info.value.attempts == 1 and fake.attempts == 1
 
 
 def test_excessive_retry_after_gives_up_at_once(fake, sleeps):
