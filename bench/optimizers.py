@@ -418,7 +418,8 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for c, va in a["median"].items():
             vb = b["median"].get(c)
             if vb is not None:
-                comps.append({"problem": problem, "queries": int(c), "spsa-gc": va, "spsa": vb, "ok": va <= vb})
+                comps.append({"problem": problem, "queries": int(c), "spsa-gc": va, "spsa": vb, "ok": va <= vb,
+                              "per_seed": {"spsa-gc": a["per_seed"][c], "spsa": b["per_seed"][c]}})
     ta = {"description": "default spsa-gc no worse than default spsa (median) at every checkpoint",
           "comparisons": comps, "holds": bool(comps) and all(c["ok"] for c in comps)}
     tb: dict[str, Any] = {"description": "logistic, 20k queries: default spsa-gc excess loss below nevergrad NGOpt's and SPSA's (medians)"}
@@ -508,7 +509,7 @@ def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         "## Query efficiency (`bench/optimizers.py`)",
         "",
         f"- Command: `{summary['command']}`" + (" — **smoke run (`--quick`), not representative**" if quick else ""),
-        f"- Date: {summary['date']}; wall time {summary['wall_s'] / 60:.1f} min with {summary['workers']} worker processes; "
+        f"- Date: {summary['date']}; wall time {summary['wall_s'] / 60:.1f} min with {summary['workers']} worker process(es); "
         f"CPU time of all processes {summary['cpu_s'] / 60:.1f} min",
         f"- Machine: {machine_line(summary['machine'])}",
         (f"- Protocol `budget`: each checkpoint is a separate run given that many queries as its budget "
@@ -548,11 +549,25 @@ def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         lines += _table(rows, problem, tuple(cpsp[problem]), x0) + [""]
     lines += ["Grid (tuning) results:", "", *_grid_table(rows, summary["select_at"]), ""]
     a, b = t["a"], t["b"]
+    def _pair(c: dict[str, Any]) -> str:
+        # Enough digits that a miss never prints as two equal numbers.
+        digits = 3
+        while digits < 8 and fmt(c["spsa-gc"], digits) == fmt(c["spsa"], digits):
+            digits += 1
+        return f"{fmt(c['spsa-gc'], digits)} vs {fmt(c['spsa'], digits)}"
+
     comp = "; ".join(
         f"{c['problem']} {c['queries'] // 1000 if c['queries'] >= 1000 else c['queries']}{'k' if c['queries'] >= 1000 else ''}: "
-        f"{fmt(c['spsa-gc'])} vs {fmt(c['spsa'])}{'' if c['ok'] else ' ✗'}"
+        f"{_pair(c)}{'' if c['ok'] else ' ✗'}"
         for c in a["comparisons"]
     )
+    misses = [c for c in a["comparisons"] if not c["ok"] and "per_seed" in c]
+    if misses:
+        comp += ". Per-seed range at each miss: " + "; ".join(
+            f"{c['problem']} {c['queries']}: spsa-gc {fmt(min(c['per_seed']['spsa-gc']), 5)}–{fmt(max(c['per_seed']['spsa-gc']), 5)}, "
+            f"spsa {fmt(min(c['per_seed']['spsa']), 5)}–{fmt(max(c['per_seed']['spsa']), 5)}"
+            for c in misses
+        )
     lines += [
         "Targets:",
         "",
@@ -572,6 +587,27 @@ def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def load_output(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and summary from a run's stdout (JSON lines), as ``docs_body`` takes them."""
+    import json
+
+    rows, summary = [], None
+    with open(path) as fh:
+        for line in fh:
+            if not line.startswith("{"):
+                continue
+            obj = json.loads(line)
+            if obj.get("kind") == "summary":
+                summary = obj
+            elif obj.get("kind") in ("result", "grid"):
+                rows.append(obj)
+    if summary is None:
+        raise SystemExit(f"--render: expected a summary line in {path}, found none")
+    for k in ("group_wall_s", "group_cpu_s"):  # "problem/arms" keys back to tuples
+        summary[k] = {tuple(key.split("/", 1)): v for key, v in summary[k].items()}
+    return rows, summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"smoke mode: budget {QUICK_BUDGET}, 2 seeds, 1 nevergrad seed")
@@ -583,9 +619,20 @@ def main() -> None:
                     help="multiply the budget and every checkpoint by this (for timing probes; not for reporting)")
     ap.add_argument("--protocol", choices=("budget", "anytime"), default="budget",
                     help="budget: one run per checkpoint with that budget (default); anytime: one 50k run read at each checkpoint")
+    ap.add_argument("--render", metavar="JSONL", default=None,
+                    help="only rebuild the docs section from a previous run's stdout (with --write-docs)")
     ap.add_argument("--arms", default=None, help="comma-separated subset of arms (for debugging)")
     ap.add_argument("--problems", default=None, help="comma-separated subset of problems (for debugging)")
     args = ap.parse_args()
+    if args.render:
+        rows, summary = load_output(args.render)
+        summary["targets"] = targets(rows)
+        body = docs_body(rows, summary)
+        if args.write_docs:
+            write_section("optimizers", body)
+        else:
+            print(body)
+        return
 
     info = machine()
     t_start = time.perf_counter()
