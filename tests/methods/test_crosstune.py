@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import re
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from blackbox.methods.crosstune.augment import generate_examples, generator_clie
 from blackbox.methods.crosstune.config import CrossTuneConfig  # noqa: E402
 from blackbox.methods.crosstune.estimator import CrossTuneClassifier, macro_f1  # noqa: E402
 from blackbox.methods.crosstune.features import Featurizer  # noqa: E402
-from blackbox.methods.crosstune.head import CrossTuneHead  # noqa: E402
+from blackbox.methods.crosstune.head import CrossTuneEnsemble, CrossTuneHead, head_scores  # noqa: E402
 
 VOCAB = {
     "sports": "goal match team score ball coach league win player stadium".split(),
@@ -148,7 +149,7 @@ def registered():
         provider_registry.register(cls.name, cls, source="test")
     yield
     for cls in (BagOfWords, ScriptedGenerator, NoFeatures):
-        provider_registry._entries.pop(cls.name, None)
+        provider_registry.unregister(cls.name)
 
 
 # --- data --------------------------------------------------------------------------------
@@ -240,6 +241,48 @@ def test_head_starts_at_zero_shot_prior():
     head = CrossTuneHead(8, 3, dim=8, heads=2, dropout=0.0, prior_scale=7.0, rank=8).eval()
     x, mask, labels = torch.randn(5, 4, 8), torch.ones(5, 4, dtype=torch.bool), torch.randn(3, 8)
     assert torch.allclose(head(x, mask, labels), 7.0 * head.prior_scores(x, mask, labels), atol=1e-6)
+
+
+def test_head_matches_plain_multi_head_attention():
+    """The folded computation equals textbook attention: softmax(q.k/sqrt(dh)) weighting v."""
+    torch.manual_seed(0)
+    head = CrossTuneHead(10, 3, dim=8, heads=2, dropout=0.0, rank=6, prior=False).eval()
+    torch.nn.init.normal_(head.o.weight)
+    for lin in (head.k, head.v):
+        torch.nn.init.normal_(lin.bias)
+    x, mask, labels = torch.randn(4, 5, 10), torch.ones(4, 5, dtype=torch.bool), torch.randn(3, 10)
+    mask[1, 2:] = False
+    xs, e = head.project(x), head.label_matrix(labels)
+    q, k, v = head.q(e).view(3, 2, 4), head.k(xs).view(4, 5, 2, 4), head.v(xs).view(4, 5, 2, 4)
+    logits = torch.einsum("chd,bthd->bcht", q, k) / 2.0
+    att = torch.softmax(logits.masked_fill(~mask[:, None, None, :], float("-inf")), -1)
+    z = head.o(torch.einsum("bcht,bthd->bchd", att, v).reshape(4, 3, 8))
+    want = (z * head.u(e)[None]).sum(-1) / math.sqrt(8) + head.bias
+    assert torch.allclose(head(x, mask, labels), want, atol=1e-5)
+
+
+def test_fold_ensemble(featurizer, tmp_path):
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, te_y = make_texts(10, 1)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(folds=4, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert isinstance(clf.head_, CrossTuneEnsemble) and len(clf.head_.members) == 4
+    folds = clf.fold_index_
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(tr_x)))  # every example held out once
+    for f in folds:  # stratified: 2 of each class's 8 per fold
+        assert sorted(np.bincount(np.array([clf.classes_.index(tr_y[i]) for i in f]), minlength=3).tolist()) == [2, 2, 2]
+    info = clf.train_info_
+    assert len(info["best_epochs"]) == 4 and 0.0 <= info["oof_acc"] <= 1.0 and info["oof_loss"] > 0
+    assert info["train_cpu_seconds"] > 0
+    # the ensemble's score is the mean of its members' log-probabilities
+    f = featurizer(te_x)
+    each = np.stack([torch.log_softmax(torch.as_tensor(head_scores(m, f.x, f.mask, clf.label_vectors_)), -1).numpy() for m in clf.head_.members])
+    assert np.allclose(clf.decision_function(te_x), each.mean(0), atol=1e-5)
+    assert clf.score(te_x, te_y) >= 0.85
+    single = CrossTuneClassifier(featurizer, CrossTuneConfig(folds=1, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert isinstance(single.head_, CrossTuneHead) and single.train_info_["members"] == 1
+    clf.save(tmp_path / "ens")
+    back = CrossTuneClassifier.load(tmp_path / "ens", featurizer)
+    assert isinstance(back.head_, CrossTuneEnsemble) and np.allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["crosstune", "no-labels", "linear-probe", "zero-shot"])
@@ -346,19 +389,48 @@ def test_switch_drops_mislabelled_generations(featurizer):
     examples = out["examples"]
     wrong = [(t, l) for t, l in examples if _truth(t) != l]
     assert 0 < len(wrong) < len(examples)  # the generator really is noisy
-    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(**FAST), DESCRIPTIONS).fit(tr_x, tr_y, generated=examples)
+    cfg = CrossTuneConfig(augment_fallback=False, **FAST)
+    clf = CrossTuneClassifier(featurizer, cfg, DESCRIPTIONS).fit(tr_x, tr_y, generated=examples)
     rep = clf.augment_report_
     assert rep["generated"] == len(examples) and rep["kept"] + rep["dropped"] == len(examples)
-    # the switch removes most of the mislabelled examples and keeps most of the good ones
-    teacher = CrossTuneClassifier(featurizer, CrossTuneConfig(**FAST), DESCRIPTIONS).fit(tr_x, tr_y)
-    pred = teacher.predict([t for t, _ in examples])
-    kept = [(t, l) for (t, l), p in zip(examples, pred) if p == l]
-    assert len(kept) == rep["kept"]
-    purity_before = 1 - len(wrong) / len(examples)
-    purity_after = np.mean([_truth(t) == l for t, l in kept])
-    assert purity_after > purity_before and purity_after >= 0.9
-    off = CrossTuneClassifier(featurizer, CrossTuneConfig(switch=False, **FAST), DESCRIPTIONS).fit(tr_x, tr_y, generated=examples)
-    assert off.augment_report_["kept"] == len(examples) and off.augment_report_["dropped"] == 0
+    # fold k's student keeps what teacher head k (which never saw fold k) agrees with
+    teacher = CrossTuneClassifier(featurizer, cfg, DESCRIPTIONS).fit(tr_x, tr_y)
+    assert len(teacher.head_.members) == 4 == len(rep["kept_per_fold"])
+    gf = featurizer([t for t, _ in examples])
+    for k, member in enumerate(teacher.head_.members):
+        pred = head_scores(member, gf.x, gf.mask, teacher.label_vectors_).argmax(1)
+        agree = [(t, l) for (t, l), p in zip(examples, pred) if teacher.classes_[p] == l]
+        assert len(agree) == rep["kept_per_fold"][k]
+        # the switch removes most of the mislabelled examples and keeps most of the good ones
+        purity_before = 1 - len(wrong) / len(examples)
+        purity_after = np.mean([_truth(t) == l for t, l in agree])
+        assert purity_after > purity_before and purity_after >= 0.9
+        assert len(agree) >= 0.6 * (len(examples) - len(wrong))
+    off = CrossTuneClassifier(featurizer, CrossTuneConfig(switch=False, augment_fallback=False, **FAST), DESCRIPTIONS).fit(tr_x, tr_y, generated=examples)
+    assert off.augment_report_["kept"] == len(examples) and off.augment_report_["dropped"] == 0 and off.augment_report_["used"]
+
+
+def test_fallback_drops_generated_data_that_hurts(featurizer):
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, te_y = make_texts(20, 1)
+    classes = sorted(VOCAB)
+    # systematically mislabelled generations: every sports text says food, and so on
+    g_x, g_y = make_texts(40, 2)
+    swapped = [classes[(classes.index(y) + 1) % 3] for y in g_y]
+    bad = list(zip(g_x, swapped))
+    cfg = dict(switch=False, prior=False, augment_weight=1.0, **FAST)  # no zero-shot anchor: the data decides
+    teacher = CrossTuneClassifier(featurizer, CrossTuneConfig(**cfg), DESCRIPTIONS).fit(tr_x, tr_y)
+    hurt = CrossTuneClassifier(featurizer, CrossTuneConfig(augment_fallback=False, **cfg), DESCRIPTIONS).fit(tr_x, tr_y, generated=bad)
+    checked = CrossTuneClassifier(featurizer, CrossTuneConfig(**cfg), DESCRIPTIONS).fit(tr_x, tr_y, generated=bad)
+    assert hurt.score(te_x, te_y) < teacher.score(te_x, te_y) - 0.1  # the bad data really hurts
+    rep = checked.augment_report_
+    assert rep["used"] is False and rep["oof_loss_with"] > rep["oof_loss_without"]
+    assert np.array_equal(checked.predict_proba(te_x), teacher.predict_proba(te_x))
+    # correctly labelled generations lower the held-out loss and are kept
+    good = list(zip(g_x, g_y))
+    helped = CrossTuneClassifier(featurizer, CrossTuneConfig(**cfg), DESCRIPTIONS).fit(tr_x, tr_y, generated=good, teacher=teacher)
+    assert helped.augment_report_["used"] is True
+    assert helped.augment_report_["oof_loss_with"] < helped.augment_report_["oof_loss_without"]
 
 
 def test_augmentation_resumes_identically(tmp_path):

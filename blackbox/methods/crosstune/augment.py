@@ -7,7 +7,12 @@ fixed chunks of ``batch_size``, each sampled with a seed derived from ``(seed, c
 stopped and ends identical to an uninterrupted one; the client's cache also makes a re-run
 free. Each result is appended to ``augment.jsonl`` (one JSON line, flushed and fsynced) as
 
-    {"i": 3, "label": "positive", "raw": "...", "text": "..." | null, "status": "ok" | "unparsed"}
+    {"i": 3, "label": "positive", "raw": "...", "text": "..." | null, "status": "ok" | "unparsed",
+     "shown": ["few-shot text", ...]}
+
+``shown`` (the prompt's few-shot examples) lets :meth:`CrossTuneClassifier.fit` keep an
+example out of the fold heads validated on one of its sources: a generation paraphrases
+its prompt's examples, and would otherwise leak them into their own validation fold.
 
 Unparseable generations (empty, too short, a copy of a prompt example, only punctuation)
 are counted and dropped, never raised.
@@ -159,7 +164,7 @@ def generate_examples(
             for (c, i), ex, raw in zip(chunk, shown, results):
                 raw = raw if isinstance(raw, str) else ""
                 text = parse_generation(raw, ex)
-                rec = {"i": i, "label": c, "raw": raw, "text": text, "status": "ok" if text else "unparsed"}
+                rec = {"i": i, "label": c, "raw": raw, "text": text, "status": "ok" if text else "unparsed", "shown": list(ex)}
                 records.append(rec)
                 if fh is not None:
                     fh.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
@@ -174,6 +179,8 @@ def generate_examples(
     examples = [(r["text"], r["label"]) for r in records if r.get("text")]
     return {
         "examples": examples,
+        # the few-shot texts each example's prompt showed (None for lines saved without them)
+        "sources": [r.get("shown") for r in records if r.get("text")],
         "generated": len(records),
         "parsed": len(examples),
         "unparsed": sum(1 for r in records if not r.get("text")),

@@ -35,12 +35,14 @@ class CrossTuneConfig:
     dropout: float = field(default=0.5, metadata={"help": "dropout on input tokens and attended values during training"})
     prior: bool = field(default=True, metadata={"help": "add the zero-shot cosine to the label descriptions as a learnt-weight residual score"})
     prior_scale: float = field(default=5.0, metadata={"help": "initial multiplier of the zero-shot cosine (1 / temperature)"})
-    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.5, metadata={"help": "AdamW weight decay"})
-    max_epochs: int = field(default=100, metadata={"help": "full-batch epochs at most"})
-    patience: int = field(default=20, metadata={"help": "epochs without a better held-out loss before stopping"})
+    max_epochs: int = field(default=50, metadata={"help": "full-batch epochs at most"})
+    patience: int = field(default=10, metadata={"help": "epochs without a better held-out loss before stopping"})
     val_fraction: float = field(default=0.25, metadata={"help": "share of each class of the few-shot set held out for early stopping (at least one per class)"})
-    refit: bool = field(default=True, metadata={"help": "after early stopping, retrain on the whole few-shot set for the chosen number of epochs"})
+    refit: bool = field(default=True, metadata={"help": "with folds=1: after early stopping, retrain on the whole few-shot set for the chosen number of epochs"})
+    folds: int = field(default=4, metadata={"help": "cross-validated ensemble: one head per stratified fold of the few-shot set, early-stopped on that fold; predictions average the heads (1: a single head with val_fraction held out, then refit)"})
+    linear: bool = field(default=False, metadata={"help": "add a residual linear term on the pooled, projected input to the cross-attention score"})
     probe_cs: tuple[float, ...] = field(default=(0.01, 0.1, 1.0, 10.0), metadata={"help": "inverse regularisation strengths the linear probe picks from on the held-out part"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the initialisation and dropout"})
     description_template: str = field(default="This text is about {label}.", metadata={"help": "default label description when none is given"})
@@ -51,6 +53,8 @@ class CrossTuneConfig:
     augment_max_tokens: int = field(default=48, metadata={"help": "longest generated example, in tokens"})
     switch: bool = field(default=True, metadata={"help": "keep a generated example only when a teacher trained on the original few-shot data agrees with its intended label"})
     switch_min_prob: float = field(default=0.0, metadata={"help": "the teacher's probability of the intended label must also reach this"})
+    augment_weight: float = field(default=0.5, metadata={"help": "training weight of a generated example (an original one weighs 1)"})
+    augment_fallback: bool = field(default=True, metadata={"help": "keep the generated data only if it lowers the out-of-fold loss on the original few-shot data (compared with the same head fitted without it); otherwise fit without it"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -71,6 +75,9 @@ class CrossTuneConfig:
         _float("val_fraction", self.val_fraction, 0.0, 0.9)
         if not isinstance(self.refit, bool):
             raise bad_value("refit", "true or false", self.refit)
+        _int("folds", self.folds, 1, 64)
+        if not isinstance(self.linear, bool):
+            raise bad_value("linear", "true or false", self.linear)
         self.probe_cs = tuple(self.probe_cs)
         if not self.probe_cs or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in self.probe_cs):
             raise bad_value("probe_cs", "a non-empty list of positive numbers", list(self.probe_cs))
@@ -84,6 +91,9 @@ class CrossTuneConfig:
         if not isinstance(self.switch, bool):
             raise bad_value("switch", "true or false", self.switch)
         _float("switch_min_prob", self.switch_min_prob, 0.0, 1.0)
+        _float("augment_weight", self.augment_weight, 0.0, 100.0, lo_open=True)
+        if not isinstance(self.augment_fallback, bool):
+            raise bad_value("augment_fallback", "true or false", self.augment_fallback)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types."""

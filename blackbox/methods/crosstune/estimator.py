@@ -6,13 +6,15 @@
 * ``crosstune``: the label-enhanced cross-attention head (:mod:`.head`);
 * ``no-labels``: the same head with learnt class queries instead of descriptions;
 * ``linear-probe``: logistic regression on pooled, standardised features (its inverse
-  regularisation picked on the same held-out part as the head's early stopping);
+  regularisation picked on a stratified held-out quarter of the few-shot set, then refitted);
 * ``zero-shot``: cosine between the pooled input and the pooled label description (both
   centred on the mean of the few-shot inputs, which needs no labels).
 
 Generated examples (augmentation) are passed to :meth:`fit` as ``generated``; with
 ``config.switch`` a teacher trained on the original few-shot data keeps only those whose
-intended label it agrees with.
+intended label it agrees with (per fold: fold ``k``'s head learns from what the teacher's
+head ``k``, which never saw fold ``k``, agrees with). With ``config.augment_fallback`` the
+generated data is kept only if it lowers the out-of-fold loss on the original examples.
 """
 
 from __future__ import annotations
@@ -68,6 +70,18 @@ def held_out_index(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.array(sorted(out), dtype=np.int64)
 
 
+def fold_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """``k`` stratified folds of the rows of ``y``: each class's rows are shuffled with the
+    seed and dealt out in turn, so every fold gets ``n_c / k`` of class ``c`` (+-1)."""
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[np.random.default_rng([seed, 3, int(c)]).permutation(len(idx))]
+        for j, i in enumerate(idx):
+            folds[j % k].append(int(i))
+    return [np.array(sorted(f), dtype=np.int64) for f in folds if f]
+
+
 class CrossTuneClassifier:
     """Few-shot text classifier over black-box features (see the module docstring).
 
@@ -97,12 +111,15 @@ class CrossTuneClassifier:
         return self.features(texts, progress).pooled().astype(np.float32)
 
     def fit(self, texts: Sequence[str], labels: Sequence[str], generated: Sequence[tuple[str, str]] | None = None, progress: Any = None,
-            teacher: "CrossTuneClassifier | None" = None) -> "CrossTuneClassifier":
+            teacher: "CrossTuneClassifier | None" = None, generated_sources: Sequence[Sequence[str] | None] | None = None) -> "CrossTuneClassifier":
         """Learn from the few-shot ``texts``/``labels`` (and ``generated`` (text, label) pairs).
 
         With ``config.switch`` the generated pairs are filtered by a teacher trained on the
         original few-shot data: ``teacher`` (already fitted on exactly that data) or, by
         default, a copy of this estimator's configuration fitted here.
+        ``generated_sources`` (one list per generated pair: the few-shot texts its prompt
+        showed, as :func:`~.augment.generate_examples` returns them) keeps each generated
+        example out of the fold heads that are validated on one of its sources.
         """
         t_start = time.perf_counter()
         texts, labels = list(texts), [str(y) for y in labels]
@@ -122,37 +139,109 @@ class CrossTuneClassifier:
         feats = self.features(texts, progress)
         y = np.array([classes.index(v) for v in labels], dtype=np.int64)
         self.val_index_ = held_out_index(y, self.config.val_fraction, self.config.seed)
+        self.fold_index_ = self._folds(y)
         self.augment_report_: dict[str, Any] | None = None
-        x, mask, yy = feats.x, feats.mask, y
-        if generated:
-            gen = [(t, l) for t, l in generated]
-            bad = sorted({l for _, l in gen} - set(classes))
-            if bad:
-                raise bad_value("generated labels", f"labels among the training classes {classes}", bad)
-            gtexts, glabels = [t for t, _ in gen], [l for _, l in gen]
-            keep = np.ones(len(gen), dtype=bool)
-            if self.config.switch:
-                if teacher is None:
-                    teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**self.config.to_json(), "augment_n": 0}), self.descriptions)
-                    teacher.fit(texts, labels)
-                elif getattr(teacher, "classes_", None) != classes:
-                    raise bad_value("teacher", f"a classifier fitted on the classes {classes}", getattr(teacher, "classes_", "an unfitted one"))
-                proba = teacher.predict_proba(gtexts)
-                gi = np.array([classes.index(l) for l in glabels])
-                keep = (proba.argmax(1) == gi) & (proba[np.arange(len(gi)), gi] >= self.config.switch_min_prob)
-            self.augment_report_ = {"generated": len(gen), "kept": int(keep.sum()), "dropped": int((~keep).sum()), "switch": self.config.switch}
-            if keep.any():
-                kt = [t for t, k in zip(gtexts, keep) if k]
-                gf = self.features(kt, progress)
-                x, mask = _concat_features(feats, gf)
-                yy = np.concatenate([y, np.array([classes.index(l) for l, k in zip(glabels, keep) if k])])
         self.n_features_ = int(feats.x.shape[2])
-        self.train_info_ = self._fit_method(x, mask, yy, feats)
+        if generated:
+            if generated_sources is not None and len(generated_sources) != len(generated):
+                raise bad_value("generated_sources", f"one entry per generated example ({len(generated)})", len(generated_sources))
+            self.train_info_ = self._fit_augmented(texts, labels, feats, y, list(generated), teacher, progress, generated_sources)
+        else:
+            self.train_info_ = self._fit_method(feats.x, feats.mask, y, feats)
         self.queries_ = self.features.queries - q0
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
 
-    def _fit_method(self, x: np.ndarray, mask: np.ndarray, y: np.ndarray, orig: Features) -> dict[str, Any]:
+    def _folds(self, y: np.ndarray) -> list[np.ndarray] | None:
+        k = min(self.config.folds, int(np.bincount(y).min()))
+        return fold_indices(y, k, self.config.seed) if k > 1 and self.config.method in ("crosstune", "no-labels") else None
+
+    def _fit_augmented(self, texts: list[str], labels: list[str], feats: Features, y: np.ndarray, gen: list[tuple[str, str]],
+                       teacher: "CrossTuneClassifier | None", progress: Any, sources: Sequence[Sequence[str] | None] | None = None) -> dict[str, Any]:
+        """Fit with generated examples: the switch filters them (per fold, by the teacher
+        head that did not see that fold), and the fallback drops them when the original
+        few-shot data says they hurt."""
+        classes, cfg = self.classes_, self.config
+        bad = sorted({l for _, l in gen} - set(classes))
+        if bad:
+            raise bad_value("generated labels", f"labels among the training classes {classes}", bad)
+        gtexts, gi = [t for t, _ in gen], np.array([classes.index(l) for _, l in gen], dtype=np.int64)
+        gf = self.features(gtexts, progress)  # all of them, in order: one query per text
+        n, g = len(y), len(gen)
+        head_method = cfg.method in ("crosstune", "no-labels")
+        members = len(self.fold_index_) if self.fold_index_ else 1
+        keep = np.ones((members, g), dtype=bool)
+        if (cfg.switch or cfg.augment_fallback) and head_method:
+            if teacher is None:
+                teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**cfg.to_json(), "augment_n": 0}), self.descriptions)
+                teacher.fit(texts, labels)
+            elif getattr(teacher, "classes_", None) != classes:
+                raise bad_value("teacher", f"a classifier fitted on the classes {classes}", getattr(teacher, "classes_", "an unfitted one"))
+        if cfg.switch:
+            if teacher is None:  # probes: the teacher is a CrossTune head
+                teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**cfg.to_json(), "method": "crosstune", "augment_n": 0}), self.descriptions)
+                teacher.fit(texts, labels)
+            keep = self._switch(teacher, gf, gi, members)
+        if sources is not None and self.fold_index_:
+            # a generation paraphrases the few-shot texts its prompt showed: it must not train
+            # the head validated on one of them (that would leak the held-out example)
+            for k, f in enumerate(self.fold_index_):
+                held = {texts[i] for i in f}
+                keep[k] &= np.array([not (src and held.intersection(src)) for src in sources], dtype=bool)
+        sel = keep.any(0)
+        report: dict[str, Any] = {"generated": g, "switch": cfg.switch, "kept": int(round(float(keep.sum(1).mean()))),
+                                  "kept_per_fold": keep.sum(1).tolist()}
+        report["dropped"] = g - report["kept"]
+        comparable = (teacher is not None and head_method and teacher.config.seed == cfg.seed
+                      and _same_folds(teacher.fold_index_, self.fold_index_) and teacher.train_info_.get("oof_loss") is not None)
+        if not sel.any() and comparable:
+            info = self._use_teacher(teacher, 0.0, 0.0)  # nothing kept: the fit without generated data
+            report["used"] = False
+            self.augment_report_ = report
+            return info
+        x, mask = _concat_features(feats, Features(gf.x[sel], gf.mask[sel]))
+        yy = np.concatenate([y, gi[sel]])
+        w = np.concatenate([np.ones((members, n), dtype=np.float32), keep[:, sel].astype(np.float32) * cfg.augment_weight], 1)
+        info = self._fit_method(x, mask, yy, feats, weights=w if members > 1 else w[0])
+        report["used"] = True
+        if cfg.augment_fallback and comparable:
+            t_loss, a_loss = teacher.train_info_["oof_loss"], info.get("oof_loss")
+            report.update(oof_loss_without=t_loss, oof_loss_with=a_loss)
+            if a_loss is not None and not a_loss < t_loss:
+                # the held-out original examples say the generated data hurts: do without it
+                info = self._use_teacher(teacher, info["train_seconds"], info.get("train_cpu_seconds", 0.0))
+                report["used"] = False
+        self.augment_report_ = report
+        return info
+
+    def _use_teacher(self, teacher: "CrossTuneClassifier", seconds: float, cpu: float) -> dict[str, Any]:
+        """Take over the teacher's model (the same configuration fitted without generated
+        data); the time reported is this fit's own."""
+        self.center_ = teacher.center_
+        self.head_, self.label_vectors_ = teacher.head_, teacher.label_vectors_
+        return {**teacher.train_info_, "train_seconds": seconds, "train_cpu_seconds": cpu}
+
+    def _switch(self, teacher: "CrossTuneClassifier", gf: Features, gi: np.ndarray, members: int) -> np.ndarray:
+        """``(members, g)`` keep mask: the teacher agrees with the intended label (with at
+        least ``switch_min_prob``). When the teacher is a fold ensemble over the same folds,
+        fold ``k``'s student keeps what teacher head ``k`` (which never saw fold ``k``) agrees
+        with, so the held-out comparison of the fallback stays honest."""
+        from .head import CrossTuneEnsemble, head_scores
+
+        th = getattr(teacher, "head_", None)
+        per_fold = (isinstance(th, CrossTuneEnsemble) and len(th.members) == members and teacher.config.seed == self.config.seed
+                    and _same_folds(teacher.fold_index_, self.fold_index_))
+        if per_fold:
+            probas = [_softmax(head_scores(m, gf.x, gf.mask, teacher.label_vectors_)) for m in th.members]
+        else:
+            probas = [teacher._proba_features(gf)] * members
+        rows = np.arange(len(gi))
+        return np.stack([(p.argmax(1) == gi) & (p[rows, gi] >= self.config.switch_min_prob) for p in probas])
+
+    def _proba_features(self, feats: Features) -> np.ndarray:
+        return _softmax(self._scores(feats))
+
+    def _fit_method(self, x: np.ndarray, mask: np.ndarray, y: np.ndarray, orig: Features, weights: np.ndarray | None = None) -> dict[str, Any]:
         method = self.config.method
         pooled_orig = orig.pooled()
         self.center_ = pooled_orig.mean(0)
@@ -165,7 +254,7 @@ class CrossTuneClassifier:
 
         labels = self._label_vectors() if method == "crosstune" else None
         self.label_vectors_ = labels
-        self.head_, info = fit_head(x, mask, y, labels, len(self.classes_), self.config, self.val_index_)
+        self.head_, info = fit_head(x, mask, y, labels, len(self.classes_), self.config, self.val_index_, weights=weights, folds=self.fold_index_)
         return info
 
     def _fit_probe(self, pooled: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -318,6 +407,12 @@ def _concat_features(a: Features, b: Features) -> tuple[np.ndarray, np.ndarray]:
 
     (xa, ma), (xb, mb) = pad(a), pad(b)
     return np.concatenate([xa, xb]), np.concatenate([ma, mb])
+
+
+def _same_folds(a: list[np.ndarray] | None, b: list[np.ndarray] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
 def _jsonable(obj: Any) -> Any:

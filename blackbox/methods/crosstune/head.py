@@ -16,6 +16,11 @@ For an input with token states ``X (T, d)`` and label descriptions with pooled s
 ``use_labels=False`` (the ablation) replaces ``E`` by learnt class embeddings and drops the
 residual. With vector features (``T == 1``) step 1 reduces to a value projection and the
 head is a description-conditioned bilinear classifier.
+
+Training (:func:`fit_head`): by default a cross-validated ensemble
+(:class:`CrossTuneEnsemble`): one head per stratified fold of the few-shot set, trained on
+the other folds and early-stopped on its own; predictions average the heads'
+log-probabilities. ``folds=1`` gives the single head (held-out quarter, then refit).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class CrossTuneHead(nn.Module):
     """Multi-head cross-attention from label descriptions to input tokens; one score per class."""
 
     def __init__(self, d: int, n_classes: int, *, dim: int = 64, heads: int = 4, dropout: float = 0.1,
-                 use_labels: bool = True, prior: bool = True, prior_scale: float = 10.0, rank: int = 96) -> None:
+                 use_labels: bool = True, prior: bool = True, prior_scale: float = 10.0, rank: int = 96,
+                 linear: bool = False) -> None:
         super().__init__()
         self.d, self.n_classes, self.dim, self.heads = d, n_classes, dim, heads
         self.rank = r = min(rank, d)
@@ -50,6 +56,11 @@ class CrossTuneHead(nn.Module):
         if not use_labels:
             self.class_emb = nn.Parameter(torch.randn(n_classes, r))
         self.alpha = nn.Parameter(torch.tensor(float(prior_scale)), requires_grad=self.prior)
+        # optional residual linear term on the pooled (projected) input, zero at the start
+        self.linear = linear
+        if linear:
+            self.lin = nn.Linear(r, n_classes, bias=False)
+            nn.init.zeros_(self.lin.weight)
         # fixed, label-free preprocessing of the black-box features (set from the training
         # inputs): standardisation, then a PCA basis of the standardised tokens
         self.register_buffer("mu", torch.zeros(d))
@@ -92,23 +103,35 @@ class CrossTuneHead(nn.Module):
         b, t = mask.shape
         h, dh = self.heads, self.dim // self.heads
         xs = self.project(x) if projected is None else projected
-        xs = self.drop(xs)
+        if self.training and self.drop.p > 0:
+            # dropout on the real tokens only (padding is masked anyway, and often most of a
+            # batch: drawing its noise was half of the training time)
+            idx = mask.nonzero(as_tuple=True)
+            xs = xs.index_put(idx, self.drop(xs[idx]))
         e = self.label_matrix(labels)
+        r = xs.shape[-1]
         q = self.q(e).view(self.n_classes, h, dh)                   # (C, H, dh)
-        # keys and values of the real tokens only (padding is often most of a batch)
-        valid = xs[mask]                                             # (N_tokens, rank)
-        k = xs.new_zeros(b, t, self.dim).index_put((mask.nonzero(as_tuple=True)), self.k(valid)).view(b, t, h, dh)
-        v = xs.new_zeros(b, t, self.dim).index_put((mask.nonzero(as_tuple=True)), self.v(valid)).view(b, t, h, dh)
-        logits = torch.einsum("chd,bthd->bcht", q, k) / math.sqrt(dh)
+        # Keys and values are linear in the tokens, so the key projection is folded into the
+        # queries and the value projection applied after pooling: the same attention as
+        # softmax(q . (W_k x_t + b_k)) weighting W_v x_t + b_v (q . b_k is constant over t and
+        # cancels in the softmax; the weights sum to one), at a third of the cost.
+        qk = torch.einsum("chd,hdr->chr", q, self.k.weight.view(h, dh, r))              # (C, H, rank)
+        logits = torch.einsum("chr,btr->bcht", qk, xs) / math.sqrt(dh)
         logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
         att = torch.softmax(logits, dim=-1)                          # (B, C, H, T)
-        z = torch.einsum("bcht,bthd->bchd", att, v).reshape(b, self.n_classes, self.dim)
+        pooled_x = torch.einsum("bcht,btr->bchr", att, xs)           # (B, C, H, rank)
+        z = torch.einsum("bchr,hdr->bchd", pooled_x, self.v.weight.view(h, dh, r)) + self.v.bias.view(h, dh)
+        z = z.reshape(b, self.n_classes, self.dim)
         z = self.o(self.drop(z))                                     # (B, C, m)
         u = self.u(e)                                                # (C, m)
         scores = (z * u[None]).sum(-1) / math.sqrt(self.dim) + self.bias
         if self.prior:
             cos = self.prior_scores(x, mask, labels) if prior is None else prior
             scores = scores + self.alpha * cos
+        if self.linear:
+            m = mask[..., None].float()
+            pooled = (xs * m).sum(1) / m.sum(1).clamp_min(1.0)             # (B, rank), after dropout
+            scores = scores + self.lin(pooled)
         return (scores, att) if return_attention else scores
 
 
@@ -124,7 +147,32 @@ def build_head(d: int, n_classes: int, config: Any) -> CrossTuneHead:
     return CrossTuneHead(
         d, n_classes, dim=config.dim, heads=config.heads, dropout=config.dropout,
         use_labels=config.method == "crosstune", prior=config.prior, prior_scale=config.prior_scale, rank=config.rank,
+        linear=getattr(config, "linear", False),
     )
+
+
+class CrossTuneEnsemble(nn.Module):
+    """The heads of a cross-validated fit; its score is the mean of their log-probabilities.
+
+    Member ``k`` was trained without fold ``k`` of the few-shot set and early-stopped on it,
+    so every example is in the training set of all members but one; averaging removes
+    much of the variance that 12-16 examples per class leave in a single head.
+    """
+
+    def __init__(self, members: list[CrossTuneHead]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.n_classes = members[0].n_classes
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+        return torch.stack([torch.log_softmax(m(x, mask, labels, **kw), -1) for m in self.members]).mean(0)
+
+
+def build_model(d: int, n_classes: int, config: Any, members: int) -> nn.Module:
+    """One head (``members <= 1``) or an ensemble of ``members`` heads."""
+    if members <= 1:
+        return build_head(d, n_classes, config)
+    return CrossTuneEnsemble([build_head(d, n_classes, config) for _ in range(members)])
 
 
 class _Batch:
@@ -140,8 +188,9 @@ class _Batch:
         return head(self.x, self.mask, self.labels, projected=self.proj, prior=self.prior)
 
 
-def _train(head: CrossTuneHead, data: _Batch, config: Any, epochs: int, val: _Batch | None) -> tuple[int, list[dict[str, float]]]:
-    """Full-batch AdamW; returns the best epoch on ``val`` (or ``epochs``) and the history."""
+def _train(head: CrossTuneHead, data: _Batch, config: Any, epochs: int, val: _Batch | None) -> tuple[int, list[dict[str, float]], float]:
+    """Full-batch AdamW; returns the best epoch on ``val`` (or ``epochs``), the history and
+    the best held-out loss (nan without ``val``)."""
     # The prior's weight is one scalar: it gets a larger step and no decay, so a poor zero-shot
     # prior fades within the few epochs early stopping allows.
     rest = [p for n, p in head.named_parameters() if p.requires_grad and n != "alpha"]
@@ -151,10 +200,11 @@ def _train(head: CrossTuneHead, data: _Batch, config: Any, epochs: int, val: _Ba
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     best, best_epoch, best_state, bad = float("inf"), epochs, None, 0
     history: list[dict[str, float]] = []
+    wsum = data.w.sum()
     for epoch in range(1, epochs + 1):
         head.train()
         opt.zero_grad()
-        loss = (nn.functional.cross_entropy(data.scores(head), data.y, reduction="none") * data.w).sum() / data.w.sum()
+        loss = (nn.functional.cross_entropy(data.scores(head), data.y, reduction="none") * data.w).sum() / wsum
         loss.backward()
         opt.step()
         row = {"epoch": epoch, "loss": float(loss.detach())}
@@ -177,7 +227,7 @@ def _train(head: CrossTuneHead, data: _Batch, config: Any, epochs: int, val: _Ba
     if best_state is not None:
         head.load_state_dict(best_state)
     head.eval()
-    return best_epoch, history
+    return best_epoch, history, (best if val is not None else float("nan"))
 
 
 def _pca_basis(z: np.ndarray, rank: int, seed: int) -> np.ndarray:
@@ -210,27 +260,81 @@ class _OneThread:
 
 
 def fit_head(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray | None, n_classes: int, config: Any,
-             val_index: np.ndarray, weights: np.ndarray | None = None) -> tuple[CrossTuneHead, dict[str, Any]]:
-    """Train a head on ``x[train]``, early-stop on ``x[val_index]``, optionally refit on all.
+             val_index: np.ndarray | None = None, weights: np.ndarray | None = None,
+             folds: list[np.ndarray] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the head(s); returns the model and a report.
 
-    ``weights`` (per example) lets generated examples count differently; the held-out part
-    always comes from the original few-shot data.
+    * ``folds`` (a list of held-out index arrays, two or more): one head per fold, trained
+      on everything else and early-stopped on its fold; the model is their
+      :class:`CrossTuneEnsemble` (no refit). The report holds the out-of-fold loss and
+      accuracy (each held-out example scored by the head that did not see it).
+    * otherwise ``val_index``: one head, early-stopped on it, then (``config.refit``)
+      retrained on all rows for the chosen number of epochs.
+
+    ``weights`` (per row, or one row of weights per fold) lets generated examples count
+    differently or be left out of one fold's training (weight 0). Held-out rows always
+    come from the original few-shot data.
     """
     with _OneThread():
-        return _fit_head(x, mask, y, labels, n_classes, config, val_index, weights)
+        if folds is not None and len(folds) > 1:
+            return _fit_folds(x, mask, y, labels, n_classes, config, folds, weights)
+        return _fit_head(x, mask, y, labels, n_classes, config, np.zeros(0, dtype=np.int64) if val_index is None else val_index, weights)
 
 
-def _fit_head(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray | None, n_classes: int, config: Any,
-              val_index: np.ndarray, weights: np.ndarray | None) -> tuple[CrossTuneHead, dict[str, Any]]:
-    t0 = time.perf_counter()
-    n = len(x)
-    w = np.ones(n, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
-    train_index = np.setdiff1d(np.arange(n), val_index)
+def _stats(x: np.ndarray, mask: np.ndarray, config: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tokens = x[mask].astype(np.float64)
     mu = tokens.mean(0)
     sd = tokens.std(0)
     sd = sd + 1e-3 * (sd.mean() + 1e-8)
     basis = _pca_basis(((tokens - mu) / sd).astype(np.float32), config.rank, config.seed)
+    return mu, sd, basis
+
+
+def _fit_folds(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray | None, n_classes: int, config: Any,
+               folds: list[np.ndarray], weights: np.ndarray | None) -> tuple[nn.Module, dict[str, Any]]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = len(x)
+    w = np.ones((len(folds), n), dtype=np.float32) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float32), (len(folds), n))
+    mu, sd, basis = _stats(x, mask, config)
+    tx, tm = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(mask)
+    ty = torch.as_tensor(y, dtype=torch.long)
+    tl = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)
+    members, epochs, run = [], [], 0
+    oof = np.zeros((n, n_classes))
+    held = np.zeros(n, dtype=bool)
+    for k, vi in enumerate(folds):
+        _seed_all(config.seed * 1009 + k)
+        head = build_head(x.shape[2], n_classes, config)
+        head.set_stats(mu, sd, basis)
+        ti = np.setdiff1d(np.flatnonzero(w[k] > 0), vi)  # a head never trains on its own fold
+        tvi, tti = torch.as_tensor(vi), torch.as_tensor(ti)
+        train = _Batch(head, tx[tti], tm[tti], ty[tti], torch.as_tensor(np.ascontiguousarray(w[k][ti])), tl)
+        val = _Batch(head, tx[tvi], tm[tvi], ty[tvi], torch.ones(len(vi)), tl)
+        best_epoch, history, _ = _train(head, train, config, config.max_epochs, val)
+        with torch.no_grad():
+            oof[vi] = torch.log_softmax(val.scores(head), -1).double().numpy()
+        held[vi] = True
+        members.append(head)
+        epochs.append(best_epoch)
+        run += len(history)
+    yi = y[held]
+    oof_loss = float(-oof[held][np.arange(len(yi)), yi].mean())
+    oof_acc = float((oof[held].argmax(1) == yi).mean())
+    info: dict[str, Any] = {
+        "members": len(folds), "n_train": int(n), "n_val": int(held.sum()), "best_epoch": int(round(float(np.mean(epochs)))),
+        "best_epochs": [int(e) for e in epochs], "epochs_run": int(run), "oof_loss": oof_loss, "oof_acc": oof_acc,
+        "val_acc": oof_acc, "train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0,
+    }
+    return CrossTuneEnsemble(members), info
+
+
+def _fit_head(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray | None, n_classes: int, config: Any,
+              val_index: np.ndarray, weights: np.ndarray | None) -> tuple[CrossTuneHead, dict[str, Any]]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = len(x)
+    w = np.ones(n, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32).reshape(-1, n)[0]
+    train_index = np.setdiff1d(np.arange(n), val_index)
+    mu, sd, basis = _stats(x, mask, config)
     tx, tm = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(mask)
     ty, tw = torch.as_tensor(y, dtype=torch.long), torch.as_tensor(w)
     tl = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)
@@ -242,26 +346,28 @@ def _fit_head(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray
         return head
 
     head = new_head()
-    info: dict[str, Any] = {"n_train": int(len(train_index)), "n_val": int(len(val_index))}
+    info: dict[str, Any] = {"members": 1, "n_train": int(len(train_index)), "n_val": int(len(val_index))}
     if len(val_index):
         vi, ti = torch.as_tensor(val_index), torch.as_tensor(train_index)
         train = _Batch(head, tx[ti], tm[ti], ty[ti], tw[ti], tl)
-        val = _Batch(head, tx[vi], tm[vi], ty[vi], tw[vi], tl)
-        best_epoch, history = _train(head, train, config, config.max_epochs, val)
-        info.update(best_epoch=best_epoch, epochs_run=len(history), val_acc=max((r.get("val_acc", 0.0) for r in history), default=0.0))
+        val = _Batch(head, tx[vi], tm[vi], ty[vi], torch.ones(len(vi)), tl)
+        best_epoch, history, best = _train(head, train, config, config.max_epochs, val)
+        info.update(best_epoch=best_epoch, epochs_run=len(history), val_acc=max((r.get("val_acc", 0.0) for r in history), default=0.0),
+                    oof_loss=best)
         if config.refit:
             head = new_head()
-            _, history = _train(head, _Batch(head, tx, tm, ty, tw, tl), config, best_epoch, None)
+            _, history, _ = _train(head, _Batch(head, tx, tm, ty, tw, tl), config, best_epoch, None)
             info["refit_epochs"] = best_epoch
     else:
-        best_epoch, history = _train(head, _Batch(head, tx, tm, ty, tw, tl), config, config.max_epochs, None)
+        best_epoch, history, _ = _train(head, _Batch(head, tx, tm, ty, tw, tl), config, config.max_epochs, None)
         info.update(best_epoch=best_epoch, epochs_run=len(history))
     info["train_seconds"] = time.perf_counter() - t0
+    info["train_cpu_seconds"] = time.process_time() - c0
     info["final_loss"] = history[-1]["loss"] if history else None
     return head, info
 
 
-def head_scores(head: CrossTuneHead, x: np.ndarray, mask: np.ndarray, labels: np.ndarray | None, batch: int = 256) -> np.ndarray:
+def head_scores(head: nn.Module, x: np.ndarray, mask: np.ndarray, labels: np.ndarray | None, batch: int = 256) -> np.ndarray:
     """``(n, C)`` scores in evaluation mode, in batches."""
     head.eval()
     tl = None if labels is None else torch.as_tensor(labels, dtype=torch.float32)
@@ -272,14 +378,15 @@ def head_scores(head: CrossTuneHead, x: np.ndarray, mask: np.ndarray, labels: np
     return np.concatenate(out, 0)
 
 
-def head_state(head: CrossTuneHead) -> dict[str, np.ndarray]:
+def head_state(head: nn.Module) -> dict[str, np.ndarray]:
     """The head's tensors as numpy arrays (for safetensors)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()}
 
 
-def load_head(state: dict[str, np.ndarray], d: int, n_classes: int, config: Any) -> CrossTuneHead:
-    """Rebuild a head from :func:`head_state` arrays."""
-    head = build_head(d, n_classes, config)
+def load_head(state: dict[str, np.ndarray], d: int, n_classes: int, config: Any) -> nn.Module:
+    """Rebuild a head (or an ensemble of heads) from :func:`head_state` arrays."""
+    members = len({k.split(".")[1] for k in state if k.startswith("members.")})
+    head = build_model(d, n_classes, config, members)
     head.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     head.eval()
     return head

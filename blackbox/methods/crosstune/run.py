@@ -90,7 +90,7 @@ def fit_run(
     save_table(few, d / TRAIN)
 
     report: dict[str, Any] = {"generated": 0, "unparsed": 0, "kept": 0, "dropped": 0, "generation_queries": 0}
-    generated = None
+    generated, sources = None, None
     if gen_client is not None:
         out = generate_examples(
             gen_client, few.texts, few.labels, few.descriptions, n_per_class=config.augment_n, seed=config.seed,
@@ -101,11 +101,12 @@ def fit_run(
         gen_client.close()
         if not out["complete"]:
             return {"complete": False, **report}
-        generated = out["examples"]
+        generated, sources = out["examples"], out["sources"]
 
     t0 = time.perf_counter()
     clf = CrossTuneClassifier(featurizer, config, few.descriptions)
-    clf.fit(few.texts, few.labels, generated=generated, progress=_progress(progress, "features"))
+    clf.fit(few.texts, few.labels, generated=generated, progress=_progress(progress, "features"),
+            generated_sources=sources if generated is not None else None)
     if clf.augment_report_:
         report.update(kept=clf.augment_report_["kept"], dropped=clf.augment_report_["dropped"] + report["unparsed"])
     clf.save(d)
