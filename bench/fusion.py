@@ -5,24 +5,40 @@ tokenizer), assembled and sha256-checked by bench/fusion_assets.py; the expert i
 fine-tuned with LoRA by bench/fusion_expert.py (run that first) to answer
 ``Country: X\\nCapital:`` with the strict format `` [[capital]]``.
 
-Evaluation (greedy, held-out countries never seen in fine-tuning):
+Evaluation sets (greedy):
 
-* **task**: ``Country: X\\nCapital:``; correct iff the output is exactly ``[[<capital>`` before
-  the stop string ``]]``;
-* **general**: ``Q: What is the capital of X?\\nA:``; correct iff the first line contains the
-  capital. The general set is selected from a pool of other held-out countries as the
-  knowledge the 1.5B has and the 0.5B lacks (1.5B right, 0.5B base wrong), so the large
-  model's general accuracy is 100% by construction; the question is how much the fusions keep.
+* **task**: ``Country: X\\nCapital:`` on held-out countries never seen in fine-tuning; correct
+  iff the output before the stop string ``]]`` is exactly ``[[<capital>`` (case and accents
+  folded, nothing else);
+* **general, capitals**: ``Q: What is the capital of X?\\nA:`` on other held-out countries;
+* **general, other**: ``Q: <question>\\nA:`` from the hand-written pool of
+  bench/fusion_general.py (science, history, literature, ...: outside the expert's task).
+
+Both general sets are *selected* as the issue asks: knowledge the 1.5B has and the 0.5B
+lacks (the 1.5B base right, the 0.5B base wrong in the same greedy decoding), so the large
+base scores 100% there by construction; the question is how much the fusions keep. A
+general answer is right iff its first line holds the answer as whole words (case and
+accents folded), whatever the format (`` [[Paris]]`` counts). The base models' accuracy on
+the whole unselected pools is reported too.
 
 Systems: large base, small base, small expert, proxy-tuning (α = 1), dynamic fusion (grid
-0..2 step 0.1); golden-section refinement is measured on the dynamic run's own steps
-(teacher-forced: objective, α, greedy token, time). Speed: tokens/s of each in
-the same run, plus an ABAB timing of large / proxy / dynamic on the same prompts. Top-k
-variant: at every step of the proxy and dynamic runs, the greedy choice of the top-k
-variant (the large model's top-k log-probs only, emulating an API from the same local
-model) is compared with the full-vocabulary choice (teacher-forced on the full run's path).
+0..2 step 0.1). Golden-section refinement and the top-k variant (the large model's top-k
+log-probs only, emulated from the same local model, fused over the union with the expert's
+top-k) are measured teacher-forced on the dynamic / proxy runs' own steps.
 
-    python bench/fusion.py [--n-task 16] [--n-general-pool 32] [--threads 2] [--write-docs]
+Speed: tokens/s of large alone, proxy and dynamic on the same prompts, in one process, each
+repeated in rotating order (fixed length, no stop), plus the time of the fusion arithmetic
+per decoding step.
+
+The work is split into phases (each one process, results merged into one JSON file in the
+cache directory) so that each heavy command stays short on a shared machine:
+
+    python bench/fusion.py --phase base            # selection + base models
+    python bench/fusion.py --phase fusion --sets task
+    python bench/fusion.py --phase fusion --sets general_capitals
+    python bench/fusion.py --phase fusion --sets general_other
+    python bench/fusion.py --phase timing
+    python bench/fusion.py --phase report --write-docs
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import _common  # noqa: F401  (first: pins BLAS threads)
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -40,326 +57,468 @@ from typing import Any
 
 from _common import command_line, emit, loadavg, machine, machine_line, today, write_section
 from fusion_assets import DEFAULT_CACHE, hf_dir
-from fusion_expert import GENERAL_TEMPLATE, TASK_TEMPLATE, expert_dir, split
+from fusion_expert import GENERAL_TEMPLATE, N_TRAIN, TASK_TEMPLATE, expert_dir, split
+from fusion_general import QUESTIONS, TEMPLATE as OTHER_TEMPLATE, contains_answer, fold
 
 KS = (5, 10, 20)
+SET_NAMES = ("task", "general_capitals", "general_other")
+SET_TITLES = {"task": "task", "general_capitals": "general: capitals", "general_other": "general: other"}
+SYSTEMS = ("large base (1.5B)", "small base (0.5B)", "small expert (0.5B LoRA)", "proxy-tuning (α=1)", "dynamic fusion (grid)")
 
 
 def task_ok(text: str, capital: str) -> bool:
-    return text.strip() == f"[[{capital}"
+    """Exactly ``[[capital`` before the ``]]`` stop (case and accents folded)."""
+    return fold(text.strip()) == fold(f"[[{capital}")
 
 
-def general_ok(text: str, capital: str) -> bool:
-    first = text.strip().split("\n")[0]
-    return capital.lower() in first.lower()
+def general_ok(text: str, answers: Any) -> bool:
+    return contains_answer(text, tuple(answers) if isinstance(answers, (list, tuple)) else (answers,))
+
+
+OK = {"task": task_ok, "general_capitals": general_ok, "general_other": general_ok}
+STOPS = {"task": ("]]", "\n"), "general_capitals": ("\n",), "general_other": ("\n",)}
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def results_path(args: Any) -> Path:
+    return Path(args.results).expanduser() if args.results else DEFAULT_CACHE / "fusion_bench.json"
+
+
+def load_results(args: Any, key: dict[str, Any]) -> dict[str, Any]:
+    p = results_path(args)
+    if p.is_file():
+        data = json.loads(p.read_text())
+        if data.get("key") == key:
+            return data
+    return {"key": key, "sets": {}, "rows": {}, "phases": {}}
+
+
+def save_results(args: Any, key: dict[str, Any], update: Any) -> dict[str, Any]:
+    """Merge into the results file (re-read first: phases run as separate processes)."""
+    data = load_results(args, key)
+    update(data)
+    p = results_path(args)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False))
+    os.replace(tmp, p)
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-task", type=int, default=16)
-    ap.add_argument("--n-general-pool", type=int, default=32)
-    ap.add_argument("--n-general", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--phase", choices=("base", "fusion", "timing", "report"), required=True)
+    ap.add_argument("--sets", default=",".join(SET_NAMES), help="fusion phase: comma-separated sets to evaluate")
+    ap.add_argument("--systems", default="expert,proxy,dynamic", help="fusion phase: comma-separated subset of expert, proxy, dynamic")
+    ap.add_argument("--n-task", type=int, default=24)
+    ap.add_argument("--n-general", type=int, default=24, help="questions kept per general set after selection")
+    ap.add_argument("--capital-pool", type=int, default=72, help="held-out countries (not in the task set) to select from")
+    ap.add_argument("--other-pool", type=int, default=len(QUESTIONS), help="questions of bench/fusion_general.py to select from")
+    ap.add_argument("--max-tokens-task", type=int, default=8)
+    ap.add_argument("--max-tokens-general", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--refine", type=int, default=12)
-    ap.add_argument("--refine-sample", type=int, default=64, help="decoding steps on which refinement is measured")
-    ap.add_argument("--timing-tokens", type=int, default=10)
-    ap.add_argument("--timing-repeats", type=int, default=1)
-    ap.add_argument("--models", nargs=3, metavar=("LARGE", "SMALL", "EXPERT"), help="other model directories (smoke tests)")
-    ap.add_argument("--no-select", action="store_true", help="general set without the large-right/small-wrong selection (smoke tests)")
-    ap.add_argument("--phase", choices=("all", "base"), default="all", help="base: only the base models' runs (stored for reuse)")
-    ap.add_argument("--wait-expert", type=float, default=0.0, help="seconds to wait for the expert directory to appear")
-    ap.add_argument("--skip-small", action="store_true", help="do not evaluate the small base alone")
+    ap.add_argument("--refine-sample", type=int, default=48, help="decoding steps (per set) on which refinement is measured")
+    ap.add_argument("--timing-tokens", type=int, default=12)
+    ap.add_argument("--timing-repeats", type=int, default=3)
+    ap.add_argument("--results", default="", help="JSON file the phases share (default: in the model cache)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
 
+    key = {k: getattr(args, k) for k in ("n_task", "n_general", "capital_pool", "other_pool", "max_tokens_task", "max_tokens_general", "batch")}
+    if args.phase == "report":
+        data = load_results(args, key)
+        return report(data, args)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    info = machine()
+    info["command"] = command_line()
+    info["date"] = today()
+    info["threads"] = args.threads
+    {"base": phase_base, "fusion": phase_fusion, "timing": phase_timing}[args.phase](args, key, info, t_start)
+    return 0
+
+
+# --- helpers ----------------------------------------------------------------------------
+def provider(path: Any, args: Any) -> Any:
+    from blackbox.providers.hf_causal import HFCausalProvider
+
+    return HFCausalProvider(path, max_batch=args.batch)
+
+
+def max_tokens(set_name: str, args: Any) -> int:
+    return args.max_tokens_task if set_name == "task" else args.max_tokens_general
+
+
+def plain(prov: Any, prompts: list[str], stop: tuple[str, ...], n_max: int) -> dict[str, Any]:
+    from blackbox.types import GenerateRequest
+
+    t0 = time.perf_counter()
+    out = prov.generate(GenerateRequest(prompts=tuple(prompts), max_tokens=n_max, stop=stop))
+    return {"texts": list(out.texts), "tokens": out.usage.completion_tokens, "seconds": time.perf_counter() - t0}
+
+
+def score(set_name: str, texts: list[str], answers: list[Any]) -> list[bool]:
+    return [bool(OK[set_name](t, a)) for t, a in zip(texts, answers)]
+
+
+def finish_phase(args: Any, key: dict[str, Any], info: dict[str, Any], t_start: float, name: str, update: Any) -> None:
+    info["loadavg_at_end"] = loadavg()
+    info["seconds"] = round(time.time() - t_start, 1)
+    info["peak_rss_gb"] = round(peak_rss_gb(), 2)
+
+    def merged(data: dict[str, Any]) -> None:
+        update(data)
+        data["phases"][name] = info
+
+    save_results(args, key, merged)
+    emit({"event": "phase_done", "phase": name, **{k: info[k] for k in ("seconds", "loadavg_at_start", "loadavg_at_end", "peak_rss_gb") if k in info}})
+
+
+# --- phase: selection and base models ---------------------------------------------------
+def phase_base(args: Any, key: dict[str, Any], info: dict[str, Any], t_start: float) -> None:
+    large, small = provider(hf_dir("large"), args), provider(hf_dir("small"), args)
+    emit({"event": "loaded", "seconds": round(time.time() - t_start, 1)})
+    _, held = split()
+    task = held[: args.n_task]
+    cap_pool = held[args.n_task : args.n_task + args.capital_pool]
+    other_pool = QUESTIONS[: args.other_pool]
+    pools = {
+        "task": ([TASK_TEMPLATE.format(c=c) for c, _ in task], [k for _, k in task], [c for c, _ in task]),
+        "general_capitals": ([GENERAL_TEMPLATE.format(c=c) for c, _ in cap_pool], [[k] for _, k in cap_pool], [c for c, _ in cap_pool]),
+        "general_other": ([OTHER_TEMPLATE.format(q=q) for q, _ in other_pool], [list(a) for _, a in other_pool], [q for q, _ in other_pool]),
+    }
+    outs: dict[str, dict[str, Any]] = {}
+    for set_name, (prompts, answers, _) in pools.items():
+        for sys_name, prov in (("large base (1.5B)", large), ("small base (0.5B)", small)):
+            r = plain(prov, prompts, STOPS[set_name], max_tokens(set_name, args))
+            r["ok"] = score(set_name, r["texts"], answers)
+            outs.setdefault(set_name, {})[sys_name] = r
+            emit({"event": "pool_run", "set": set_name, "system": sys_name, "n": len(prompts), "correct": sum(r["ok"]), "seconds": round(r["seconds"], 1)})
+
+    sets, rows, selection = {}, {}, {}
+    for set_name, (prompts, answers, items) in pools.items():
+        lg, sm = outs[set_name]["large base (1.5B)"], outs[set_name]["small base (0.5B)"]
+        if set_name == "task":
+            idx = list(range(len(prompts)))
+        else:
+            cand = [i for i in range(len(prompts)) if lg["ok"][i] and not sm["ok"][i]]
+            idx = cand[: args.n_general]
+            selection[set_name] = {"pool": len(prompts), "large_right": sum(lg["ok"]), "small_right": sum(sm["ok"]),
+                                   "both_right": sum(a and b for a, b in zip(lg["ok"], sm["ok"])), "large_right_small_wrong": len(cand), "kept": len(idx)}
+        sets[set_name] = {"prompts": [prompts[i] for i in idx], "answers": [answers[i] for i in idx], "items": [items[i] for i in idx]}
+        for sys_name, r in outs[set_name].items():
+            share = len(idx) / max(len(prompts), 1)  # selected rows' share of the pool's run (time/tokens pro rata)
+            rows.setdefault(sys_name, {})[set_name] = {
+                "texts": [r["texts"][i] for i in idx], "ok": [r["ok"][i] for i in idx],
+                "tokens": r["tokens"] * share, "seconds": r["seconds"] * share,
+                "pool_correct": sum(r["ok"]), "pool_n": len(prompts),
+            }
+    emit({"event": "selection", **selection})
+
+    def update(data: dict[str, Any]) -> None:
+        data["sets"] = sets
+        data["selection"] = selection
+        for sys_name, per in rows.items():
+            data["rows"].setdefault(sys_name, {}).update(per)
+
+    finish_phase(args, key, info, t_start, "base", update)
+
+
+# --- phase: expert and fusions ----------------------------------------------------------
+def phase_fusion(args: Any, key: dict[str, Any], info: dict[str, Any], t_start: float) -> None:
     import torch
 
     from blackbox.methods.fusion import arith
     from blackbox.methods.fusion.decode import FusionConfig, LogitFusion
-    from blackbox.providers.hf_causal import HFCausalProvider
-    from blackbox.types import GenerateRequest
 
-    torch.set_num_threads(args.threads)
-    info = machine()
-    t_start = time.time()
-    if args.models:
-        dirs = args.models
-    else:
-        dirs = [hf_dir("large"), hf_dir("small"), expert_dir()]
-    large, small = (HFCausalProvider(d, max_batch=args.batch) for d in dirs[:2])
-    expert = None  # loaded after the base models' runs: it may still be training (--wait-expert)
-    # phase "base" (the base models only, e.g. while the expert trains) stores its results
-    # here; a later full run with the same settings reuses them instead of recomputing
-    key = {k: getattr(args, k) for k in ("n_task", "n_general_pool", "n_general", "max_tokens", "batch", "no_select")}
-    base_file = (DEFAULT_CACHE / "fusion_base_runs.json") if not args.models else None
-    stored = json.loads(base_file.read_text()) if base_file is not None and base_file.is_file() else None
-    if stored is not None and stored.get("key") != key:
-        stored = None
-    emit({"event": "loaded", "seconds": round(time.time() - t_start, 1), "peak_rss_gb": round(peak_rss_gb(), 2)})
-
-    _, held = split()
-    task_set = held[: args.n_task]
-    pool = held[args.n_task : args.n_task + args.n_general_pool]
-
-    def plain(provider: Any, prompts: list[str], stop: tuple[str, ...]) -> tuple[list[str], int, float]:
-        t0 = time.perf_counter()
-        out = provider.generate(GenerateRequest(prompts=tuple(prompts), max_tokens=args.max_tokens, stop=stop))
-        return list(out.texts), out.usage.completion_tokens, time.perf_counter() - t0
-
-    # general set: knowledge the 1.5B has and the 0.5B lacks -----------------------------
-    if stored is not None:
-        general_set = [tuple(x) for x in stored["general_set"]]
-        selection = stored["selection"]
-    elif args.no_select:
-        general_set = pool[: args.n_general]
-        selection = {}
-    else:
-        gprompts = [GENERAL_TEMPLATE.format(c=c) for c, _ in pool]
-        lg, _, _ = plain(large, gprompts, ("\n",))
-        sg, _, _ = plain(small, gprompts, ("\n",))
-        general_set = [pc for pc, a, b in zip(pool, lg, sg) if args.no_select or (general_ok(a, pc[1]) and not general_ok(b, pc[1]))][: args.n_general]
-        selection = {"pool": len(pool), "large_right": sum(general_ok(a, c[1]) for a, c in zip(lg, pool)),
-                     "small_right": sum(general_ok(b, c[1]) for b, c in zip(sg, pool)), "selected": len(general_set)}
-    emit({"event": "general_selection", **selection})
-
-    sets = {
-        "task": ([TASK_TEMPLATE.format(c=c) for c, _ in task_set], [k for _, k in task_set], ("]]", "\n"), task_ok),
-        "general": ([GENERAL_TEMPLATE.format(c=c) for c, _ in general_set], [k for _, k in general_set], ("\n",), general_ok),
-    }
-    rows: dict[str, dict[str, Any]] = {}
-    agreement = {}
-
-    def record(name: str, set_name: str, texts: list[str], n_tok: int, secs: float) -> None:
-        prompts, caps, _, ok = sets[set_name]
-        row = rows.setdefault(name, {"correct": {}, "n": {}, "tokens": 0, "seconds": 0.0})
-        row["correct"][set_name] = sum(ok(t, k) for t, k in zip(texts, caps))
-        row["n"][set_name] = len(caps)
-        row["tokens"] += n_tok
-        row["seconds"] += secs
-        row.setdefault("examples", {})[set_name] = texts[:3]
-
-    if stored is not None:
-        rows.update(stored["rows"])
-    for name in ("large base (1.5B)", "small base (0.5B)", "small expert (0.5B LoRA)"):
-        if name in rows or (args.skip_small and name.startswith("small base")):
-            continue
-        if name.startswith("small expert"):
-            if args.phase == "base":
-                continue
-            deadline = time.time() + args.wait_expert
-            while not (Path(dirs[2]) / "train_info.json").is_file():  # written last by fusion_expert.py
-                if time.time() > deadline:
-                    raise SystemExit("no expert: run `python bench/fusion_expert.py` first")
-                time.sleep(10)
-            time.sleep(2)
-            expert = HFCausalProvider(dirs[2], max_batch=args.batch)
-            emit({"event": "expert_loaded", "seconds": round(time.time() - t_start, 1)})
-        prov = {"large base (1.5B)": large, "small base (0.5B)": small}.get(name, expert)
-        for set_name, (prompts, caps, stop, _) in sets.items():
-            texts, n_tok, secs = plain(prov, prompts, stop)
-            record(name, set_name, texts, n_tok, secs)
-        emit({"event": "system", "name": name, **{k: v for k, v in rows[name].items() if k != "examples"}})
-
-    if args.phase == "base":
-        if base_file is not None:
-            base_file.write_text(json.dumps({"key": key, "general_set": general_set, "selection": selection, "rows": rows}))
-        emit({"event": "base_stored", "file": str(base_file)})
-        return 0
-    summary_extra = {"base_rows_reused": stored is not None}
-
-    fusion_time: dict[str, float] = {}
-    configs = {
-        "proxy-tuning (α=1)": FusionConfig(mode="proxy", alpha=1.0),
-        "dynamic fusion (grid)": FusionConfig(mode="dynamic"),
-    }
-    # golden-section refinement, measured teacher-forced on the dynamic run's steps: how much it
-    # lowers the objective, how far it moves α, how often it changes the greedy token and its cost
-    refine_stats = {"steps": 0, "alpha_moved": 0, "token_changed": 0, "obj_grid": 0.0, "obj_refined": 0.0, "grid_s": 0.0, "refine_s": 0.0}
+    data = load_results(args, key)
+    if not data.get("sets"):
+        raise SystemExit("run --phase base first (same settings)")
+    if not (expert_dir() / "train_info.json").is_file():
+        raise SystemExit("no expert: run `python bench/fusion_expert.py` first")
+    large, small, expert = provider(hf_dir("large"), args), provider(hf_dir("small"), args), provider(expert_dir(), args)
+    emit({"event": "loaded", "seconds": round(time.time() - t_start, 1)})
     grid = FusionConfig().grid()
-    weights_log: dict[str, list[float]] = {}
-    for name, base_cfg in configs.items():
-        for set_name, (prompts, caps, stop, _) in sets.items():
-            cfg = FusionConfig(**{**base_cfg.__dict__, "max_tokens": args.max_tokens, "stop": stop, "batch_size": args.batch})
+    rows: dict[str, dict[str, Any]] = {}
+    for set_name in [s for s in args.sets.split(",") if s]:
+        s = data["sets"][set_name]
+        prompts, answers = s["prompts"], s["answers"]
+        stop, n_max = STOPS[set_name], max_tokens(set_name, args)
+        chosen = args.systems.split(",")
+        if "expert" in chosen:
+            r = plain(expert, prompts, stop, n_max)
+            r["ok"] = score(set_name, r["texts"], answers)
+            rows.setdefault("small expert (0.5B LoRA)", {})[set_name] = r
+            emit({"event": "system", "set": set_name, "system": "small expert (0.5B LoRA)", "correct": sum(r["ok"]), "n": len(prompts)})
+        for sys_name, mode in (("proxy-tuning (α=1)", "proxy"), ("dynamic fusion (grid)", "dynamic")):
+            if mode not in chosen:
+                continue
+            cfg = FusionConfig(mode=mode, alpha=1.0, max_tokens=n_max, stop=stop, batch_size=args.batch)
             fusion = LogitFusion(large, small, [expert], cfg)
-            inner = fusion.fuse_row
             spent = [0.0]
+            inner = fusion.fuse_batch
 
-            def timed_fuse(zl: Any, zs: Any, ze: Any, _inner: Any = inner, _spent: list = spent) -> Any:
+            def timed(zl: Any, zs: Any, ze: Any, _inner: Any = inner, _spent: list = spent) -> Any:
                 t0 = time.perf_counter()
                 out = _inner(zl, zs, ze)
                 _spent[0] += time.perf_counter() - t0
                 return out
 
-            fusion.fuse_row = timed_fuse  # type: ignore[method-assign]
-            agree = agreement.setdefault(name, {k: [0, 0] for k in KS})
-
+            fusion.fuse_batch = timed  # type: ignore[method-assign]
+            agree = {k: [0, 0] for k in KS}
+            ref = {"steps": 0, "alpha_moved": 0, "token_changed": 0, "obj_grid": 0.0, "obj_refined": 0.0, "grid_s": 0.0, "refine_s": 0.0}
             hook = [0.0]
 
-            def on_step(step: dict[str, Any], _fusion: Any = fusion, _agree: dict = agree, _hook: list = hook, _dyn: bool = base_cfg.mode == "dynamic") -> None:
+            def on_step(st: dict[str, Any], _fusion: Any = fusion, _agree: dict = agree, _ref: dict = ref, _hook: list = hook, _dyn: bool = mode == "dynamic") -> None:
                 t0 = time.perf_counter()
-                zl, zs, ze, tok = step["large"], step["small"], step["experts"], step["token"]
-                if _dyn and refine_stats["steps"] < args.refine_sample:
+                zl, zs, ze, tok = st["large"], st["small"], st["experts"], st["token"]
+                if _dyn and _ref["steps"] < args.refine_sample:
                     t1 = time.perf_counter()
                     w0, j0 = arith.dynamic_weights(zl, zs, ze, grid)
                     t2 = time.perf_counter()
                     w1, j1 = arith.dynamic_weights(zl, zs, ze, grid, refine=args.refine)
                     t3 = time.perf_counter()
-                    refine_stats["grid_s"] += t2 - t1
-                    refine_stats["refine_s"] += t3 - t2
-                    refine_stats["steps"] += 1
-                    refine_stats["obj_grid"] += j0
-                    refine_stats["obj_refined"] += j1
-                    refine_stats["alpha_moved"] += int(abs(float(w1.sum() - w0.sum())) > 1e-3)
-                    refined_tok = int(torch.argmax(arith.proxy_logits(zl, zs, ze, w1)))
-                    refine_stats["token_changed"] += int(refined_tok != tok)
-                logp = torch.log_softmax(zl, -1)
+                    _ref["grid_s"] += t2 - t1
+                    _ref["refine_s"] += t3 - t2
+                    _ref["steps"] += 1
+                    _ref["obj_grid"] += j0
+                    _ref["obj_refined"] += j1
+                    _ref["alpha_moved"] += int(abs(float(w1.sum() - w0.sum())) > 1e-3)
+                    _ref["token_changed"] += int(int(torch.argmax(arith.proxy_logits(zl, zs, ze, w1))) != tok)
+                logp = torch.log_softmax(zl.double(), -1)
                 for k in KS:
                     top = torch.topk(logp, k)
-                    ids, zl_u, zs_u, ze_u = arith.topk_union(top.indices, top.values, zs, ze, k)
-                    fused, _ = LogitFusion.fuse_row(_fusion, zl_u, zs_u, ze_u)
+                    ids, fused, _ = _fusion.fuse_topk_row(top.indices, top.values, zs, ze, k=k)
                     _agree[k][0] += int(ids[int(torch.argmax(fused))]) == tok
                     _agree[k][1] += 1
                 _hook[0] += time.perf_counter() - t0  # measurement only: taken out of the run's time
 
             res = fusion.generate(prompts, on_step=on_step)
-            record(name, set_name, res.texts, res.n_tokens, res.seconds - hook[0])
-            fusion_time[name] = fusion_time.get(name, 0.0) + spent[0]
-            weights_log.setdefault(name, []).extend(s[0] for w in res.weights for s in w)
-        row = rows[name]
-        row["fusion_arith_share"] = fusion_time[name] / row["seconds"]
-        row["mean_weight"] = statistics.fmean(weights_log[name]) if weights_log[name] else None
-        emit({"event": "system", "name": name, **{k: v for k, v in row.items() if k != "examples"}})
-    emit({"event": "refine", **refine_stats})
+            ok = score(set_name, res.texts, answers)
+            w = [x[0] for row in res.weights for x in row]
+            rows.setdefault(sys_name, {})[set_name] = {
+                "texts": res.texts, "ok": ok, "tokens": res.n_tokens, "seconds": res.seconds - hook[0], "arith_s": spent[0],
+                "weights": [[round(x[0], 3) for x in row] for row in res.weights], "mean_weight": statistics.fmean(w) if w else None,
+                "topk_agree": agree, "refine": ref if mode == "dynamic" else None,
+            }
+            emit({"event": "system", "set": set_name, "system": sys_name, "correct": sum(ok), "n": len(prompts),
+                  "tokens": res.n_tokens, "seconds": round(res.seconds - hook[0], 1), "arith_s": round(spent[0], 2),
+                  "topk_agree": {k: a / max(b, 1) for k, (a, b) in agree.items()}})
 
-    # ABAB timing on identical prompts, fixed length (no stop) --------------------------
-    tprompts = sets["task"][0][: args.batch] + []
-    times: dict[str, list[float]] = {"large": [], "proxy": [], "dynamic": []}
-    toks: dict[str, int] = {}
-    for _ in range(args.timing_repeats if args.timing_repeats > 0 else 0):
-        for name in times:
-            if name == "large":
-                t0 = time.perf_counter()
-                out = large.generate(GenerateRequest(prompts=tuple(tprompts), max_tokens=args.timing_tokens))
-                times[name].append(time.perf_counter() - t0)
-                toks[name] = out.usage.completion_tokens
-            else:
-                res = LogitFusion(large, small, [expert], FusionConfig(mode=name, max_tokens=args.timing_tokens, batch_size=args.batch)).generate(tprompts)
-                times[name].append(res.seconds)
-                toks[name] = res.n_tokens
-    tps = {k: toks[k] / statistics.median(v) for k, v in times.items() if v}
-    emit({"event": "timing", "tokens_per_s": tps, "seconds": times, "tokens": toks})
+    def update(d: dict[str, Any]) -> None:
+        for sys_name, per in rows.items():
+            d["rows"].setdefault(sys_name, {}).update(per)
 
-    # summary -----------------------------------------------------------------------------
-    info["loadavg_at_end"] = loadavg()
-    total = time.time() - t_start
+    finish_phase(args, key, info, t_start, f"fusion:{args.sets}:{args.systems}", update)
+
+
+# --- phase: speed on identical prompts --------------------------------------------------
+def phase_timing(args: Any, key: dict[str, Any], info: dict[str, Any], t_start: float) -> None:
+    from blackbox.methods.fusion.decode import FusionConfig, LogitFusion
+    from blackbox.types import GenerateRequest
+
+    large, small, expert = provider(hf_dir("large"), args), provider(hf_dir("small"), args), provider(expert_dir(), args)
+    _, held = split()
+    prompts = [TASK_TEMPLATE.format(c=c) for c, _ in held[: args.batch]]
+    n = args.timing_tokens
+
+    def run(name: str, tokens: int) -> dict[str, float]:
+        c0, t0 = time.process_time(), time.perf_counter()
+        if name == "large":
+            out = large.generate(GenerateRequest(prompts=tuple(prompts), max_tokens=tokens))
+            n_tok, arith_s = out.usage.completion_tokens, 0.0
+        else:
+            fusion = LogitFusion(large, small, [expert], FusionConfig(mode=name, max_tokens=tokens, batch_size=args.batch))
+            inner, spent = fusion.fuse_batch, [0.0]
+
+            def timed(zl: Any, zs: Any, ze: Any) -> Any:
+                t1 = time.perf_counter()
+                o = inner(zl, zs, ze)
+                spent[0] += time.perf_counter() - t1
+                return o
+
+            fusion.fuse_batch = timed  # type: ignore[method-assign]
+            res = fusion.generate(prompts)
+            n_tok, arith_s = res.n_tokens, spent[0]
+        return {"seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "tokens": n_tok, "arith_s": arith_s}
+
+    names = ["large", "proxy", "dynamic"]
+    for name in names:  # warm-up: page the weights in, allocate caches
+        run(name, 2)
+    emit({"event": "warm", "seconds": round(time.time() - t_start, 1), "loadavg": loadavg()})
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in names}
+    for rep in range(args.timing_repeats):
+        order = names[rep % 3 :] + names[: rep % 3]  # rotate the order between repeats
+        for name in order:
+            r = run(name, n)
+            r["loadavg1"] = loadavg()[0] if loadavg() else None
+            runs[name].append(r)
+            emit({"event": "timing_run", "rep": rep, "system": name, **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}})
+
+    def update(d: dict[str, Any]) -> None:
+        d["timing"] = {"runs": runs, "prompts": len(prompts), "tokens_per_prompt": n, "repeats": args.timing_repeats}
+
+    finish_phase(args, key, info, t_start, "timing", update)
+
+
+# --- report -------------------------------------------------------------------------------
+def report(data: dict[str, Any], args: Any) -> int:
+    rows, sets = data.get("rows", {}), data.get("sets", {})
+    if not sets:
+        raise SystemExit("no results: run the phases first (same settings)")
     table = []
-    for name, row in rows.items():
-        c, n = row["correct"], row["n"]
-        mixed = (c["task"] + c["general"]) / max(n["task"] + n["general"], 1)
-        table.append({
-            "system": name, "task": c["task"] / max(n["task"], 1), "general": c["general"] / max(n["general"], 1), "mixed": mixed,
-            "tokens_per_s": row["tokens"] / row["seconds"], "fusion_arith_share": row.get("fusion_arith_share"), "mean_weight": row.get("mean_weight"),
-        })
-    agree_out = {name: {k: a / max(b, 1) for k, (a, b) in v.items()} for name, v in agreement.items()}
-    n_steps = {name: v[KS[0]][1] for name, v in agreement.items()}
-    summary = {**summary_extra, "selection": selection, "table": table, "refine": refine_stats, "topk_agreement": agree_out, "topk_steps": n_steps, "timing_tokens_per_s": tps,
-               "n_task": len(sets["task"][1]), "n_general": len(sets["general"][1]), "seconds": round(total, 1),
-               "peak_rss_gb": round(peak_rss_gb(), 2), "examples": {n: r.get("examples") for n, r in rows.items()}}
+    for sys_name in SYSTEMS:
+        per = rows.get(sys_name)
+        if not per:
+            continue
+        line: dict[str, Any] = {"system": sys_name}
+        tok = sec = 0.0
+        for set_name in SET_NAMES:
+            r = per.get(set_name)
+            if r is not None:
+                line[set_name] = [sum(r["ok"]), len(r["ok"])]
+                tok += r["tokens"]
+                sec += r["seconds"]
+        if all(s in line for s in SET_NAMES):
+            line["mixed"] = [sum(line[s][0] for s in SET_NAMES), sum(line[s][1] for s in SET_NAMES)]
+        line["tokens_per_s"] = tok / sec if sec else None
+        ar = [per[s].get("arith_s") for s in SET_NAMES if s in per and per[s].get("arith_s") is not None]
+        line["arith_share"] = sum(ar) / sec if ar and sec else None
+        ws = [w for s in SET_NAMES if s in per and per[s].get("weights") for row in per[s]["weights"] for w in row]
+        line["mean_weight"] = statistics.fmean(ws) if ws else None
+        table.append(line)
+    agree = {}
+    for sys_name in ("proxy-tuning (α=1)", "dynamic fusion (grid)"):
+        per = rows.get(sys_name, {})
+        tot = {k: [0, 0] for k in KS}
+        for s in per.values():
+            for k, (a, b) in (s.get("topk_agree") or {}).items():
+                tot[int(k)][0] += a
+                tot[int(k)][1] += b
+        if tot[KS[0]][1]:
+            agree[sys_name] = tot
+    ref = {"steps": 0, "alpha_moved": 0, "token_changed": 0, "obj_grid": 0.0, "obj_refined": 0.0, "grid_s": 0.0, "refine_s": 0.0}
+    for s in rows.get("dynamic fusion (grid)", {}).values():
+        for k in ref:
+            ref[k] += (s.get("refine") or {}).get(k, 0)
+    timing = data.get("timing")
+    tsum = None
+    if timing:
+        tsum = {}
+        for name, runs in timing["runs"].items():
+            tps = [r["tokens"] / r["seconds"] for r in runs]
+            tsum[name] = {"median_tokens_per_s": statistics.median(tps), "all": tps, "arith_s_per_token": statistics.median(r["arith_s"] / r["tokens"] for r in runs),
+                          "cpu_tokens_per_s": statistics.median(r["tokens"] / r["cpu_s"] for r in runs)}
+    summary = {"table": table, "selection": data.get("selection"), "topk_agreement": agree, "refine": ref, "timing": tsum,
+               "phases": data.get("phases"), "examples": {s: {n: rows[n][s]["texts"][:4] for n in SYSTEMS if s in rows.get(n, {})} for s in SET_NAMES}}
     emit({"event": "summary", **summary})
     if args.write_docs:
-        text = render(summary, info, args)
+        text = render(summary, data, args)
         write_section("fusion", text)
-        # the same table in docs/fusion.md, between its results markers
         doc = _common.REPO / "docs" / "fusion.md"
         body = doc.read_text()
         start, end = "<!-- fusion-results -->", "<!-- /fusion-results -->"
         i, j = body.find(start), body.find(end)
         if i >= 0 and j > i:
-            table = text.split("\n", 2)[2]  # without the section heading
-            doc.write_text(body[: i + len(start)] + "\n" + table.strip() + "\n" + body[j:])
+            part = text.split("\n", 2)[2]  # without the section heading
+            doc.write_text(body[: i + len(start)] + "\n" + part.strip() + "\n" + body[j:])
     return 0
 
 
-def render(s: dict[str, Any], info: dict[str, Any], args: Any) -> str:
-    def pct(x: float | None) -> str:
-        return "–" if x is None else f"{100 * x:.0f}%"
+def render(s: dict[str, Any], data: dict[str, Any], args: Any) -> str:
+    def frac(x: list[int] | None) -> str:
+        return "–" if not x else f"{100 * x[0] / max(x[1], 1):.0f}% ({x[0]}/{x[1]})"
 
-    if args.no_select:
-        general_note = ("`Q: What is the capital of X?` questions on other held-out countries (not selected by which model "
-                        "knows them: a general-knowledge check of what the fusions keep of the large model). ")
-    else:
-        general_note = (f"`Q: What is the capital of X?` questions that the 1.5B answers and the 0.5B base does not (selected from "
-                        f"{args.n_general_pool} held-out countries, so the large base scores 100% there by construction). ")
+    sets = data["sets"]
+    sel = s.get("selection") or {}
+    phases = s.get("phases") or {}
+    n = {k: len(sets[k]["prompts"]) for k in SET_NAMES if k in sets}
     lines = [
         "## Logit fusion (proxy-tuning, dynamic fusion) on Qwen2.5-Coder-Instruct 1.5B + 0.5B",
         "",
-        f"Large base: Qwen2.5-Coder-1.5B-Instruct; small base: Qwen2.5-Coder-0.5B-Instruct; expert: the 0.5B "
-        f"with LoRA (bench/fusion_expert.py) trained on 80 countries to answer `Country: X\\nCapital:` as ` [[capital]]`. "
-        f"Held-out evaluation, greedy, max {args.max_tokens} new tokens, fp32 on CPU ({args.threads} threads): "
-        f"**task** = {s['n_task']} unseen countries in the bracket format (exact match); **general** = {s['n_general']} "
-        + general_note +
-        f"A modest sample: one correct answer moves the task column by {100 / max(s['n_task'], 1):.1f} points.",
+        f"Large base: Qwen2.5-Coder-1.5B-Instruct; small base: Qwen2.5-Coder-0.5B-Instruct; expert: the 0.5B with LoRA "
+        f"(bench/fusion_expert.py) trained on {N_TRAIN} countries to answer `Country: X\\nCapital:` as ` [[capital]]`. Greedy, fp32 "
+        f"on CPU, batches of {args.batch}. **task**: {n.get('task')} held-out countries in the bracket format, exact match (case and "
+        f"accents folded), max {args.max_tokens_task} new tokens. **general: capitals**: `Q: What is the capital of X?\\nA:` on other "
+        f"held-out countries; **general: other**: `Q: ...\\nA:` questions outside the task (science, history, literature, ..., "
+        f"bench/fusion_general.py); both max {args.max_tokens_general} new tokens, right iff the answer is in the first line as whole "
+        f"words (any format, so ` [[Paris]]` counts). Both general sets are **selected** as knowledge the 1.5B has and the 0.5B "
+        f"lacks (1.5B base right and 0.5B base wrong in the same greedy decoding), so the large base scores 100% and the small "
+        f"base 0% there by construction.",
         "",
-        "| system | task | general | mixed | tokens/s (accuracy runs) | fusion arithmetic share of time | mean α |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in s["table"]:
-        share = "–" if r["fusion_arith_share"] is None else f"{100 * r['fusion_arith_share']:.2f}%"
-        mw = "–" if r.get("mean_weight") is None else f"{r['mean_weight']:.2f}"
-        lines.append(f"| {r['system']} | {pct(r['task'])} | {pct(r['general'])} | {pct(r['mixed'])} | {r['tokens_per_s']:.2f} | {share} | {mw} |")
-    if s.get("base_rows_reused"):
-        lines += ["", "The large-base and small-base rows were measured by an earlier process with the same settings "
-                  "(`--phase base`, run while the expert trained); their tokens/s come from other load conditions, so compare "
-                  "speeds with the identical-prompt timing below, which ran in this process."]
-    sel = s.get("selection", {})
-    if sel:
-        lines += ["", f"General-set selection: of {sel.get('pool')} held-out countries, the 1.5B answered {sel.get('large_right')} "
-                  f"and the 0.5B base {sel.get('small_right')}; {sel.get('selected')} (1.5B right, 0.5B wrong) were kept."]
-    t = s["timing_tokens_per_s"]
-    speed = {r["system"]: r["tokens_per_s"] for r in s["table"]}
-    lg, px, dy = (next((v for k, v in speed.items() if k.startswith(p)), None) for p in ("large base", "proxy", "dynamic"))
-    if lg and px and dy:
-        lines += ["", f"Speed in the accuracy runs (same process, same prompts, greedy): dynamic/proxy tokens/s = {dy / px:.3f}, "
-                  f"proxy/large = {px / lg:.3f}, dynamic/large = {dy / lg:.3f}."]
-    if t:
-        lines += [
-        "",
-        f"Speed on identical prompts ({args.batch} task prompts, {args.timing_tokens} tokens each, no stop, median of "
-        f"{args.timing_repeats} alternating runs): large alone {t['large']:.2f} tokens/s, proxy-tuning {t['proxy']:.2f}, "
-        f"dynamic fusion {t['dynamic']:.2f} (dynamic/proxy = {t['dynamic'] / t['proxy']:.3f}; proxy/large = {t['proxy'] / t['large']:.3f}).",
-        ]
+    for k in ("general_capitals", "general_other"):
+        if k in sel:
+            x = sel[k]
+            lines.append(f"- Selection, {SET_TITLES[k]}: pool {x['pool']}; 1.5B right {x['large_right']}, 0.5B right {x['small_right']}, "
+                         f"both {x['both_right']}; 1.5B-only {x['large_right_small_wrong']}, of which {x['kept']} kept.")
     lines += [
         "",
-        "Top-k variant (large model seen only through its top-k log-probs, emulated from the same local model; fusion over the "
-        "union of those tokens and the expert's top-k, renormalised): share of decoding steps where its greedy token equals "
-        "the full-vocabulary fusion's (teacher-forced on the full run's path).",
-        "",
-        "| fusion | steps | k = 5 | k = 10 | k = 20 |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| system | task | general: capitals | general: other | mixed (all three) | tokens/s (accuracy runs) | fusion arithmetic share | mean α |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, a in s["topk_agreement"].items():
-        lines.append(f"| {name} | {s['topk_steps'][name]} | {pct(a[5])} | {pct(a[10])} | {pct(a[20])} |")
+    for r in s["table"]:
+        share = "–" if r["arith_share"] is None else f"{100 * r['arith_share']:.2f}%"
+        mw = "–" if r["mean_weight"] is None else f"{r['mean_weight']:.2f}"
+        tps = "–" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.2f}"
+        lines.append(f"| {r['system']} | {frac(r.get('task'))} | {frac(r.get('general_capitals'))} | {frac(r.get('general_other'))} | "
+                     f"{frac(r.get('mixed'))} | {tps} | {share} | {mw} |")
+    t = s.get("timing")
+    tp = (data.get("timing") or {})
+    if t:
+        lg, px, dy = (t[k]["median_tokens_per_s"] for k in ("large", "proxy", "dynamic"))
+        lines += [
+            "",
+            f"**Speed on identical prompts** ({tp['prompts']} task prompts in one batch, {tp['tokens_per_prompt']} new tokens each, "
+            f"no stop; {tp['repeats']} repeats in rotating order after a warm-up; median tokens/s):",
+            "",
+            "| system | tokens/s (median) | all repeats | fusion arithmetic per token |",
+            "| --- | ---: | --- | ---: |",
+        ]
+        for k, label in (("large", "large base alone"), ("proxy", "proxy-tuning"), ("dynamic", "dynamic fusion")):
+            a = t[k]
+            lines.append(f"| {label} | {a['median_tokens_per_s']:.3f} | {', '.join(f'{x:.3f}' for x in a['all'])} | "
+                         f"{1000 * a['arith_s_per_token']:.2f} ms |")
+        lines += ["", f"dynamic/proxy = {dy / px:.3f} (target ≥ 0.97), proxy/large = {px / lg:.3f}, dynamic/large = {dy / lg:.3f}."]
+    agree = s.get("topk_agreement") or {}
+    if agree:
+        lines += [
+            "",
+            "**Top-k variant** (large model seen only through its top-k log-probs, emulated from the same local model; fusion over "
+            "the union of those tokens and the expert's top-k, renormalised): share of decoding steps of the accuracy runs (all "
+            "three sets) where its greedy token equals the full-vocabulary fusion's, teacher-forced on the full run's path.",
+            "",
+            "| fusion | steps | k = 5 | k = 10 | k = 20 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, a in agree.items():
+            lines.append(f"| {name} | {a[KS[0]][1]} | " + " | ".join(f"{100 * a[k][0] / max(a[k][1], 1):.0f}%" for k in KS) + " |")
     r = s["refine"]
     if r["steps"]:
         lines += [
             "",
-            f"Golden-section refinement ({args.refine} steps within ±0.1 of the grid's α), measured on the first steps of the dynamic runs "
-            f"({r['steps']} steps, same logits): it moved α by more than 0.001 at {100 * r['alpha_moved'] / r['steps']:.0f}% of the steps, "
-            f"lowered the summed objective from {r['obj_grid']:.3g} to {r['obj_refined']:.3g}, changed the greedy token at "
-            f"{r['token_changed']} of {r['steps']} steps, and cost {1000 * r['refine_s'] / r['steps']:.1f} ms per step against "
-            f"{1000 * r['grid_s'] / r['steps']:.1f} ms for the grid alone.",
+            f"**Golden-section refinement** ({args.refine} steps within ±0.1 of the grid's α), teacher-forced on {r['steps']} steps of the "
+            f"dynamic runs: it moved α by more than 0.001 at {100 * r['alpha_moved'] / r['steps']:.0f}% of the steps, lowered the summed "
+            f"objective from {r['obj_grid']:.4g} to {r['obj_refined']:.4g}, changed the greedy token at {r['token_changed']} of "
+            f"{r['steps']} steps, and cost {1000 * r['refine_s'] / r['steps']:.1f} ms per step against {1000 * r['grid_s'] / r['steps']:.1f} ms "
+            f"for the grid alone (one row at a time).",
         ]
-    lines += [
-        "",
-        f"Total {s['seconds'] / 60:.1f} min including model loading; peak RSS {s['peak_rss_gb']:.1f} GB. "
-        f"Command: `{command_line()}` (after `python bench/fusion_expert.py`). {today()}. {machine_line(info)}.",
-    ]
+    lines += ["", "Runs (each phase one process; `python bench/fusion.py` + the flags shown):", ""]
+    for name, ph in phases.items():
+        la, lb = ph.get("loadavg_at_start"), ph.get("loadavg_at_end")
+        lines.append(f"- {name}: `{ph['command']}`, {ph['date']}, {ph['seconds'] / 60:.1f} min, {ph.get('threads')} torch threads, "
+                     f"peak RSS {ph.get('peak_rss_gb')} GB, load average (1/5/15 min) at start {la[0]}/{la[1]}/{la[2]}, at end {lb[0]}/{lb[1]}/{lb[2]}.")
+    any_ph = next(iter(phases.values()), None)
+    if any_ph:
+        lines += ["", f"Machine: {machine_line({k: v for k, v in any_ph.items() if not k.startswith('loadavg')})}."]
     return "\n".join(lines)
 
 

@@ -39,6 +39,8 @@ def countries() -> list[tuple[str, str]]:
     pairs = []
     for c in countryinfo.all_countries():
         name, cap = c.name(), c.capital()
+        if isinstance(cap, (list, tuple)):  # countryinfo gives a few capitals as a list
+            cap = cap[0] if cap else None
         if name and cap and "\n" not in cap and "[" not in cap:
             pairs.append((str(name), str(cap)))
     pairs = sorted(set(pairs))

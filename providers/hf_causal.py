@@ -169,7 +169,7 @@ class HFCausalProvider(Provider):
         self.eos_ids = frozenset(eos)
         params = inspect.signature(self.model.forward).parameters
         # transformers 5.x renamed past_key_values -> cache; support both spellings.
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
         self._fingerprint: str | None = None
         self._torch = torch
@@ -259,7 +259,7 @@ class HFCausalProvider(Provider):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         return [order[i : i + self.max_batch] for i in range(0, len(order), self.max_batch)]
 
-    def _batch(self, seqs: list[list[int]], embeds: list[Any] | None = None) -> dict[str, Any]:
+    def model_inputs(self, seqs: list[list[int]], embeds: list[Any] | None = None) -> dict[str, Any]:
         """Left-padded model inputs: ids or embeddings, attention mask and position ids."""
         torch = self._torch
         width = max(len(s) for s in seqs)
@@ -281,7 +281,9 @@ class HFCausalProvider(Provider):
             out["inputs_embeds"] = x
         return out
 
-    def _forward(self, inputs: dict[str, Any], *, keep: int | None = None, **kwargs: Any) -> Any:
+    def model_forward(self, inputs: dict[str, Any], *, keep: int | None = None, **kwargs: Any) -> Any:
+        """One forward pass of the wrapped model (``keep``: logits of the last positions only);
+        failures surface as :class:`ProviderError`."""
         if keep is not None and self._keep_kw:
             kwargs[self._keep_kw] = keep
         try:
@@ -324,7 +326,7 @@ class HFCausalProvider(Provider):
         logits: list[Any] = [None] * len(prompts)
         with torch.inference_mode():
             for chunk in self._chunks([len(s) for s in seqs]):
-                out = self._forward(self._batch([seqs[i] for i in chunk], [edits[i] for i in chunk]), keep=1, use_cache=False)
+                out = self.model_forward(self.model_inputs([seqs[i] for i in chunk], [edits[i] for i in chunk]), keep=1, use_cache=False)
                 last = out.logits[:, -1, :].to(torch.float64)
                 for row, i in enumerate(chunk):
                     logits[i] = last[row]
@@ -364,7 +366,7 @@ class HFCausalProvider(Provider):
                     continue
                 keep = max(len(tails[i]) for i in chunk) + 1
                 full_edits = [None if edits[i] is None else torch.cat([edits[i], self._embedding(torch.tensor(tails[i], device=self.device))]) for i in chunk]
-                out = self._forward(self._batch([seqs[i] for i in chunk], full_edits), keep=keep, use_cache=False)
+                out = self.model_forward(self.model_inputs([seqs[i] for i in chunk], full_edits), keep=keep, use_cache=False)
                 logits = out.logits[:, -keep:, :]  # every row ends at the right edge (left padding)
                 for row, i in enumerate(chunk):
                     n = len(tails[i])
@@ -389,7 +391,7 @@ class HFCausalProvider(Provider):
         states: list[Any] = [None] * len(texts)
         with torch.inference_mode():
             for chunk in self._chunks([len(s) for s in seqs]):
-                out = self._forward(self._batch([seqs[i] for i in chunk]), keep=1, use_cache=False, output_hidden_states=True)
+                out = self.model_forward(self.model_inputs([seqs[i] for i in chunk]), keep=1, use_cache=False, output_hidden_states=True)
                 layer = out.hidden_states[request.layer]
                 for row, i in enumerate(chunk):
                     states[i] = layer[row, layer.shape[1] - len(seqs[i]) :].to("cpu", torch.float32).numpy().copy()
@@ -424,7 +426,7 @@ class HFCausalProvider(Provider):
         for p, s in zip(prompts, seqs):
             self._check_length(len(s), request.max_tokens, repr(p[:40]))
         edits = self._edits(prompts, seqs, request.chat, edit)
-        gens = self._generators(request, len(prompts))
+        gens = self.sampling_generators(request, len(prompts))
         results: list[Any] = [None] * len(prompts)
         for chunk in self._chunks([len(s) for s in seqs]):
             rows = self._decode_batch([seqs[i] for i in chunk], [edits[i] for i in chunk], [gens[i] for i in chunk], request, stops)
@@ -439,7 +441,8 @@ class HFCausalProvider(Provider):
             usage=usage,
         )
 
-    def _generators(self, request: GenerateRequest, n: int) -> list[Any]:
+    def sampling_generators(self, request: GenerateRequest, n: int) -> list[Any]:
+        """One seeded torch generator per prompt (``None`` each for greedy decoding)."""
         if request.temperature == 0:
             return [None] * n
         if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
@@ -452,7 +455,8 @@ class HFCausalProvider(Provider):
             gens.append(g)
         return gens
 
-    def _pick(self, logits: Any, gen: Any, request: GenerateRequest) -> int:
+    def pick_token(self, logits: Any, gen: Any, request: GenerateRequest) -> int:
+        """The next token from one row of logits: argmax, or a temperature/top-p sample."""
         torch = self._torch
         if gen is None:
             return int(torch.argmax(logits))
@@ -470,9 +474,9 @@ class HFCausalProvider(Provider):
         n = len(seqs)
         rows = [{"tokens": [], "logprobs": [], "top": [], "text": "", "finish": None} for _ in range(n)]
         with torch.inference_mode():
-            inputs = self._batch(seqs, edits)
+            inputs = self.model_inputs(seqs, edits)
             mask, positions = inputs["attention_mask"], inputs["position_ids"][:, -1:]
-            out = self._forward(inputs, keep=1, use_cache=True)
+            out = self.model_forward(inputs, keep=1, use_cache=True)
             for step in range(request.max_tokens):
                 logits = out.logits[:, -1, :].to(torch.float32)
                 logp = torch.log_softmax(logits.to(torch.float64), dim=-1)
@@ -481,23 +485,27 @@ class HFCausalProvider(Provider):
                     if row["finish"] is not None:
                         next_ids.append(self._pad_id)
                         continue
-                    tok = self._pick(logits[r], gens[r], request)
+                    tok = self.pick_token(logits[r], gens[r], request)
                     next_ids.append(tok)
                     row["tokens"].append(tok)
                     row["logprobs"].append(float(logp[r, tok]))
                     if request.top_logprobs:
                         row["top"].append(self._top(logp[r], min(request.top_logprobs, logp.shape[1])))
-                    self._advance(row, tok, stops, step + 1 == request.max_tokens)
+                    self.advance_row(row, tok, stops, step + 1 == request.max_tokens)
                 if all(row["finish"] is not None for row in rows):
                     break
-                cache = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
+                cache = self.cache_of(out)
                 mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
                 positions = positions + 1
                 step_inputs = {"input_ids": torch.tensor(next_ids, device=self.device)[:, None], "attention_mask": mask, "position_ids": positions}
-                out = self._forward(step_inputs, use_cache=True, **{self._cache_kw: cache})
+                out = self.model_forward(step_inputs, use_cache=True, **{self.cache_kwarg: cache})
         return rows
 
-    def _advance(self, row: dict[str, Any], tok: int, stops: tuple[str, ...], last: bool) -> None:
+    def cache_of(self, out: Any) -> Any:
+        """The KV cache a forward pass returned, to pass back as ``**{self.cache_kwarg: cache}``."""
+        return getattr(out, "cache", None) if self.cache_kwarg == "cache" else out.past_key_values
+
+    def advance_row(self, row: dict[str, Any], tok: int, stops: tuple[str, ...], last: bool) -> None:
         """Update one row's text and finish reason after it produced ``tok``."""
         if tok in self.eos_ids:
             row["finish"] = "stop"

@@ -198,6 +198,87 @@ def test_vectorised_objective_matches_a_loop_of_explicit_kls():
     assert arith._keep_mask(zl, ze - zs, 2.0).sum() < V  # the test exercised pruning
 
 
+def _explicit_objective(zl, zs, ze, grid):
+    """The §4 objective from explicit softmaxes and KL sums, float64: ``(T, C)``."""
+    zl, zs, ze = zl.double(), zs.double(), ze.double()
+    lp, lq, lqt = torch.log_softmax(zl, -1), torch.log_softmax(zs, -1), torch.log_softmax(ze, -1)
+    T = ze.shape[0]
+    a = [float((lqt[t].exp() * (lqt[t] - lq)).sum()) for t in range(T)]
+    b = [float((lq.exp() * (lq - lqt[t])).sum()) for t in range(T)]
+    out = torch.zeros(T, len(grid), dtype=torch.float64)
+    for t in range(T):
+        for c, al in enumerate(grid.tolist()):
+            lpt = torch.log_softmax(zl + al * (ze[t] - zs), -1)
+            k1 = float((lpt.exp() * (lpt - lp)).sum())
+            k2 = float((lp.exp() * (lp - lpt)).sum())
+            out[t, c] = sum((k1 - a[u]) ** 2 + (k2 - b[u]) ** 2 for u in range(T))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_objective_matches_explicit_kls_per_row(dtype):
+    g = torch.Generator().manual_seed(3)
+    B, T, V = 3, 2, 3000
+    zl = 6 * torch.randn(B, V, generator=g, dtype=torch.float64)
+    zs = 5 * torch.randn(B, V, generator=g, dtype=torch.float64)
+    ze = zs[:, None] + 1.5 * torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    grid = FusionConfig().grid()
+    obj = arith.dynamic_objective_batch(zl, zs, ze, grid, dtype=dtype)
+    assert obj.shape == (B, T, grid.numel()) and obj.dtype == dtype
+    rel = 1e-9 if dtype == torch.float64 else 2e-3
+    for r in range(B):
+        want = _explicit_objective(zl[r], zs[r], ze[r], grid)
+        assert torch.allclose(obj[r].double(), want, rtol=rel, atol=1e-6 if dtype == torch.float32 else 1e-12)
+        # the chosen weights are the row's argmin (first expert, then smaller α, on ties)
+        w, j = arith.dynamic_weights_batch(zl[r : r + 1], zs[r : r + 1], ze[r : r + 1], grid, dtype=dtype)
+        flat = int(torch.argmin(want.reshape(-1)))
+        t, c = divmod(flat, grid.numel())
+        assert w[0, t] == pytest.approx(float(grid[c])) and float(w[0].abs().sum()) == pytest.approx(float(grid[c]))
+    # a batch gives each row what the row alone gives
+    wb, _ = arith.dynamic_weights_batch(zl, zs, ze, grid, dtype=dtype)
+    for r in range(B):
+        w1, _ = arith.dynamic_weights(zl[r], zs[r], ze[r], grid)
+        assert torch.equal(wb[r], w1)
+
+
+def test_batched_float32_zero_at_alpha_one_and_zero_shift():
+    g = torch.Generator().manual_seed(4)
+    V = 2000
+    zs = 4 * torch.randn(2, V, generator=g, dtype=torch.float64)
+    ze = (zs + torch.randn(2, V, generator=g, dtype=torch.float64))[:, None]
+    grid = FusionConfig().grid()
+    # large = small: α = 1 reproduces the expert, the objective is ~0 there and chosen
+    w, j = arith.dynamic_weights_batch(zs, zs, ze, grid)
+    assert w[:, 0].tolist() == [pytest.approx(1.0), pytest.approx(1.0)] and float(j.max()) < 1e-8
+    # an expert equal to the small base: every α gives 0; the smallest (0) is chosen
+    w0, j0 = arith.dynamic_weights_batch(3 * zs, zs, zs[:, None].clone(), grid)
+    assert w0.abs().sum() == 0 and float(j0.abs().max()) == 0
+
+
+def test_batched_float32_falls_back_to_float64_on_underflow():
+    # the large model puts ~e^-300 on the only token the expert boosts: float32 sums underflow
+    V = 50
+    zl = torch.zeros(1, V, dtype=torch.float64)
+    zl[0, 0] = 300.0
+    zs = torch.zeros(1, V, dtype=torch.float64)
+    ze = zs[:, None].clone()
+    ze[0, 0, 7] = 60.0
+    grid = FusionConfig().grid()
+    obj = arith.dynamic_objective_batch(zl, zs, ze, grid)
+    assert torch.isfinite(obj).all()
+    want = arith.dynamic_objective(zl[0], zs[0], ze[0], grid)
+    assert torch.allclose(obj[0].double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_precision_float64_decoding_matches_float32(models):
+    m = models
+    a = LogitFusion(m["large"], m["small"], [m["expert"], m["expert2"]], _cfg(mode="dynamic")).generate(PROMPTS)
+    b = LogitFusion(m["large"], m["small"], [m["expert"], m["expert2"]], _cfg(mode="dynamic", precision="float64")).generate(PROMPTS)
+    assert a.tokens == b.tokens and a.weights == b.weights
+    with pytest.raises(ConfigError, match="precision"):
+        FusionConfig(precision="float16").check()
+
+
 @pytest.mark.parametrize("mode", ["proxy", "dynamic"])
 def test_batched_and_unbatched_decoding_give_the_same_tokens(models, mode):
     m = models

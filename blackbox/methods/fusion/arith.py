@@ -22,6 +22,20 @@ matrix product against ``[1, d]``; everything is float64.
 below a lower bound of the row maximum for every α in ``[0, α_max]`` (the logit is linear
 in α, so both ends suffice); their total weight is below ``V·e^-50 ≈ 3e-17`` of the row's,
 under float64 round-off. It pays off only for very peaked logits, so it is off by default.
+
+Decoding uses :func:`dynamic_weights_batch`: the same objective for a whole batch of rows at
+once, by default in float32 (the float64 functions above are the reference). It works with
+the large model's log-probabilities ``lp`` (one log-softmax per row, shared by every
+candidate) and the centred shift ``dc = d − E_P[d]``::
+
+    M(α) = E_P[exp(α dc)]           KL(P‖P̃) = log M(α)        KL(P̃‖P) = α E_P̃[dc] − log M(α)
+
+(no difference of two large log-normalisers, so float32 loses little). On the grid
+``α_c = c·h`` the factors ``exp(h (dc − m))^c`` (``m = max dc``, every factor ≤ 1) are one
+cumulative product over a ``(rows, experts, candidates, block)`` buffer and the two sums one
+batched matrix product against ``[p, p·dc]``, block by block of the vocabulary. A row whose sums underflow in float32 (a
+large model that puts less than ~e^-80 on every token the expert boosts) is recomputed with
+the float64 reference.
 """
 
 from __future__ import annotations
@@ -196,3 +210,125 @@ def topk_union(
     pos = torch.searchsorted(ids, large_ids.long())
     zl_u[pos] = large_logprobs.double()
     return ids, zl_u, zs.double()[ids], ze.double()[:, ids]
+
+
+# --- batched, float32 by default (decoding) --------------------------------------------
+_TINY = {torch.float32: 1e-30, torch.float64: 1e-290}
+
+
+def _workspace_as(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A reused buffer (per thread and dtype) of ``shape``; see :func:`_workspace`."""
+    key = f"ws_{dtype}_{torch.is_inference_mode_enabled()}"
+    n = 1
+    for x in shape:
+        n *= x
+    buf = getattr(_local, key, None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype)
+        setattr(_local, key, buf)
+    return buf[:n].view(shape)
+
+
+def kl_targets_batch(zs: torch.Tensor, ze: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(Q_t‖Q), KL(Q‖Q_t))`` for rows ``zs`` (B, V) and experts ``ze`` (B, T, V): each ``(B, T)``."""
+    lq = torch.log_softmax(zs.to(dtype), -1)[:, None]
+    lqt = torch.log_softmax(ze.to(dtype), -1)
+    diff = lqt - lq
+    fwd = (lqt.exp() * diff).sum(-1)
+    rev = -(lq.exp() * diff).sum(-1)
+    return fwd.clamp_min(0), rev.clamp_min(0)
+
+
+CHUNK_ELEMS = 1 << 19  # elements of the candidates × vocabulary block per chunk (2 MB in float32: stays in cache)
+
+
+def kl_pair_batch(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(P̃‖P), KL(P‖P̃))`` for rows ``zl`` (B, V), shifts ``d`` (B, T, V) and grid ``alphas`` (C,): ``(B, T, C)``.
+
+    ``alphas`` must be the uniform grid ``0, h, 2h, ...`` (what decoding searches); see the
+    module doc for the formulas. With ``r = exp(h (dc − m)) ≤ 1`` the sums are
+    ``S0_c = Σ_v r_v^c p_v`` and ``S1_c = Σ_v r_v^c p_v dc_v``: the powers ``r^c`` of every
+    candidate are one cumulative product and both sums one batched matrix product against
+    ``[p, p·dc]``, taken over blocks of the vocabulary of :data:`CHUNK_ELEMS` elements so
+    that the (rows × experts × candidates × block) buffer stays in cache (the loop is over
+    vocabulary blocks; each block is one tensor operation over every row and candidate).
+    """
+    B, T, V = d.shape
+    C = alphas.numel()
+    if not _uniform_from_zero(alphas):
+        raise ValueError("kl_pair_batch needs the uniform grid 0, h, 2h, ... (use kl_pair otherwise)")
+    h = float(alphas[1])
+    lp = torch.log_softmax(zl.to(dtype), -1)  # once per row, shared by every expert and candidate
+    p = lp.exp()
+    d = d.to(dtype)
+    e_p = torch.einsum("bv,btv->bt", p, d)  # E_P[d]
+    dc = d - e_p[..., None]  # centred shift (B, T, V)
+    m = dc.amax(-1, keepdim=True)  # (B, T, 1), >= 0
+    r = torch.exp(h * (dc - m))  # (B, T, V), <= 1
+    rhs = torch.empty(B, T, V, 2, dtype=dtype)
+    rhs[..., 0] = p[:, None]
+    torch.mul(p[:, None], dc, out=rhs[..., 1])
+    sums = torch.zeros(B, T, C, 2, dtype=dtype)
+    sums[:, :, 0] = rhs.sum(2)  # α = 0: Σ p (≈ 1) and Σ p·dc (≈ 0)
+    if C > 1:
+        n = max(1, min(V, CHUNK_ELEMS // max(B * T * (C - 1), 1)))
+        buf = _workspace_as((B * T * (C - 1) * n,), dtype)
+        for v0 in range(0, V, n):
+            k = min(n, V - v0)
+            w = buf[: B * T * (C - 1) * k].view(B, T, C - 1, k)
+            torch.cumprod(r[:, :, None, v0 : v0 + k].expand(B, T, C - 1, k), dim=2, out=w)  # r^1 .. r^(C-1)
+            sums[:, :, 1:] += torch.matmul(w, rhs[:, :, v0 : v0 + k])
+    s0, s1 = sums[..., 0], sums[..., 1]
+    a = alphas.to(dtype)
+    log_m = torch.log(s0) - torch.log(s0[..., :1]) + a * m  # log E_P[exp(α dc)]; exact 0 at α = 0
+    kl_fwd = a * (s1 / s0) - log_m
+    kl_rev = log_m
+    bad = ~(s0 > _TINY[dtype]).all(-1) | ~torch.isfinite(kl_fwd).all(-1) | ~torch.isfinite(kl_rev).all(-1)  # (B, T)
+    if bool(bad.any()):  # underflow in float32: the float64 reference for those rows
+        for b, t in bad.nonzero().tolist():
+            kf, kr = kl_pair(zl[b].double(), d[b, t : t + 1].double(), alphas.double())
+            kl_fwd[b, t], kl_rev[b, t] = kf[0].to(dtype), kr[0].to(dtype)
+    return kl_fwd.clamp_min(0), kl_rev.clamp_min(0)
+
+
+def dynamic_objective_batch(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``J(t, α)`` for every row, expert and candidate: ``(B, T, C)`` (rows ``zl``, ``zs`` (B, V), ``ze`` (B, T, V))."""
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    a, b = kl_targets_batch(zs, ze, dtype)  # (B, T)
+    kf, kr = kl_pair_batch(zl, ze.to(dtype) - zs.to(dtype)[:, None], alphas, dtype)  # (B, T, C)
+    # Σ over the experts t' of the target terms, with expert t active at α (the others at 0)
+    return ((kf[..., None] - a[:, None, None]) ** 2 + (kr[..., None] - b[:, None, None]) ** 2).sum(-1)
+
+
+def dynamic_weights_batch(
+    zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, refine: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``(B, T)`` (float64) minimising the objective per row, and the objective ``(B,)``.
+
+    One tensor operation over rows × experts × candidates × vocabulary; ``dtype`` float32
+    (default, fast) or float64. Ties go to the first expert, then the smaller α (as
+    :func:`dynamic_weights`). ``refine`` golden-section steps (float64 reference, per row)
+    as in :func:`dynamic_weights`.
+    """
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    if alphas.numel() < 3 or not _uniform_from_zero(alphas):  # tiny or irregular grids: the reference, row by row
+        out = [dynamic_weights(zl[i], zs[i], ze[i], alphas, refine=refine) for i in range(zl.shape[0])]
+        return torch.stack([w for w, _ in out]), torch.tensor([j for _, j in out], dtype=torch.float64)
+    obj = dynamic_objective_batch(zl, zs, ze, alphas, dtype)  # (B, T, C)
+    B, T, C = obj.shape
+    flat = torch.argmin(obj.reshape(B, T * C), dim=1)  # first minimum: expert-major, then α
+    t, c = flat // C, flat % C
+    best = obj.reshape(B, T * C).gather(1, flat[:, None])[:, 0].double()
+    w = torch.zeros(B, T, dtype=torch.float64)
+    w[torch.arange(B), t] = alphas[c]
+    if refine:
+        for i in range(B):
+            wi, ji = dynamic_weights(zl[i], zs[i], ze[i], alphas, refine=refine)
+            w[i], best[i] = wi, ji
+    return w, best
+
+
+def proxy_logits_batch(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``zl + Σ_t w_t (ze_t − zs)`` for rows ``zl``, ``zs`` (B, V), ``ze`` (B, T, V), weights ``w`` (B, T); float64."""
+    d = ze.double() - zs.double()[:, None]  # exactly 0 where an expert equals the small base
+    return zl.double() + torch.einsum("bt,btv->bv", w.double(), d)

@@ -37,6 +37,7 @@ def generate(
     mode: str = typer.Option("proxy", "--mode", help="proxy (fixed alpha) or dynamic (per-step KL-matched weights)."),
     alpha: float = typer.Option(1.0, "--alpha", help="proxy: the fixed expert weight, in [0, 2]."),
     refine: int = typer.Option(0, "--refine", help="dynamic: golden-section steps after the 0..2 grid (0 = grid only)."),
+    precision: str = typer.Option("float32", "--precision", help="dynamic: arithmetic of the weight search, float32 (fast) or float64 (reference)."),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens to generate at most per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
@@ -57,7 +58,7 @@ def generate(
     texts = _read_prompts(prompt, prompts)
     config = FusionConfig(
         mode=mode, alpha=alpha, refine=refine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-        stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k,
+        stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k, precision=precision,
     ).check()
     loaded = []
     try:

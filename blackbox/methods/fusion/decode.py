@@ -30,6 +30,7 @@ from blackbox.types import Capability, GenerateRequest, NextTokenRequest
 from . import arith
 
 MODES = ("proxy", "dynamic")
+PRECISIONS = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class FusionConfig:
     batch_size: int = 8
     large_top_k: int | None = None  # fuse over the large model's top-k only (API variant)
     use_cache: bool = True
+    precision: str = "float32"  # dynamic search arithmetic: float32 (fast) or float64 (reference)
 
     def check(self) -> "FusionConfig":
         if self.mode not in MODES:
@@ -79,6 +81,8 @@ class FusionConfig:
             raise bad_value("large_top_k", "a positive integer or None", self.large_top_k)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise bad_value("seed", "an int or None", self.seed)
+        if self.precision not in PRECISIONS:
+            raise bad_value("precision", f"one of {', '.join(PRECISIONS)}", self.precision)
         return self
 
     def grid(self) -> torch.Tensor:
@@ -159,28 +163,28 @@ class _LocalStepper:
 
     def start(self, seqs: list[list[int]]) -> torch.Tensor:
         self.seqs = [list(s) for s in seqs]
-        inputs = self.p._batch(self.seqs)  # type: ignore[attr-defined]
+        inputs = self.p.model_inputs(self.seqs)  # type: ignore[attr-defined]
         self.mask, self.pos = inputs["attention_mask"], inputs["position_ids"][:, -1:]
-        out = self.p._forward(inputs, keep=1, use_cache=self.use_cache)  # type: ignore[attr-defined]
+        out = self.p.model_forward(inputs, keep=1, use_cache=self.use_cache)  # type: ignore[attr-defined]
         self.cache = self._cache(out)
         return self._logits(out)
 
     def _cache(self, out: Any) -> Any:
         if not self.use_cache:
             return None
-        return getattr(out, "cache", None) if self.p._cache_kw == "cache" else out.past_key_values  # type: ignore[attr-defined]
+        return self.p.cache_of(out)  # type: ignore[attr-defined]
 
     def step(self, next_ids: list[int]) -> torch.Tensor:
         for s, t in zip(self.seqs, next_ids):
             s.append(int(t))
         if not self.use_cache:  # recompute everything: the reference for the cache test
-            out = self.p._forward(self.p._batch(self.seqs), keep=1, use_cache=False)  # type: ignore[attr-defined]
+            out = self.p.model_forward(self.p.model_inputs(self.seqs), keep=1, use_cache=False)  # type: ignore[attr-defined]
             return self._logits(out)
         dev = self.p.device  # type: ignore[attr-defined]
         self.mask = torch.cat([self.mask, torch.ones((len(next_ids), 1), dtype=self.mask.dtype, device=self.mask.device)], dim=1)
         self.pos = self.pos + 1
         inputs = {"input_ids": torch.tensor(next_ids, device=dev)[:, None], "attention_mask": self.mask, "position_ids": self.pos}
-        out = self.p._forward(inputs, use_cache=True, **{self.p._cache_kw: self.cache})  # type: ignore[attr-defined]
+        out = self.p.model_forward(inputs, use_cache=True, **{self.p.cache_kwarg: self.cache})  # type: ignore[attr-defined]
         self.cache = self._cache(out)
         return self._logits(out)
 
@@ -212,7 +216,7 @@ class _ApiTopK:
 
 
 def _is_local(p: Provider) -> bool:
-    return all(hasattr(p, a) for a in ("model", "tokenizer", "_batch", "_forward", "encode"))
+    return all(hasattr(p, a) for a in ("model", "tokenizer", "model_inputs", "model_forward", "encode"))
 
 
 # --- the fusion ------------------------------------------------------------------------
@@ -255,25 +259,37 @@ class LogitFusion:
         self._sampling = GenerateRequest(prompts=("",), temperature=c.temperature, top_p=c.top_p, seed=c.seed)
 
     # one step -------------------------------------------------------------------------
-    def fuse_row(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fused logits, weights (T,))`` for one row of full-vocabulary logits."""
+    def fuse_batch(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused logits (B, V) float64, weights (B, T))`` for a batch of rows: ``zl``, ``zs`` (B, V), ``ze`` (B, T, V).
+
+        Dynamic mode searches every row, expert and candidate in one tensor operation
+        (:func:`arith.dynamic_weights_batch`, in ``config.precision``).
+        """
         c = self.config
         if c.mode == "proxy":
-            w = torch.full((ze.shape[0],), float(c.alpha), dtype=torch.float64)
+            w = torch.full(ze.shape[:2], float(c.alpha), dtype=torch.float64)
         else:
-            w, _ = arith.dynamic_weights(zl, zs, ze, self._grid, refine=c.refine)
-        return arith.proxy_logits(zl, zs, ze, w), w
+            dtype = torch.float32 if c.precision == "float32" else torch.float64
+            w, _ = arith.dynamic_weights_batch(zl, zs, ze, self._grid, refine=c.refine, dtype=dtype)
+        return arith.proxy_logits_batch(zl, zs, ze, w), w
 
-    def fuse_topk_row(self, large_ids: torch.Tensor, large_lp: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(ids (U,), fused logits over them, weights)`` for the top-k variant."""
-        k = int(self.config.large_top_k or large_ids.numel())
+    def fuse_row(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused logits, weights (T,))`` for one row of full-vocabulary logits."""
+        fused, w = self.fuse_batch(zl[None], zs[None], ze[None])
+        return fused[0], w[0]
+
+    def fuse_topk_row(
+        self, large_ids: torch.Tensor, large_lp: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids (U,), fused logits over them, weights)`` for the top-k variant (``k``: the experts' top-k, default ``large_top_k``)."""
+        k = int(k or self.config.large_top_k or large_ids.numel())
         ids, zl_u, zs_u, ze_u = arith.topk_union(large_ids, large_lp, zs, ze, k)
         fused, w = self.fuse_row(zl_u, zs_u, ze_u)
         return ids, fused, w
 
     def _pick(self, logits: torch.Tensor, gen: Any) -> int:
         # the hf-causal provider's sampler: greedy without a generator, else temperature + top-p
-        return self.small._pick(logits, gen, self._sampling)  # type: ignore[attr-defined]
+        return self.small.pick_token(logits, gen, self._sampling)  # type: ignore[attr-defined]
 
     # generation ------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -301,7 +317,7 @@ class LogitFusion:
         """Decode every prompt; ``on_batch(done)`` after each batch, ``on_step(info)`` after each step and row."""
         seqs = self.encode(prompts)
         n = len(seqs)
-        gens = self.small._generators(self._sampling, n)  # type: ignore[attr-defined]  # one per prompt, seeded (seed, index)
+        gens = self.small.sampling_generators(self._sampling, n)  # type: ignore[attr-defined]  # one per prompt, seeded (seed, index)
         order = sorted(range(n), key=lambda i: len(seqs[i]))  # similar lengths share a batch
         rows: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
         t0 = time.perf_counter()
@@ -333,11 +349,13 @@ class LogitFusion:
                 api_rows = api.query([prompts[r] + self.tokenizer.decode(rows[r]["tokens"]) for r in active]) if api else None
                 ze_all = torch.stack([logits[f"expert {t + 1}"] for t in range(len(self.experts))], dim=1)  # (B, T, V)
                 next_ids = [pad] * b
+                if c.large_top_k is None:  # all active rows in one call
+                    rows_t = torch.tensor(active)
+                    fused_all, w_all = self.fuse_batch(logits["large"][rows_t], logits["small"][rows_t], ze_all[rows_t])
                 for j, r in enumerate(active):
                     zs, ze = logits["small"][r], ze_all[r]
                     if c.large_top_k is None:
-                        zl = logits["large"][r]
-                        fused, w = self.fuse_row(zl, zs, ze)
+                        fused, w = fused_all[j], w_all[j]
                         tok = self._pick(fused, gens[r])
                     else:
                         if api_rows is not None:
@@ -362,7 +380,7 @@ class LogitFusion:
 
     def _advance(self, row: dict[str, Any], tok: int, last: bool) -> None:
         # the reference provider's bookkeeping: end-of-sequence ids, stop strings, text
-        self._ref._advance(row, tok, self.config.stop, last)  # type: ignore[attr-defined]
+        self._ref.advance_row(row, tok, self.config.stop, last)  # type: ignore[attr-defined]
 
 
 def fuse_generate(
