@@ -171,16 +171,15 @@ class CrossTuneClassifier:
         head_method = cfg.method in ("crosstune", "no-labels")
         members = len(self.fold_index_) if self.fold_index_ else 1
         keep = np.ones((members, g), dtype=bool)
-        if (cfg.switch or cfg.augment_fallback) and head_method:
+        if cfg.switch or (cfg.augment_fallback and head_method):
             if teacher is None:
-                teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**cfg.to_json(), "augment_n": 0}), self.descriptions)
+                # this configuration without generated data (for the probes: a CrossTune head)
+                method = cfg.method if head_method else "crosstune"
+                teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**cfg.to_json(), "method": method, "augment_n": 0}), self.descriptions)
                 teacher.fit(texts, labels)
             elif getattr(teacher, "classes_", None) != classes:
                 raise bad_value("teacher", f"a classifier fitted on the classes {classes}", getattr(teacher, "classes_", "an unfitted one"))
         if cfg.switch:
-            if teacher is None:  # probes: the teacher is a CrossTune head
-                teacher = CrossTuneClassifier(self.features, CrossTuneConfig(**{**cfg.to_json(), "method": "crosstune", "augment_n": 0}), self.descriptions)
-                teacher.fit(texts, labels)
             keep = self._switch(teacher, gf, gi, members)
         if sources is not None and self.fold_index_:
             # a generation paraphrases the few-shot texts its prompt showed: it must not train

@@ -85,13 +85,16 @@ def kl_pair(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor) -> tuple[to
 _local = threading.local()
 
 
-def _workspace(shape: tuple[int, int, int]) -> torch.Tensor:
-    """A reused float64 buffer (per thread): a fresh 25 MB tensor per step costs page faults."""
-    key = "buf_inference" if torch.is_inference_mode_enabled() else "buf"  # the two kinds don't mix
+def _workspace(shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A reused buffer (per thread and dtype): a fresh 25 MB tensor per step costs page faults."""
+    # Inference-mode and ordinary tensors don't mix, so each mode keeps its own buffer.
+    key = f"buf_{dtype}_{torch.is_inference_mode_enabled()}"
+    n = 1
+    for x in shape:
+        n *= x
     buf = getattr(_local, key, None)
-    n = shape[0] * shape[1] * shape[2]
     if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=torch.float64)
+        buf = torch.empty(n, dtype=dtype)
         setattr(_local, key, buf)
     return buf[:n].view(shape)
 
@@ -216,19 +219,6 @@ def topk_union(
 _TINY = {torch.float32: 1e-30, torch.float64: 1e-290}
 
 
-def _workspace_as(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A reused buffer (per thread and dtype) of ``shape``; see :func:`_workspace`."""
-    key = f"ws_{dtype}_{torch.is_inference_mode_enabled()}"
-    n = 1
-    for x in shape:
-        n *= x
-    buf = getattr(_local, key, None)
-    if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=dtype)
-        setattr(_local, key, buf)
-    return buf[:n].view(shape)
-
-
 def kl_targets_batch(zs: torch.Tensor, ze: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """``(KL(Q_t‖Q), KL(Q‖Q_t))`` for rows ``zs`` (B, V) and experts ``ze`` (B, T, V): each ``(B, T)``."""
     lq = torch.log_softmax(zs.to(dtype), -1)[:, None]
@@ -272,7 +262,7 @@ def kl_pair_batch(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor, dtype
     sums[:, :, 0] = rhs.sum(2)  # α = 0: Σ p (≈ 1) and Σ p·dc (≈ 0)
     if C > 1:
         n = max(1, min(V, CHUNK_ELEMS // max(B * T * (C - 1), 1)))
-        buf = _workspace_as((B * T * (C - 1) * n,), dtype)
+        buf = _workspace((B * T * (C - 1) * n,), dtype)
         for v0 in range(0, V, n):
             k = min(n, V - v0)
             w = buf[: B * T * (C - 1) * k].view(B, T, C - 1, k)
@@ -311,7 +301,9 @@ def dynamic_weights_batch(
     as in :func:`dynamic_weights`.
     """
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
-    if alphas.numel() < 3 or not _uniform_from_zero(alphas):  # tiny or irregular grids: the reference, row by row
+    # Tiny or irregular grids, and refinement (which re-searches each row in float64 anyway):
+    # the reference, row by row.
+    if refine or alphas.numel() < 3 or not _uniform_from_zero(alphas):
         out = [dynamic_weights(zl[i], zs[i], ze[i], alphas, refine=refine) for i in range(zl.shape[0])]
         return torch.stack([w for w, _ in out]), torch.tensor([j for _, j in out], dtype=torch.float64)
     obj = dynamic_objective_batch(zl, zs, ze, alphas, dtype)  # (B, T, C)
@@ -321,10 +313,6 @@ def dynamic_weights_batch(
     best = obj.reshape(B, T * C).gather(1, flat[:, None])[:, 0].double()
     w = torch.zeros(B, T, dtype=torch.float64)
     w[torch.arange(B), t] = alphas[c]
-    if refine:
-        for i in range(B):
-            wi, ji = dynamic_weights(zl[i], zs[i], ze[i], alphas, refine=refine)
-            w[i], best[i] = wi, ji
     return w, best
 
 
