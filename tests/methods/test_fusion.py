@@ -241,6 +241,27 @@ def test_batched_objective_matches_explicit_kls_per_row(dtype):
         assert torch.equal(wb[r], w1)
 
 
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 8, 13, 20, 33])
+def test_powers_by_doubling_match_explicit_powers(K):
+    r = torch.rand(2, 3, 50, generator=torch.Generator().manual_seed(K), dtype=torch.float64) * 0.9 + 0.1
+    out = torch.empty(2, 3, K, 50, dtype=torch.float64)
+    arith._powers(r, out)
+    want = r[:, :, None] ** torch.arange(1, K + 1, dtype=torch.float64)[None, None, :, None]
+    assert torch.allclose(out, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("C", [3, 6, 12])
+def test_batched_kl_pair_on_other_grid_sizes(C):
+    g = torch.Generator().manual_seed(C)
+    zl = 4 * torch.randn(2, 700, generator=g, dtype=torch.float64)
+    d = 2 * torch.randn(2, 1, 700, generator=g, dtype=torch.float64)
+    grid = torch.arange(C, dtype=torch.float64) * 0.25
+    kf, kr = arith.kl_pair_batch(zl, d, grid, torch.float64)
+    for b in range(2):
+        wf, wr = arith.kl_pair(zl[b], d[b], grid)
+        assert torch.allclose(kf[b], wf, rtol=1e-9, atol=1e-12) and torch.allclose(kr[b], wr, rtol=1e-9, atol=1e-12)
+
+
 def test_batched_float32_zero_at_alpha_one_and_zero_shift():
     g = torch.Generator().manual_seed(4)
     V = 2000
