@@ -445,7 +445,8 @@ def render(s: dict[str, Any], data: dict[str, Any], args: Any) -> str:
         "## Logit fusion (proxy-tuning, dynamic fusion) on Qwen2.5-Coder-Instruct 1.5B + 0.5B",
         "",
         f"Large base: Qwen2.5-Coder-1.5B-Instruct; small base: Qwen2.5-Coder-0.5B-Instruct; expert: the 0.5B with LoRA "
-        f"(bench/fusion_expert.py) trained on {N_TRAIN} countries to answer `Country: X\\nCapital:` as ` [[capital]]`. Greedy, fp32 "
+        f"(bench/fusion_expert.py) trained on {N_TRAIN} countries to answer `Country: X\\nCapital:` as ` [[capital]]`, with a KL term that "
+        f"keeps it at the small base on off-task prompts (see bench/fusion_expert.py). Greedy, fp32 "
         f"on CPU, batches of {args.batch}. **task**: {n.get('task')} held-out countries in the bracket format, exact match (case and "
         f"accents folded), max {args.max_tokens_task} new tokens. **general: capitals**: `Q: What is the capital of X?\\nA:` on other "
         f"held-out countries; **general: other**: `Q: ...\\nA:` questions outside the task (science, history, literature, ..., "
