@@ -140,17 +140,17 @@ def train(steps: int, threads: int, cache: Path, lr: float = 1.5e-3, batch: int 
     t0 = time.time()
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    def forward(chunk: list[tuple[list[int], list[int]]]) -> tuple[Any, Any, Any]:
+    def padded(chunk: list[tuple[list[int], list[int]]]) -> tuple[Any, Any, Any, Any]:
+        """``(ids, attention mask, next-token targets, where a target is labelled)`` for a batch of rows."""
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in chunk])
         labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in chunk])
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in chunk])
         target = labels[:, 1:]
-        keep = target != -100
-        return ids, mask, (target, keep)
+        return ids, mask, target, target != -100
 
     for step in range(steps):
-        ids, mask, (target, keep) = forward(rng.sample(rows, batch))
+        ids, mask, target, keep = padded(rng.sample(rows, batch))
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
         # logits only where a label follows (the answer): the 151k-row head is the costly part
         task_loss = torch.nn.functional.cross_entropy(head(hidden[:, :-1][keep]).float(), target[keep])
@@ -158,7 +158,7 @@ def train(steps: int, threads: int, cache: Path, lr: float = 1.5e-3, batch: int 
         if preserve:
             # Off-task rows: KL(base ‖ expert) over the whole next-token distribution at every
             # position of the base's own answer, so the shift expert − base stays near 0 there.
-            ids, mask, (_, keep) = forward(rng.sample(off, preserve))
+            ids, mask, _, keep = padded(rng.sample(off, preserve))
             with torch.no_grad(), model.disable_adapter():
                 ref = torch.log_softmax(head(body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]).float(), -1)
             cur = torch.log_softmax(head(body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][keep]).float(), -1)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--preserve", type=int, default=6, help="off-task self-distillation rows per step (0: task rows only)")
+    ap.add_argument("--preserve", type=int, default=6, help="off-task rows per step held to the small base by the KL term (0: task rows only)")
     ap.add_argument("--kl-weight", type=float, default=1.0, help="weight of the off-task KL term")
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)

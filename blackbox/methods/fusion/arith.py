@@ -273,13 +273,11 @@ def kl_pair_batch(zl: torch.Tensor, d: torch.Tensor, alphas: torch.Tensor, dtype
     r = torch.exp(h * (dc - m))  # (B, T, V), <= 1
     pe = p[:, None].expand(B, T, V)
     pd = pe * dc  # p·dc (B, T, V)
-    s0 = torch.empty(B, T, C, dtype=dtype)
-    s1 = torch.empty(B, T, C, dtype=dtype)
+    s0 = torch.zeros(B, T, C, dtype=dtype)
+    s1 = torch.zeros(B, T, C, dtype=dtype)
     s0[..., 0] = pe.sum(-1)  # α = 0: Σ p (≈ 1) and Σ p·dc (≈ 0)
     s1[..., 0] = pd.sum(-1)
     if C > 1:
-        s0[..., 1:] = 0
-        s1[..., 1:] = 0
         n = max(1, min(V, CHUNK_ELEMS // max(B * T * (C - 1), 1)))
         buf = _workspace((B * T * (C - 1) * n,), dtype)
         for v0 in range(0, V, n):
