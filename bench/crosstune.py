@@ -29,7 +29,8 @@ from typing import Any
 from _common import command_line, emit, loadavg, machine, machine_line, today, write_section
 
 FEATURES = {"minilm": "sentence-encoder:minilm", "smollm2": "hf-causal:smollm2"}
-ARMS = ["zero-shot", "linear-probe", "crosstune", "single-head", "no-labels", "aug-unfiltered", "aug-filtered", "aug-switch"]
+ARMS = ["zero-shot", "linear-probe", "crosstune", "single-head", "no-labels", "aug-unfiltered", "aug-filtered", "aug-switch",
+        "noisy-unfiltered", "noisy-switch"]
 # arm -> CrossTuneConfig overrides (besides the seed)
 ARM_CONFIG = {
     "zero-shot": {"method": "zero-shot"},
@@ -40,7 +41,26 @@ ARM_CONFIG = {
     "aug-unfiltered": {"switch": False, "augment_fallback": False},
     "aug-filtered": {"switch": True, "augment_fallback": False},  # the teacher's filter alone
     "aug-switch": {"switch": True, "augment_fallback": True},  # filter + held-out fallback
+    # stress test: the same generations with a fraction of their labels replaced by another
+    # class (--label-noise), i.e. a worse generator; unfiltered vs the switch
+    "noisy-unfiltered": {"switch": False, "augment_fallback": False},
+    "noisy-switch": {"switch": True, "augment_fallback": True},
 }
+AUG_ARMS = ("aug-unfiltered", "aug-filtered", "aug-switch", "noisy-unfiltered", "noisy-switch")
+
+
+def corrupt_labels(examples: list[tuple[str, str]], classes: list[str], rate: float, seed: int) -> tuple[list[tuple[str, str]], int]:
+    """A copy of ``examples`` where a seeded ``rate`` of labels is replaced by a random other class."""
+    import random
+
+    rng = random.Random(f"label-noise:{seed}:{rate}")
+    out, flipped = [], 0
+    for text, label in examples:
+        if rng.random() < rate:
+            label = rng.choice([c for c in classes if c != label])
+            flipped += 1
+        out.append((text, label))
+    return out, flipped
 FORTUNE_SUBSET = ("computers", "politics", "science", "food", "love")
 
 
@@ -96,13 +116,16 @@ def run_shard(args: argparse.Namespace) -> list[dict[str, Any]]:
             for seed, s in samples.items():
                 q_before = featurizer.queries
                 fitted: dict[str, Any] = {}
+                noisy = None
+                if args.augment_n and args.label_noise:
+                    noisy = corrupt_labels(gen_info[seed]["examples"], list(s.classes), args.label_noise, seed)
                 for arm in ARMS:
-                    if arm.startswith("aug") and not args.augment_n:
+                    if arm in AUG_ARMS and not args.augment_n or arm.startswith("noisy") and not args.label_noise:
                         continue
                     cfg = CrossTuneConfig(**{"seed": seed, **ARM_CONFIG[arm]})
                     clf = CrossTuneClassifier(featurizer, cfg, s.descriptions)
-                    gen = gen_info[seed]["examples"] if arm.startswith("aug") else None
-                    src = gen_info[seed]["sources"] if arm.startswith("aug") else None
+                    gen = (noisy[0] if arm.startswith("noisy") else gen_info[seed]["examples"]) if arm in AUG_ARMS else None
+                    src = gen_info[seed]["sources"] if arm in AUG_ARMS else None
                     c0 = time.process_time()
                     clf.fit(s.texts, s.labels, generated=gen, teacher=fitted.get("crosstune"), generated_sources=src)
                     cpu = time.process_time() - c0
@@ -117,6 +140,8 @@ def run_shard(args: argparse.Namespace) -> list[dict[str, Any]]:
                         rec.update(generated=g["generated"], unparsed=g["unparsed"], kept=rep["kept"],
                                    dropped=rep["dropped"] + g["unparsed"], gen_seconds=g["seconds"], used=rep.get("used", True),
                                    oof_loss_with=rep.get("oof_loss_with"), oof_loss_without=rep.get("oof_loss_without"))
+                        if arm.startswith("noisy"):
+                            rec.update(label_noise=args.label_noise, flipped=noisy[1])
                         # how many generated examples the switch kept that a reader would call right is
                         # unknown (no gold labels for generations); we report counts only
                     results[arm].append(rec)
@@ -140,9 +165,13 @@ def run_shard(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "train_cpu_s_mean": statistics.mean(r["train_cpu_seconds"] for r in recs),
                     "train_cpu_s_max": max(r["train_cpu_seconds"] for r in recs),
                 }
-                if arm.startswith("aug"):
+                row["per_seed"] = {str(r["seed"]): r["accuracy"] for r in recs}
+                if arm in AUG_ARMS:
                     for k in ("generated", "unparsed", "kept", "dropped", "used"):
                         row[k] = sum(r[k] for r in recs)
+                    if arm.startswith("noisy"):
+                        row["label_noise"] = args.label_noise
+                        row["flipped"] = sum(r["flipped"] for r in recs)
                     row["gen_seconds"] = sum(r["gen_seconds"] for r in recs)
                     row["generation_queries"] = sum(gen_info[s]["queries"] or 0 for s in gen_info)
                 if arm == "crosstune":
@@ -175,12 +204,27 @@ def aggregate(records: list[dict[str, Any]], shots: int, sizes: dict[str, tuple[
                "f1_mean": statistics.mean(f1), "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
                "train_s_mean": statistics.mean(tr), "train_s_max": max(tr), "queries_per_run": shots * classes + classes,
                "train_cpu_s_mean": statistics.mean(cpu), "train_cpu_s_max": max(cpu)}
-        if arm.startswith("aug"):
+        row["per_seed"] = {str(r["seed"]): r["accuracy"] for r in recs}
+        if arm in AUG_ARMS:
             for k in ("generated", "unparsed", "kept", "dropped", "used"):
                 row[k] = sum(r.get(k, True) if k == "used" else r[k] for r in recs)
+            if arm.startswith("noisy"):
+                row["label_noise"] = recs[0]["label_noise"]
+                row["flipped"] = sum(r["flipped"] for r in recs)
             row["gen_seconds"] = sum(r["gen_seconds"] for r in recs)
         rows.append(row)
     return rows
+
+
+def paired(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``a − b`` in points, paired over the seeds both rows hold: mean ± standard error, W/L counts."""
+    pa, pb = a.get("per_seed"), b.get("per_seed")
+    if not pa or not pb:
+        return f"{100 * (a['acc_mean'] - b['acc_mean']):+.1f}"
+    diffs = [100 * (pa[k] - pb[k]) for k in pa if k in pb]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    wins, losses = sum(x > 1e-9 for x in diffs), sum(x < -1e-9 for x in diffs)
+    return f"{statistics.mean(diffs):+.1f} ± {se:.1f} ({wins}W/{losses}L)"
 
 
 def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
@@ -211,8 +255,10 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
            "", *lines, "",
            f"Average CrossTune − linear probe: **{avg_gain:+.1f} points** (target ≥ +2).", ""]
     f1 = ["| data set | features | " + " | ".join(ARMS) + " |", "|" + "---|" * (2 + len(ARMS))]
+    f1_arms = [a for a in ARMS if any(k[2] == a for k in by)]
+    f1 = ["| data set | features | " + " | ".join(f1_arms) + " |", "|" + "---|" * (2 + len(f1_arms))]
     for ds, ft in keys:
-        f1.append(f"| {ds} | {ft} | " + " | ".join(pm(by[(ds, ft, a)]["f1_mean"], by[(ds, ft, a)]["f1_std"]) if (ds, ft, a) in by else "–" for a in ARMS) + " |")
+        f1.append(f"| {ds} | {ft} | " + " | ".join(pm(by[(ds, ft, a)]["f1_mean"], by[(ds, ft, a)]["f1_std"]) if (ds, ft, a) in by else "–" for a in f1_arms) + " |")
     out += ["Macro-F1 (%):", "", *f1, ""]
     aug = ["| data set | features | generated | unparsed | kept (filter + paraphrase rule) | CrossTune, no aug. | aug. unfiltered | aug. filtered | "
            "aug. + switch (filter + fallback) | seeds where the switch kept the data | unfiltered − none | filtered − none | switch − none | switch − unfiltered |",
@@ -221,15 +267,29 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         if (ds, ft, "aug-switch") not in by:
             continue
         sw, un, fi, ct = by[(ds, ft, "aug-switch")], by[(ds, ft, "aug-unfiltered")], by[(ds, ft, "aug-filtered")], by[(ds, ft, "crosstune")]
-        d = lambda a, b: f"{100 * (a['acc_mean'] - b['acc_mean']):+.1f}"  # noqa: E731
+        d = paired  # noqa: E731
         aug.append(f"| {ds} | {ft} | {sw['generated']} | {sw['unparsed']} | {fi['kept']} | {pm(ct['acc_mean'], ct['acc_std'])} | "
                    f"{pm(un['acc_mean'], un['acc_std'])} | {pm(fi['acc_mean'], fi['acc_std'])} | {pm(sw['acc_mean'], sw['acc_std'])} | "
                    f"{sw['used']} of {sw['seeds']} | {d(un, ct)} | {d(fi, ct)} | {d(sw, ct)} | {d(sw, un)} |")
+    noisy = ["| data set | features | labels replaced | CrossTune, no aug. | noisy, unfiltered | noisy + switch | seeds where the switch kept the data | "
+             "unfiltered − none | switch − none | switch − unfiltered |", "|" + "---|" * 10]
+    for ds, ft in keys:
+        if (ds, ft, "noisy-switch") not in by:
+            continue
+        sw, un, ct = by[(ds, ft, "noisy-switch")], by[(ds, ft, "noisy-unfiltered")], by[(ds, ft, "crosstune")]
+        noisy.append(f"| {ds} | {ft} | {sw['flipped']} of {sw['generated'] - sw['unparsed']} | {pm(ct['acc_mean'], ct['acc_std'])} | "
+                     f"{pm(un['acc_mean'], un['acc_std'])} | {pm(sw['acc_mean'], sw['acc_std'])} | {sw['used']} of {sw['seeds']} | "
+                     f"{paired(un, ct)} | {paired(sw, ct)} | {paired(sw, un)} |")
     per = sorted({round(r["generated"] / (r["classes"] * r["seeds"])) for r in rows if r["arm"] == "aug-switch"})
     if per:
         out += [f"Augmentation (generator: SmolLM2-135M-Instruct via `hf-causal:smollm2`, {'/'.join(map(str, per))} examples "
                 "asked per class and seed, 4 in-context examples, temperature 0.8; counts summed over seeds; *kept* is, per seed, the "
-                "mean over the 4 fold heads of the generated examples a head trains on in the filtered arm; only the rows listed were run with augmentation):", "", *aug, ""]
+                "mean over the 4 fold heads of the generated examples a head trains on in the filtered arm; only the rows listed were run with augmentation; differences paired over seeds: mean ± standard error in points, W/L = seeds better/worse):", "", *aug, ""]
+    if len(noisy) > 2:
+        rate = next(r["label_noise"] for r in rows if r["arm"] == "noisy-switch")
+        out += [f"Stress test, a worse generator: the same generations with {100 * rate:.0f}% of their labels (seeded) replaced by "
+                "another class, unfiltered and through the switch. Differences are paired over seeds (mean ± standard error of "
+                "the per-seed differences, in points; W/L = seeds better/worse):", "", *noisy, ""]
     cost = ["| data set | features | queries per run (few-shot texts + label descriptions) | CrossTune training, wall mean / max (s) | "
             "CrossTune training, CPU mean / max (s) | single head, CPU mean (s) | no-labels, CPU mean (s) | linear probe, wall mean (s) |",
             "|" + "---|" * 8]
@@ -262,6 +322,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--augment-n", type=int, default=8, help="generated examples per class and seed (0: no augmentation arms)")
+    ap.add_argument("--label-noise", type=float, default=0.4, help="stress arms: this fraction of generated labels replaced by another class (0: no such arms)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "blackbox-bench-crosstune.sqlite"))
     ap.add_argument("--out", help="also write the summary rows to this JSON file")
