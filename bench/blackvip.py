@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -77,52 +78,69 @@ def linear_probe(f: dict[str, np.ndarray]) -> float:
     return float(clf.score(sc.transform(f["test"]), f["y_test"]))
 
 
+def whitebox_coordinator(data: Any, ftr: np.ndarray, fte: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> SimpleNamespace:
+    """The default Coordinator in front of a differentiable local copy of the black box.
+
+    Returns ``theta`` (the trainable parameters), ``logp(images, codes)`` (source-class
+    log-probabilities through the provider's own preprocessing, kept differentiable), the
+    codes ``ctr``/``cte`` and images ``xtr``/``xte`` of the split. Not black-box: for the
+    white-box references only. Seed torch before calling it (building the network draws from
+    torch's generator).
+    """
+    import torch
+
+    from blackbox.methods.blackvip.encoders import fit_projection, project
+    from blackbox.methods.blackvip.prompts import Coordinator, apply_prompt
+    from blackbox.providers.efficientnet import EfficientNetLite0Provider
+
+    prov = EfficientNetLite0Provider(size=96)
+    for p in prov.model.parameters():
+        p.requires_grad_(False)
+    d = BlackVIPConfig()
+    proj = fit_projection(ftr, d.code_dim)
+    module = Coordinator(d.code_dim, d.trigger_dim, d.channels, 32, d.init_scale)
+    theta = torch.nn.Parameter(torch.as_tensor(module.init(seed), dtype=torch.float32))
+
+    def logp(x: Any, codes: Any) -> Any:
+        t = apply_prompt(x, module.prompts(theta, codes), d.eps).permute(0, 3, 1, 2)
+        t = torch.nn.functional.interpolate(t, size=(96, 96), mode="bilinear", antialias=True, align_corners=False)
+        return torch.log_softmax(prov.model((t - prov._mean) / prov._std), dim=-1)
+
+    return SimpleNamespace(
+        theta=theta, logp=logp,
+        ctr=torch.as_tensor(project(ftr, proj), dtype=torch.float32), cte=torch.as_tensor(project(fte, proj), dtype=torch.float32),
+        xtr=torch.as_tensor(data.images[train_idx]), xte=torch.as_tensor(data.images[test_idx]),
+    )
+
+
 def whitebox_prompt(data: Any, f: dict[str, Any], seed: int, epochs: int) -> tuple[float, float]:
     """White-box upper bound: the same Coordinator trained by backprop through the local
     copy of the same network (Adam), with the same frequency label map. Not black-box.
     Returns ``(test accuracy, training accuracy)``: the second shows whether it converged."""
     import torch
 
-    from blackbox.methods.blackvip.encoders import fit_projection, project
     from blackbox.methods.blackvip.outputs import frequency_map
-    from blackbox.methods.blackvip.prompts import Coordinator, apply_prompt
-    from blackbox.providers.efficientnet import EfficientNetLite0Provider
 
     torch.manual_seed(seed)
-    prov = EfficientNetLite0Provider(size=96)
-    proj = fit_projection(f["train"], BlackVIPConfig().code_dim)
-    ctr = torch.as_tensor(project(f["train"], proj), dtype=torch.float32)
-    cte = torch.as_tensor(project(f["test"], proj), dtype=torch.float32)
-    xtr = torch.as_tensor(data.images[f["train_idx"]])
-    xte = torch.as_tensor(data.images[f["test_idx"]])
+    wb = whitebox_coordinator(data, f["train"], f["test"], f["train_idx"], f["test_idx"], seed)
+    theta, logp, ctr, cte, xtr, xte = wb.theta, wb.logp, wb.ctr, wb.cte, wb.xtr, wb.xte
     ytr = torch.as_tensor(f["y_train"])
-    d = BlackVIPConfig()
-    module = Coordinator(d.code_dim, d.trigger_dim, d.channels, 32, d.init_scale)
-    theta = torch.nn.Parameter(torch.as_tensor(module.init(seed), dtype=torch.float32))
-    for p in prov.model.parameters():
-        p.requires_grad_(False)
-
-    def logp(x: Any, codes: Any, th: Any) -> Any:
-        # The provider's own preprocessing (resize, ImageNet normalisation), kept differentiable.
-        t = apply_prompt(x, module.prompts(th, codes), d.eps).permute(0, 3, 1, 2)
-        t = torch.nn.functional.interpolate(t, size=(96, 96), mode="bilinear", antialias=True, align_corners=False)
-        return torch.log_softmax(prov.model((t - prov._mean) / prov._std), dim=-1)
-
     with torch.no_grad():
-        M = torch.as_tensor(frequency_map(np.exp(logp(xtr, ctr, theta).double().numpy()), f["y_train"], 10), dtype=torch.float32)
+        M = torch.as_tensor(frequency_map(np.exp(logp(xtr, ctr).double().numpy()), f["y_train"], 10), dtype=torch.float32)
     opt = torch.optim.Adam([theta], lr=3e-3)
     for _ in range(epochs):
         perm = torch.randperm(len(xtr))
         for i in range(0, len(xtr), 32):
             b = perm[i:i + 32]
-            mapped = torch.logsumexp(logp(xtr[b], ctr[b], theta).unsqueeze(1) + torch.log(M + 1e-12).unsqueeze(0), dim=-1)
+            mapped = torch.logsumexp(logp(xtr[b], ctr[b]).unsqueeze(1) + torch.log(M + 1e-12).unsqueeze(0), dim=-1)
             loss = torch.nn.functional.cross_entropy(mapped, ytr[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
+
     def acc(x: Any, c: Any, y: np.ndarray) -> float:
         with torch.no_grad():
-            lp = torch.cat([logp(x[i:i + 128], c[i:i + 128], theta) for i in range(0, len(x), 128)])
+            lp = torch.cat([logp(x[i:i + 128], c[i:i + 128]) for i in range(0, len(x), 128)])
             mapped = torch.logsumexp(lp.unsqueeze(1) + torch.log(M + 1e-12).unsqueeze(0), dim=-1)
         return float((mapped.argmax(1).numpy() == y).mean())
 

@@ -34,13 +34,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from blackvip import whitebox_coordinator
 
     from blackbox.methods.blackvip.config import BlackVIPConfig
     from blackbox.methods.blackvip.data import few_shot_split, load_dataset
-    from blackbox.methods.blackvip.encoders import fit_projection, make_encoder, project
+    from blackbox.methods.blackvip.encoders import make_encoder
     from blackbox.methods.blackvip.outputs import FoldedHead
-    from blackbox.methods.blackvip.prompts import Coordinator, apply_prompt
-    from blackbox.providers.efficientnet import EfficientNetLite0Provider
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -48,23 +47,9 @@ def main() -> None:
     data = load_dataset("mnist")
     tr, te = few_shot_split(data, args.shots, args.n_test, args.seed)
     enc = make_encoder(d.encoder, d.encoder_size)
-    ftr, fte = enc.features(data.images[tr]), enc.features(data.images[te])
-    proj = fit_projection(ftr, d.code_dim)
-    ctr = torch.as_tensor(project(ftr, proj), dtype=torch.float32)
-    cte = torch.as_tensor(project(fte, proj), dtype=torch.float32)
-    xtr, xte = torch.as_tensor(data.images[tr]), torch.as_tensor(data.images[te])
+    wb = whitebox_coordinator(data, enc.features(data.images[tr]), enc.features(data.images[te]), tr, te, args.seed)
+    theta, logp, ctr, cte, xtr, xte = wb.theta, wb.logp, wb.ctr, wb.cte, wb.xtr, wb.xte
     ytr, yte = data.labels[tr], data.labels[te]
-    prov = EfficientNetLite0Provider(size=96)
-    for p in prov.model.parameters():
-        p.requires_grad_(False)
-    module = Coordinator(d.code_dim, d.trigger_dim, d.channels, 32, d.init_scale)
-    theta = torch.nn.Parameter(torch.as_tensor(module.init(args.seed), dtype=torch.float32))
-
-    def logp(x: Any, codes: Any) -> Any:
-        # The provider's preprocessing (resize, ImageNet normalisation), kept differentiable.
-        t = apply_prompt(x, module.prompts(theta, codes), d.eps).permute(0, 3, 1, 2)
-        t = torch.nn.functional.interpolate(t, size=(96, 96), mode="bilinear", antialias=True, align_corners=False)
-        return torch.log_softmax(prov.model((t - prov._mean) / prov._std), dim=-1)
 
     def probs(x: Any, codes: Any) -> np.ndarray:
         with torch.no_grad():

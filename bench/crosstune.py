@@ -267,10 +267,9 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         if (ds, ft, "aug-switch") not in by:
             continue
         sw, un, fi, ct = by[(ds, ft, "aug-switch")], by[(ds, ft, "aug-unfiltered")], by[(ds, ft, "aug-filtered")], by[(ds, ft, "crosstune")]
-        d = paired  # noqa: E731
         aug.append(f"| {ds} | {ft} | {sw['generated']} | {sw['unparsed']} | {fi['kept']} | {pm(ct['acc_mean'], ct['acc_std'])} | "
                    f"{pm(un['acc_mean'], un['acc_std'])} | {pm(fi['acc_mean'], fi['acc_std'])} | {pm(sw['acc_mean'], sw['acc_std'])} | "
-                   f"{sw['used']} of {sw['seeds']} | {d(un, ct)} | {d(fi, ct)} | {d(sw, ct)} | {d(sw, un)} |")
+                   f"{sw['used']} of {sw['seeds']} | {paired(un, ct)} | {paired(fi, ct)} | {paired(sw, ct)} | {paired(sw, un)} |")
     noisy = ["| data set | features | labels replaced | CrossTune, no aug. | noisy, unfiltered | noisy + switch | seeds where the switch kept the data | "
              "unfiltered − none | switch − none | switch − unfiltered |", "|" + "---|" * 10]
     for ds, ft in keys:
