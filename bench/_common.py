@@ -126,6 +126,13 @@ def write_section(name: str, body: str, path: Path = DOCS) -> None:
     tmp.replace(path)
 
 
+def publish(name: str, body: str, write_docs: bool) -> None:
+    """Print a rendered section and, with ``--write-docs``, put it into docs/benchmarks.md."""
+    print(body)
+    if write_docs:
+        write_section(name, body)
+
+
 def fmt(x: float | None, digits: int = 3) -> str:
     """Compact number for tables: 3 significant digits, scientific when tiny or huge."""
     if x is None:

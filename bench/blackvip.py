@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from _common import command_line, emit, loadavg, machine, machine_line, today, write_section
+from _common import command_line, emit, loadavg, machine, machine_line, publish, today, write_section
 
 from blackbox.methods.blackvip.config import BlackVIPConfig
 from blackbox.methods.blackvip.data import load_dataset
@@ -186,7 +186,12 @@ def main() -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--out", default="", help="also write all results as JSON here")
     ap.add_argument("--speed-only", action="store_true", help="only the batched-vs-per-probe check (its own docs section)")
+    ap.add_argument("--render-long", nargs="+", metavar="SEED=JSON", default=None,
+                    help="render the long-budget section from --out files of 100k-query runs (one seed per file) and exit")
     args = ap.parse_args()
+    if args.render_long:
+        publish("blackvip_long", long_body(args.render_long), args.write_docs)
+        return
     t_all = time.perf_counter()
     load0 = loadavg()
     provider = load_provider(SPEC)
@@ -280,6 +285,76 @@ def speed_body(s: dict[str, Any], args: Any, load0: Any) -> str:
         "",
         f"Ratio per-probe / batched: **{s['ratio']:.2f}×**; parameters after the steps identical: {s['identical']}.",
     ]) + "\n"
+
+
+LONG_MARKS = (20000, 50000, 100000)
+
+
+def long_body(specs: list[str]) -> str:
+    """The long-budget section: each arm at 20k / 50k / 100k queries along its learning curve,
+    per seed and as the median where three or more seeds ran."""
+    per_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    extra: dict[int, dict[str, Any]] = {}
+    dates = []
+    for spec in specs:
+        seed_s, _, path = spec.partition("=")
+        if not seed_s.isdigit() or not path:
+            raise SystemExit(f"--render-long: expected SEED=JSON, received {spec!r}")
+        seed = int(seed_s)
+        saved = json.loads(Path(path).read_text())
+        dates.append(time.strftime("%Y-%m-%d %H:%M", time.gmtime(Path(path).stat().st_mtime)))
+        for name, rs in saved["results"].items():
+            per_arm.setdefault(name, {})[seed] = rs[0]
+        if saved.get("extra"):
+            extra[seed] = saved["extra"]
+
+    def cell(vals: dict[int, float | None]) -> str:
+        got = {s: v for s, v in sorted(vals.items()) if v is not None}
+        if not got:
+            return "-"
+        each = " / ".join(f"{100 * v:.1f}" for v in got.values())
+        return f"**{100 * statistics.median(got.values()):.1f}** ({each})" if len(got) >= 3 else each
+
+    def best(curve: list[list[float]]) -> str:
+        q, a = max(curve, key=lambda p: (p[1], -p[0]))
+        return f"{100 * a:.1f} at {q / 1000:.0f}k"
+
+    lines = [
+        "## BlackVIP: every arm at 20k, 50k and 100k queries",
+        "",
+        "One 100,000-query run per arm and seed (each seed its own split), read along its learning curve (test accuracy every 40 "
+        "steps) at the last evaluation within each query count. Runs: `python bench/blackvip.py --budget 100000 --seeds S "
+        "--eval-every 40 --speed-steps 0 --arms A B --out FILE`, two arms per process and two processes side by side (load ≈ 2); "
+        f"files written {min(dates)} to {max(dates)} UTC. Rendered with `{command_line()}`. Machine: {machine_line(machine())}.",
+        "",
+        "Test accuracy in %: the median in bold where three seeds ran, then the seeds in order.",
+        "",
+        "| arm | seeds | " + " | ".join(f"≤ {m // 1000}k" for m in LONG_MARKS) + " | final | best on the curve | wall s |",
+        "|---|---|" + "---|" * (len(LONG_MARKS) + 3),
+    ]
+    for name in [a for a in ARMS if a in per_arm]:
+        runs = per_arm[name]
+        lines.append(
+            f"| {name} | {', '.join(map(str, sorted(runs)))} | "
+            + " | ".join(cell({s: at_budget(r["curve"], m) for s, r in runs.items()}) for m in LONG_MARKS)
+            + f" | {cell({s: r['test_accuracy'] for s, r in runs.items()})} | "
+            + " / ".join(best(r["curve"]) for _, r in sorted(runs.items()))
+            + " | " + " / ".join(f"{r['wall_seconds']:,.0f}" for _, r in sorted(runs.items())) + " |"
+        )
+    heads = {s: r["linear_head_accuracy"] for runs in per_arm.values() for s, r in runs.items()}
+    lines.append(f"| no prompt, learned head (same splits) | {', '.join(map(str, sorted(heads)))} | | | | {cell(heads)} | | |")
+    for seed, ex in sorted(extra.items()):
+        if ex.get("linear_probe"):
+            lines.append(f"| white-box linear probe on penultimate features (not black-box) | {seed} | | | | {100 * ex['linear_probe'][0]:.1f} | | |")
+        if ex.get("whitebox_prompt"):
+            lines.append(f"| white-box Coordinator, backprop + Adam, map (not black-box; training accuracy "
+                         f"{100 * ex['whitebox_prompt_train'][0]:.1f}) | {seed} | | | | {100 * ex['whitebox_prompt'][0]:.1f} | | |")
+    default = per_arm.get("Coordinator + SPSA-GC + head (default)", {})
+    if default:
+        gains = {m: {s: (at_budget(r["curve"], m) or 0.0) - r["linear_head_accuracy"] for s, r in default.items()} for m in LONG_MARKS}
+        lines += ["", "The default minus the no-prompt head on the same split, in points, seed by seed: " + "; ".join(
+            f"≤ {m // 1000}k: " + " / ".join(f"{100 * g:+.1f}" for _, g in sorted(gains[m].items())) for m in LONG_MARKS) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def _budget_marks(budget: int) -> list[int]:
