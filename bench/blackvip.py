@@ -343,9 +343,11 @@ def long_body(specs: list[str]) -> str:
         )
     heads = {s: r["linear_head_accuracy"] for runs in per_arm.values() for s, r in runs.items()}
     lines.append(f"| no prompt, learned head (same splits) | {', '.join(map(str, sorted(heads)))} | | | | {cell(heads)} | | |")
+    probes = {s: ex["linear_probe"][0] for s, ex in extra.items() if ex.get("linear_probe")}
+    if probes:
+        lines.append(f"| white-box linear probe on penultimate features (not black-box) | {', '.join(map(str, sorted(probes)))} "
+                     f"| | | | {cell(probes)} | | |")
     for seed, ex in sorted(extra.items()):
-        if ex.get("linear_probe"):
-            lines.append(f"| white-box linear probe on penultimate features (not black-box) | {seed} | | | | {100 * ex['linear_probe'][0]:.1f} | | |")
         if ex.get("whitebox_prompt"):
             lines.append(f"| white-box Coordinator, backprop + Adam, map (not black-box; training accuracy "
                          f"{100 * ex['whitebox_prompt_train'][0]:.1f}) | {seed} | | | | {100 * ex['whitebox_prompt'][0]:.1f} | | |")
