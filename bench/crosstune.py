@@ -61,6 +61,8 @@ def corrupt_labels(examples: list[tuple[str, str]], classes: list[str], rate: fl
             flipped += 1
         out.append((text, label))
     return out, flipped
+
+
 FORTUNE_SUBSET = ("computers", "politics", "science", "food", "love")
 
 
@@ -153,26 +155,8 @@ def run_shard(args: argparse.Namespace) -> list[dict[str, Any]]:
                 recs = results[arm]
                 if not recs:
                     continue
-                acc = [r["accuracy"] for r in recs]
-                f1 = [r["macro_f1"] for r in recs]
-                tr = [r["train_seconds"] for r in recs]
-                row = {
-                    "dataset": ds_name, "features": feat_name, "arm": arm, "seeds": len(recs), "shots": args.shots,
-                    "classes": len(samples[0].classes), "n_test": len(test),
-                    "acc_mean": statistics.mean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                    "f1_mean": statistics.mean(f1), "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
-                    "train_s_mean": statistics.mean(tr), "train_s_max": max(tr),
-                    "train_cpu_s_mean": statistics.mean(r["train_cpu_seconds"] for r in recs),
-                    "train_cpu_s_max": max(r["train_cpu_seconds"] for r in recs),
-                }
-                row["per_seed"] = {str(r["seed"]): r["accuracy"] for r in recs}
+                row = summary_row(ds_name, feat_name, arm, recs, args.shots, len(samples[0].classes), len(test))
                 if arm in AUG_ARMS:
-                    for k in ("generated", "unparsed", "kept", "dropped", "used"):
-                        row[k] = sum(r[k] for r in recs)
-                    if arm.startswith("noisy"):
-                        row["label_noise"] = args.label_noise
-                        row["flipped"] = sum(r["flipped"] for r in recs)
-                    row["gen_seconds"] = sum(r["gen_seconds"] for r in recs)
                     row["generation_queries"] = sum(gen_info[s]["queries"] or 0 for s in gen_info)
                 if arm == "crosstune":
                     row["feature_queries_total"] = featurizer.queries
@@ -196,24 +180,31 @@ def aggregate(records: list[dict[str, Any]], shots: int, sizes: dict[str, tuple[
         groups.setdefault((r["dataset"], r["features"], r["arm"]), []).append(r)
     rows = []
     for (ds, ft, arm), recs in sorted(groups.items()):
-        acc, f1, tr = [r["accuracy"] for r in recs], [r["macro_f1"] for r in recs], [r["train_seconds"] for r in recs]
         classes, n_test = sizes[ds]
-        cpu = [r.get("train_cpu_seconds", 0.0) for r in recs]
-        row = {"dataset": ds, "features": ft, "arm": arm, "seeds": len(recs), "shots": shots, "classes": classes, "n_test": n_test,
-               "acc_mean": statistics.mean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-               "f1_mean": statistics.mean(f1), "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
-               "train_s_mean": statistics.mean(tr), "train_s_max": max(tr), "queries_per_run": shots * classes + classes,
-               "train_cpu_s_mean": statistics.mean(cpu), "train_cpu_s_max": max(cpu)}
-        row["per_seed"] = {str(r["seed"]): r["accuracy"] for r in recs}
-        if arm in AUG_ARMS:
-            for k in ("generated", "unparsed", "kept", "dropped", "used"):
-                row[k] = sum(r.get(k, True) if k == "used" else r[k] for r in recs)
-            if arm.startswith("noisy"):
-                row["label_noise"] = recs[0]["label_noise"]
-                row["flipped"] = sum(r["flipped"] for r in recs)
-            row["gen_seconds"] = sum(r["gen_seconds"] for r in recs)
+        row = summary_row(ds, ft, arm, recs, shots, classes, n_test)
+        row["queries_per_run"] = shots * classes + classes
         rows.append(row)
     return rows
+
+
+def summary_row(ds: str, ft: str, arm: str, recs: list[dict[str, Any]], shots: int, classes: int, n_test: int) -> dict[str, Any]:
+    """One arm's row over its per-seed records: mean ± std, per-seed accuracies, augmentation counts."""
+    acc, f1, tr = [r["accuracy"] for r in recs], [r["macro_f1"] for r in recs], [r["train_seconds"] for r in recs]
+    cpu = [r.get("train_cpu_seconds", 0.0) for r in recs]
+    row = {"dataset": ds, "features": ft, "arm": arm, "seeds": len(recs), "shots": shots, "classes": classes, "n_test": n_test,
+           "acc_mean": statistics.mean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+           "f1_mean": statistics.mean(f1), "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+           "train_s_mean": statistics.mean(tr), "train_s_max": max(tr),
+           "train_cpu_s_mean": statistics.mean(cpu), "train_cpu_s_max": max(cpu),
+           "per_seed": {str(r["seed"]): r["accuracy"] for r in recs}}
+    if arm in AUG_ARMS:
+        for k in ("generated", "unparsed", "kept", "dropped", "used"):
+            row[k] = sum(r.get(k, True) if k == "used" else r[k] for r in recs)
+        if arm.startswith("noisy"):
+            row["label_noise"] = recs[0]["label_noise"]
+            row["flipped"] = sum(r["flipped"] for r in recs)
+        row["gen_seconds"] = sum(r["gen_seconds"] for r in recs)
+    return row
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -254,7 +245,6 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
            "design's structure with the current training settings.",
            "", *lines, "",
            f"Average CrossTune − linear probe: **{avg_gain:+.1f} points** (target ≥ +2).", ""]
-    f1 = ["| data set | features | " + " | ".join(ARMS) + " |", "|" + "---|" * (2 + len(ARMS))]
     f1_arms = [a for a in ARMS if any(k[2] == a for k in by)]
     f1 = ["| data set | features | " + " | ".join(f1_arms) + " |", "|" + "---|" * (2 + len(f1_arms))]
     for ds, ft in keys:
