@@ -1,0 +1,396 @@
+"""The Client: one wrapper around every provider (disk cache, budget ledger, retries, concurrency).
+
+A call goes::
+
+    capability check → per-item cache lookup → ledger reserve (misses only)
+      → provider call with retries → ledger commit → cache store → merged result
+
+Batch requests are split into single-item requests for the cache; the misses go to the
+provider as *one* batch and the results are merged back in the original order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from typing import Any, Iterable
+
+from ..errors import BlackboxError, CapabilityError, ConfigError, ProviderError, bad_value
+from ..items import ITEM_OPS, REQUEST_TO_RESULT, ItemOps, count_items, item_ops
+from ..provider import CALLS, Provider, require
+from ..secrets import redact, scrub_exception
+from ..types import (
+    Capability,
+    ClassifyRequest,
+    ClassifyResult,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    HiddenStatesRequest,
+    HiddenStatesResult,
+    NextTokenRequest,
+    NextTokenResult,
+    ScoreRequest,
+    ScoreResult,
+    Usage,
+)
+from .cache import DiskCache, key_from_identity
+from .codec import decode_result, encode_result
+from .ledger import Ledger, estimate_request
+from .retry import RetryPolicy
+
+__all__ = ["Client"]
+
+log = logging.getLogger("blackbox.client")
+
+
+def _cacheable(request: Any) -> bool:
+    # Sampling without a seed must give a fresh sample on each call, so it is never cached.
+    if isinstance(request, GenerateRequest) and request.temperature > 0 and request.seed is None:
+        return False
+    return True
+
+
+def _describe_request(request: Any) -> str:
+    try:
+        n = count_items(request)
+    except ConfigError:
+        return type(request).__name__
+    unit = {ClassifyRequest: "input", EmbedRequest: "text", HiddenStatesRequest: "text", ScoreRequest: "pair"}.get(type(request), "prompt")
+    return f"{type(request).__name__} of {n} {unit}{'s' if n != 1 else ''}"
+
+
+
+# =========================================================================================
+# the client
+# =========================================================================================
+def _model_id(provider: Provider) -> str | None:
+    desc = provider.describe()
+    for key in ("model", "model_id"):
+        value = desc.get(key) if isinstance(desc, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class Client(Provider):
+    """Wraps a provider with a disk cache, a budget ledger, retries and bounded concurrency."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        cache: "None | str | os.PathLike | DiskCache" = None,
+        use_cache: bool = True,
+        ledger: Ledger | None = None,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        if not isinstance(provider, Provider):
+            raise bad_value("provider", "a blackbox.provider.Provider instance", f"a {type(provider).__name__}")
+        self._initialising = True
+        super().__init__()  # its ``capabilities`` assignment is absorbed by the setter below
+        self._initialising = False
+        if ledger is not None and not isinstance(ledger, Ledger):
+            raise bad_value("ledger", "a Ledger or None", f"a {type(ledger).__name__}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise bad_value("retry", "a RetryPolicy or None (None = RetryPolicy())", f"a {type(retry).__name__}")
+        self.provider = provider
+        self.name = provider.name  # type: ignore[misc] - instance value shadows the ClassVar on purpose
+        self.summary = provider.summary  # type: ignore[misc]
+        self.cache, self._owns_cache = self._open_cache(cache)
+        self.use_cache = bool(use_cache)
+        self.ledger = ledger
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.concurrency = _check_concurrency("concurrency", concurrency)
+        self._model = _model_id(provider)
+        self._stats_lock = threading.Lock()
+        self._stats = {"calls": 0, "provider_calls": 0, "items": 0, "cache_hits": 0, "cache_misses": 0}
+        self._closed = False
+
+    @staticmethod
+    def _open_cache(cache: Any) -> tuple[DiskCache | None, bool]:
+        if cache is None:
+            return None, False
+        if isinstance(cache, DiskCache):
+            return cache, False
+        if isinstance(cache, (str, os.PathLike)):
+            return DiskCache(cache), True
+        raise bad_value("cache", "None, a file path or a DiskCache", f"a {type(cache).__name__}")
+
+    # identity: the same as the wrapped provider, so wrappers compose and share cache keys ---
+    @property
+    def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
+        """The wrapped provider's capabilities, read live (a provider may learn at run time that
+        it lacks e.g. logprobs), so a Client never pins its own copy."""
+        return frozenset(self.provider.capabilities)
+
+    @capabilities.setter
+    def capabilities(self, value: Any) -> None:
+        # Provider.__init__ assigns the declared set; that one assignment is expected and ignored.
+        if not getattr(self, "_initialising", False):
+            raise AttributeError("Client.capabilities follows the wrapped provider; set it on the provider")
+
+    def describe(self) -> dict[str, Any]:
+        """The wrapped provider's description."""
+        return self.provider.describe()
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The wrapped provider's cache identity."""
+        return self.provider.cache_identity()
+
+    def example_inputs(self) -> Any:
+        """The wrapped provider's example classify inputs."""
+        return self.provider.example_inputs()
+
+    def __repr__(self) -> str:
+        cache = "off" if self.cache is None else repr(self.cache)
+        return redact(f"<Client {self.provider!r} cache={cache} ledger={self.ledger!r} concurrency={self.concurrency}>")
+
+    # calls ---------------------------------------------------------------------------------
+    def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        """Class probabilities or logits, through cache, ledger and retries."""
+        return self.call(request)
+
+    def next_token(self, request: NextTokenRequest) -> NextTokenResult:
+        """Next-token logits or top-k log-probabilities, through cache, ledger and retries."""
+        return self.call(request)
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        """Text continuations, through cache, ledger and retries."""
+        return self.call(request)
+
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        """One vector per text, through cache, ledger and retries."""
+        return self.call(request)
+
+    def hidden_states(self, request: HiddenStatesRequest) -> HiddenStatesResult:
+        """Token-level hidden states, through cache, ledger and retries."""
+        return self.call(request)
+
+    def score(self, request: ScoreRequest) -> ScoreResult:
+        """Continuation log-likelihoods, through cache, ledger and retries."""
+        return self.call(request)
+
+    def call(self, request: Any, *, use_cache: bool | None = None) -> Any:
+        """Serve one typed request: cache, then budget, then the provider with retries."""
+        try:
+            return self._call(request, self.use_cache if use_cache is None else bool(use_cache))
+        except BaseException as exc:
+            scrub_exception(exc)  # whatever goes up, the key does not
+            raise
+
+    def _method_for(self, request: Any) -> str:
+        try:
+            method, caps = CALLS[type(request)]
+        except KeyError:
+            raise CapabilityError(
+                f"request: expected one of {', '.join(t.__name__ for t in CALLS)}, received {type(request).__name__}"
+            ) from None
+        require(self.provider, caps, f"{method}()", any_of=True)
+        # Some settings need one capability in particular: full logits cannot come from top-k.
+        if isinstance(request, ClassifyRequest) and request.output == "logits":
+            require(self.provider, [Capability.LOGITS], "classify(output='logits')")
+        if isinstance(request, NextTokenRequest) and request.top_k is None:
+            require(self.provider, [Capability.LOGITS], "next_token(top_k=None)")
+        return method
+
+    def _call(self, request: Any, use_cache: bool) -> Any:
+        if self._closed:
+            raise ProviderError(f"client for provider {self.name}: closed; create a new Client")
+        method = self._method_for(request)
+        handler = ITEM_OPS[type(request)]
+        n = handler.count(request)
+        with self._stats_lock:
+            self._stats["calls"] += 1
+            self._stats["items"] += n
+        if not (use_cache and self.cache is not None and n > 0 and _cacheable(request)):
+            return self._send(request, method, handler, n)
+
+        items = handler.split(request)
+        identity = self.provider.cache_identity()
+        keys = [key_from_identity(identity, it) for it in items]
+        found: list[Any] = [None] * n
+        missing: dict[str, list[int]] = {}  # key → positions; equal items are sent once
+        for i, key in enumerate(keys):
+            hit = self._cache_get(key) if key not in missing else None
+            if hit is None:
+                missing.setdefault(key, []).append(i)
+            else:
+                found[i] = hit
+        hits = n - sum(len(v) for v in missing.values())
+        with self._stats_lock:
+            self._stats["cache_hits"] += hits
+            self._stats["cache_misses"] += n - hits
+        if self.ledger is not None and hits:
+            self.ledger.record_cache_hits(hits)
+        if not missing:
+            return handler.join_results(found, Usage(cached=True, queries=0, cost=0.0))
+
+        order = list(missing)
+        fresh = self._send(handler.join([items[missing[k][0]] for k in order]), method, handler, len(order))
+        for key, item in zip(order, handler.split_result(fresh)):
+            self._cache_put(key, item)
+            for i in missing[key]:
+                found[i] = item
+        return handler.join_results(found, replace(fresh.usage, cached=False))
+
+    def _cache_get(self, key: str) -> Any | None:
+        assert self.cache is not None
+        try:
+            blob = self.cache.get(key)
+            return None if blob is None else decode_result(blob)
+        except (sqlite3.Error, ConfigError) as exc:
+            # A broken entry is a miss (and is overwritten), never a failed call.
+            log.warning("%s", redact(f"cache {self.cache.path}: unreadable entry {key[:12]}… treated as a miss ({exc})"))
+            return None
+
+    def _cache_put(self, key: str, item: Any) -> None:
+        assert self.cache is not None
+        try:
+            self.cache.put(key, encode_result(replace(item, usage=Usage())))
+        except (sqlite3.Error, ConfigError) as exc:
+            # The call is paid for already: failing it because the cache is full would waste it.
+            log.warning("%s", redact(f"cache {self.cache.path}: could not store a result ({exc})"))
+
+    def _send(self, request: Any, method: str, handler: ItemOps, n: int) -> Any:
+        """One provider call for ``request`` (n items): reserve, call with retries, commit."""
+        reservation = None
+        if self.ledger is not None:
+            q, p, c = estimate_request(request)
+            reservation = self.ledger.reserve(q, p, c, model=self._model, what=_describe_request(request))
+        what = f"provider {self.name}: {method}()"
+        try:
+            result = self.retry.run(lambda: getattr(self.provider, method)(request), what=what)
+        except BlackboxError:
+            if reservation is not None:
+                self.ledger.release(reservation)  # type: ignore[union-attr]
+            raise
+        except Exception as exc:
+            if reservation is not None:
+                self.ledger.release(reservation)  # type: ignore[union-attr]
+            raise ProviderError(redact(f"{what} raised {type(exc).__name__}: {exc}")) from exc
+        except BaseException:
+            if reservation is not None:
+                self.ledger.release(reservation)  # type: ignore[union-attr]
+            raise
+        with self._stats_lock:
+            self._stats["provider_calls"] += 1
+
+        usage = getattr(result, "usage", None)
+        if not isinstance(usage, Usage):
+            usage = Usage()
+        if usage.queries == 0 and not usage.cached:
+            usage = replace(usage, queries=n)  # a provider that reports nothing still spent n queries
+        if reservation is not None:
+            # Committed before the result is checked: a malformed answer was still paid for.
+            cost = self.ledger.commit(reservation, usage)  # type: ignore[union-attr]
+            if cost and not usage.cost:
+                usage = replace(usage, cost=cost)
+        expected = REQUEST_TO_RESULT[type(request)]
+        if not isinstance(result, expected):
+            raise ProviderError(f"{what}: expected a {expected.__name__}, received a {type(result).__name__}")
+        got = handler.result_count(result)
+        if got != n:
+            raise ProviderError(f"{what}: expected {n} results (one per item), received {got}")
+        return replace(result, usage=usage)
+
+    # many requests -----------------------------------------------------------------------
+    def map(self, requests: Iterable[Any], concurrency: int | None = None, *, return_exceptions: bool = False) -> list[Any]:
+        """Serve ``requests`` with at most ``concurrency`` in flight; results in request order.
+
+        Every request ends in exactly one result or one error. With ``return_exceptions`` the
+        errors take their request's place; otherwise the first failing request's error is
+        raised once the calls already running have finished (requests not yet started are dropped).
+        """
+        reqs = list(requests)
+        workers = self.concurrency if concurrency is None else _check_concurrency("concurrency", concurrency)
+        if workers == 1 or len(reqs) <= 1:
+            out: list[Any] = []
+            for r in reqs:
+                try:
+                    out.append(self.call(r))
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    out.append(exc)
+            return out
+
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(reqs)), thread_name_prefix="blackbox-client")
+        futures: list[Future] = []
+        try:
+            futures = [pool.submit(self.call, r) for r in reqs]
+            _, pending = wait(futures, return_when=ALL_COMPLETED if return_exceptions else FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()  # after a failure: drop requests not started yet; running ones finish below
+        except BaseException:
+            for f in futures:
+                f.cancel()  # e.g. KeyboardInterrupt: spend no more queries
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        results: list[Any] = []
+        for f in futures:
+            if f.cancelled():
+                results.append(None)
+                continue
+            exc = f.exception()
+            if exc is None:
+                results.append(f.result())
+            elif return_exceptions and isinstance(exc, Exception):
+                results.append(exc)
+            else:
+                raise exc
+        return results
+
+    def estimate(self, requests: Iterable[Any]) -> dict[str, Any]:
+        """What ``requests`` would cost now: cached items are free (see :meth:`Ledger.estimate`)."""
+        pending, cached = [], 0
+        identity = self.provider.cache_identity()
+        for r in requests:
+            handler = item_ops(r, ITEM_OPS, "request")
+            if not (self.use_cache and self.cache is not None and handler.count(r) > 0 and _cacheable(r)):
+                pending.append(r)
+                continue
+            items = handler.split(r)
+            misses = [it for it in items if key_from_identity(identity, it) not in self.cache]
+            cached += len(items) - len(misses)
+            if misses:
+                pending.append(handler.join(misses))
+        out = (self.ledger or Ledger()).estimate(pending, model=self._model)
+        out["cached_items"] = cached
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Requests served, provider calls made, items, cache hits and misses (this client)."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def close(self) -> None:
+        """Close the wrapped provider and a cache this client opened itself (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.provider.close()
+        finally:
+            if self._owns_cache and self.cache is not None:
+                self.cache.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_concurrency(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_value(name, "an integer >= 1", value)
+    return value
+
