@@ -10,14 +10,23 @@ checkout. See docs/architecture.md.)
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
+from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 import typer
 
-from ._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _fail, _show_progress, handle_errors, parse_sets  # noqa: F401
+from ._cli_util import (  # noqa: F401 - re-exported for older imports
+    JSON_OPT,
+    PROGRESS_OPT,
+    ProgressBar,
+    _emit_json,
+    _fail,
+    _show_progress,
+    handle_errors,
+    on_interrupt,
+    parse_sets,
+    run_with_query_bar,
+)
 from ._version import __version__
 from .errors import BlackboxError
 
@@ -62,6 +71,8 @@ class _Progress(ProgressBar):
 
 def _print_result(result: Any, as_json: bool) -> None:
     data = result.to_json()
+    for warning in data.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         _emit_json(data)
         return
@@ -101,17 +112,35 @@ def optimize(
         checkpoint_every=checkpoint_every,
         checkpoint_seconds=checkpoint_seconds,
     )
-    with _Progress(budget, _show_progress(progress)) as bar:
+    on_interrupt(lambda: f"the run keeps its last checkpoint (resume with `blackbox runs resume {run_dir}`)"
+                 if (Path(run_dir) / "state.safetensors").is_file()
+                 else "no checkpoint had been written; the run directory was removed")
+    with _Progress(budget, _show_progress(progress, as_json)) as bar:
         result = start_run(run_dir, config, callbacks=(bar,))
     _print_result(result, as_json)
 
 
 @runs_app.command("show")
 @handle_errors
-def runs_show(run_dir: str = typer.Argument(..., help="Run directory."), as_json: bool = JSON_OPT) -> None:
-    """Show a run's config, progress and result."""
+def runs_show(run_dir: str = typer.Argument(..., help="Run directory (of `optimize` or of any method)."), as_json: bool = JSON_OPT) -> None:
+    """Show a run's config, progress and result, whichever command made it."""
+    from .methods.base import method_of, require_run_dir
     from .runs import show_run
 
+    method = method_of(require_run_dir(run_dir))
+    if method is not None:
+        info = {"run_dir": run_dir, **method.show(Path(run_dir))}
+        if not info["finished"]:
+            info["resume"] = method.resume_hint(Path(run_dir))
+        if as_json:
+            _emit_json(info)
+            return
+        status = "finished" if info["finished"] else f"in progress ({info['resume']} to continue)"
+        typer.echo(f"run {run_dir}: {info['method']}, {status}")
+        typer.echo(f"  {info['progress']}")
+        if info["metrics"]:
+            typer.echo("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info["metrics"].items()))
+        return
     info = show_run(run_dir)
     if as_json:
         _emit_json(info)
@@ -134,10 +163,26 @@ def runs_resume(
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Continue a run from its last checkpoint; the result is identical to an uninterrupted run."""
+    from .methods.base import method_of, require_run_dir
     from .runs import Run
 
+    method = method_of(require_run_dir(run_dir))
+    if method is not None:
+        if not hasattr(method, "resume"):
+            raise BlackboxError(f"run_dir: {run_dir} is a {method.name} run, which `runs resume` cannot continue; "
+                                f"{method.resume_hint(Path(run_dir))}")
+        on_interrupt(lambda: f"the run keeps its last checkpoint ({method.resume_hint(Path(run_dir))} to continue)")
+        info = method.show(Path(run_dir))
+        res = run_with_query_bar(_show_progress(progress, as_json), info.get("budget", 0), info.get("queries", 0),
+                                 lambda on_step: method.resume(Path(run_dir), on_step=on_step))
+        if as_json:
+            _emit_json(res)
+        else:
+            typer.echo(", ".join(f"{k} {v}" for k, v in sorted(res.items()) if isinstance(v, (int, float, str))))
+        return
+    on_interrupt(lambda: f"the run keeps its last checkpoint (resume with `blackbox runs resume {run_dir}`)")
     run = Run.load(run_dir)
-    with _Progress(run.config.budget, _show_progress(progress), done=run.opt.queries) as bar:
+    with _Progress(run.config.budget, _show_progress(progress, as_json), done=run.opt.queries) as bar:
         result = run.execute((bar,), resumed=True)
     _print_result(result, as_json)
 
@@ -218,17 +263,32 @@ def providers_probe(spec: str = typer.Argument(..., help="Provider spec, e.g. op
         typer.echo(f"  {cap:<14} {ms:9.2f} ms")
 
 
-# Method command groups live beside their methods. Each module defines ``app`` and imports
-# torch and friends only inside its commands, so ``blackbox --help`` stays fast.
-_METHOD_GROUPS = {
-    "blackvip": "blackbox.methods.blackvip.cli",
-    "unlearn": "blackbox.methods.eco.cli",
-    "crosstune": "blackbox.methods.crosstune.cli",
-    "fuse": "blackbox.methods.fusion.cli",
-}
-for _name, _module in _METHOD_GROUPS.items():
-    if importlib.util.find_spec(_module) is not None:
-        app.add_typer(importlib.import_module(_module).app, name=_name)
+def _mount_methods() -> None:
+    """Mount every registered method's command group (built-ins and entry-point plugins).
+
+    Each group module defines ``app`` and imports torch and friends only inside its commands,
+    so ``blackbox --help`` stays fast. A plugin whose group fails to import is a warning.
+    """
+    import warnings
+
+    from .errors import PluginWarning
+    from .registry import methods
+
+    for entry in methods.entries():
+        info = entry.obj
+        group, cli_path = getattr(info, "cli_group", ""), getattr(info, "cli", "")
+        if not group or not cli_path:
+            continue
+        try:
+            app.add_typer(info.load_cli(), name=group)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            if entry.source == "builtin":
+                raise
+            warnings.warn(f"method plugin {entry.name!r}: its command group {cli_path} failed to load: "
+                          f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
+
+
+_mount_methods()
 
 
 def main() -> None:

@@ -89,7 +89,7 @@ class Registry(Generic[T]):
                         stacklevel=3,
                     )
                     continue
-                self._entries[ep.name] = Entry(ep.name, obj, "plugin", _summary(obj))
+                self._entries[ep.name] = Entry(ep.name, obj, _source(ep), _declared_summary(obj))
 
     def get(self, name: str) -> T:
         """Return the component called ``name``; unknown names list the valid ones."""
@@ -125,6 +125,18 @@ class Registry(Generic[T]):
             self._plugins_loaded = False
 
 
+def _source(ep: Any) -> str:
+    """``builtin`` for entry points of this distribution (a method's provider), else ``plugin``."""
+    dist = getattr(ep, "dist", None)
+    return "builtin" if dist is not None and dist.name == "blackbox-adapt" else "plugin"
+
+
+def _declared_summary(obj: Any) -> str:
+    """A component's own ``summary`` string if it has one, else its docstring's first line."""
+    declared = getattr(obj, "summary", None)
+    return declared if isinstance(declared, str) and declared else _summary(obj)
+
+
 def _summary(obj: Any) -> str:
     doc = getattr(obj, "__doc__", None) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -141,5 +153,7 @@ def register_decorator(registry: Registry[Any], name: str, summary: str = "") ->
 
 
 optimizers: Registry[Any] = Registry("optimizer", "blackbox.optimizers", ("blackbox.optim.recipes",))
-providers: Registry[Any] = Registry("provider", "blackbox.providers", ("blackbox.providers", "blackbox.methods.eco.guarded"))
+# Providers that a method brings (``eco:RUN_DIR``) are entry points of this distribution, listed
+# as built-ins: the core never imports a method.
+providers: Registry[Any] = Registry("provider", "blackbox.providers", ("blackbox.providers",))
 methods: Registry[Any] = Registry("method", "blackbox.methods", ("blackbox.methods",))

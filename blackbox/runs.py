@@ -17,6 +17,7 @@ bit-identical to one that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,12 +26,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ._version import __version__
-from .errors import BlackboxError, ConfigError, RunError, bad_value
+from .errors import BlackboxError, ConfigError, ObjectiveError, RunError, bad_value
 from .objectives import Objective, load_objective
 from .optim.base import Optimizer, StepInfo
 
@@ -106,6 +107,61 @@ def load_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
+# Settings that change when checkpoints are written, never the result: editable on resume.
+_NO_EFFECT = ("checkpoint_every", "checkpoint_seconds")
+
+
+# --- run directories shared by every command ------------------------------------------------
+def trim_history(hist: Path, lines: int) -> None:
+    """Keep the first ``lines`` lines of a history log (those a checkpoint covers), so a resumed
+    run's log matches an uninterrupted one; fewer lines than that is a damaged run."""
+    if not hist.exists():
+        if lines:
+            raise RunError(f"run_dir: {hist.name} is missing but the checkpoint expects {lines} lines")
+        return
+    with open(hist, "rb") as fh:
+        rows = fh.read().split(b"\n")
+    kept = rows[:lines]
+    if len(kept) < lines or (lines and not kept[-1]):
+        raise RunError(f"run_dir: {hist.name} has fewer lines than the checkpoint expects ({lines})")
+    atomic_write_bytes(hist, b"".join(row + b"\n" for row in kept))
+
+
+def prepare_run_dir(run_dir: str | Path, what: str) -> Path:
+    """Create ``run_dir`` (parents too) or accept it when empty or holding a run (``config.json``;
+    the method then checks the run is its own with the same settings). Anything else is one line:
+    a file in the way, a non-empty folder that is not a run, a path that cannot be created."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"run_dir: expected a directory, received the existing file {str(path)!r}")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG).is_file():
+        raise RunError(f"run_dir: expected a new or empty directory (or a {what} run to resume), "
+                       f"received {str(path)!r}, which holds other files")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"run_dir: cannot write to {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+@contextlib.contextmanager
+def discard_unless_checkpointed(path: Path, *checkpoints: str) -> Iterator[None]:
+    """If the body fails (or is interrupted) before any of ``checkpoints`` exists in ``path``,
+    remove what it wrote there, so that the corrected command starts clean rather than meeting
+    a half-made run that "exists with different settings". A folder that held files before
+    the body started is never removed."""
+    had_files = path.is_dir() and any(p.name != ".write-test" for p in path.iterdir())
+    try:
+        yield
+    except BaseException:
+        if not had_files and not any((path / c).exists() for c in checkpoints):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 # --- configuration ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunConfig:
@@ -159,6 +215,7 @@ class RunResult:
     wall_seconds: float
     resumed: bool
     hyperparameters: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (non-finite floats as strings)."""
@@ -192,7 +249,10 @@ class Run:
         if path.is_dir() and any(path.iterdir()):
             hint = " (it is a run: use `blackbox runs resume`)" if (path / CONFIG).exists() else ""
             raise RunError(f"run_dir: expected a new or empty directory, received {str(path)!r}, which has files{hint}")
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"run_dir: cannot create {str(path)!r}: {exc.strerror or exc}") from None
         run = cls(path, config, objective, opt)
         run._write_config()
         return run
@@ -217,6 +277,12 @@ class Run:
                 arrays, meta = load_tensors(state_file)
             except Exception as exc:  # noqa: BLE001
                 raise RunError(f"run_dir: could not read checkpoint {state_file}: {exc}") from exc
+            started, now = meta.get("request"), json.loads(json.dumps(asdict(config)))
+            changed = [k for k in now if k not in _NO_EFFECT and started is not None and started.get(k) != now[k]]
+            if changed:
+                changed = ", ".join(f"{k}: {started.get(k)!r} -> {now[k]!r}" for k in changed)
+                raise RunError(f"run_dir: {CONFIG} in {str(path)!r} was edited after the run started ({changed}); "
+                               "restore it, or start a new run with the new settings")
             try:
                 opt.load_state_dict(arrays, meta["optimizer_state"])
             except (ConfigError, KeyError) as exc:
@@ -240,17 +306,7 @@ class Run:
         )
 
     def _truncate_history(self) -> None:
-        hist = self.path / HISTORY
-        if not hist.exists():
-            if self.history_lines:
-                raise RunError(f"run_dir: {HISTORY} is missing but the checkpoint expects {self.history_lines} lines")
-            return
-        with open(hist, "rb") as fh:
-            lines = fh.read().split(b"\n")
-        kept = lines[: self.history_lines]
-        if len(kept) < self.history_lines or (self.history_lines and not kept[-1]):
-            raise RunError(f"run_dir: {HISTORY} has fewer lines than the checkpoint expects ({self.history_lines})")
-        atomic_write_bytes(hist, b"".join(line + b"\n" for line in kept))
+        trim_history(self.path / HISTORY, self.history_lines)
 
     @property
     def finished(self) -> bool:
@@ -269,10 +325,26 @@ class Run:
             self._buffer = []
         arrays, meta = self.opt.state_dict()
         arrays = {**arrays, "x": self.opt.recommend()}
-        state = {"history_lines": self.history_lines, "optimizer_state": meta, "finished": self.finished}
+        state = {"history_lines": self.history_lines, "optimizer_state": meta, "finished": self.finished,
+                 "request": asdict(self.config)}
         save_tensors(self.path / STATE, arrays, state)
         atomic_write_json(self.path / STATE_JSON, _jsonable(state))
         self._checkpointed = True
+
+    def _warnings(self) -> list[str]:
+        if math.isfinite(self.opt.best_loss):
+            return []
+        return [f"no finite loss in {self.opt.queries} queries (on_nonfinite={self.opt.config.on_nonfinite}): "
+                "there is no result; the recommended point is the start x0"]
+
+    def _evaluate(self, X: np.ndarray) -> np.ndarray:
+        """The objective's losses; its own exceptions become one line naming it (not a traceback)."""
+        try:
+            return self.objective(X, self.opt.candidate_seeds())
+        except BlackboxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code may raise anything
+            raise ObjectiveError(f"objective {self.config.objective}: raised {type(exc).__name__}: {exc}") from exc
 
     def execute(self, callbacks: tuple[Callback, ...] = (), *, resumed: bool = False) -> RunResult:
         """Run until the budget is spent, checkpointing as configured."""
@@ -284,7 +356,7 @@ class Run:
         try:
             while self.opt.can_ask():
                 X = self.opt.ask()
-                losses = self.objective(X, self.opt.candidate_seeds())
+                losses = self._evaluate(X)
                 info = self.opt.tell(losses)
                 self._buffer.append(json.dumps(_jsonable(info.to_json()), sort_keys=True) + "\n")
                 for cb in callbacks:
@@ -315,6 +387,7 @@ class Run:
             wall_seconds=time.perf_counter() - t0,
             resumed=resumed,
             hyperparameters=_jsonable(self.opt.resolved_hyperparameters()),
+            warnings=self._warnings(),
         )
         atomic_write_json(self.path / RESULT, result.to_json())
         return result

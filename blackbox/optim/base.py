@@ -14,13 +14,13 @@ replays exactly.
 from __future__ import annotations
 
 import math
-import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..config import Config
 from ..errors import BudgetError, ConfigError, ObjectiveError, bad_value
 
 _NONFINITE = ("error", "skip")
@@ -103,8 +103,9 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
-    """Base class of optimizer configs: every field has ``metadata['help']``."""
+class OptimizerConfig(Config):
+    """Base class of optimizer configs: every field has ``metadata['help']``; ``--set``
+    parsing, ``describe`` and ``to_dict`` come from :class:`blackbox.config.Config`."""
 
     on_nonfinite: str = field(
         default="error",
@@ -114,63 +115,6 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.on_nonfinite not in _NONFINITE:
             raise bad_value("on_nonfinite", f"one of {_NONFINITE}", self.on_nonfinite)
-
-    @classmethod
-    def describe(cls) -> list[dict[str, Any]]:
-        """Hyperparameters with defaults and help text (for ``optimizers list``)."""
-        return [
-            {"name": f.name, "default": f.default, "help": f.metadata.get("help", "")}
-            for f in fields(cls)
-        ]
-
-    @classmethod
-    def from_overrides(cls, overrides: dict[str, Any]) -> "OptimizerConfig":
-        """Build from ``{name: value}`` where values may be strings from ``--set``."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for key, raw in overrides.items():
-            if key not in known:
-                raise ConfigError(
-                    f"--set {key}: unknown hyperparameter; valid: {', '.join(sorted(known))}"
-                )
-            kwargs[key] = _coerce(key, raw, known[key].default, known[key].type)
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Field values as a JSON-ready dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _coerce(name: str, raw: Any, default: Any, annotation: Any = None) -> Any:
-    """Parse a ``--set`` string by the field's declared type (``int | None`` → int or None)."""
-    if not isinstance(raw, str):
-        return raw
-    text = raw.strip()
-    ann = str(annotation or "")
-    optional = default is None or "None" in ann
-    kind = type(default).__name__ if default is not None else next(
-        (t for t in ("bool", "int", "float", "str") if re.search(rf"\b{t}\b", ann)), "str"
-    )
-    # "auto" means "calibrate / choose for me" for optional numbers; strings keep it verbatim.
-    if optional and text.lower() in (("none", "null") if kind == "str" else ("none", "null", "auto")):
-        return None
-    if kind == "bool":
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise bad_value(name, "a boolean (true/false)", raw)
-    if kind == "int":
-        try:
-            return int(text)
-        except ValueError:
-            raise bad_value(name, "an integer" + (" or none" if optional else ""), raw) from None
-    if kind == "float":
-        try:
-            return float(text)
-        except ValueError:
-            raise bad_value(name, "a number" + (" or none" if optional else ""), raw) from None
-    return text
 
 
 def check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, parse_sets
+from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, SEED_OPT, SET_OPT, _emit_json, _show_progress, handle_errors, on_interrupt, run_with_query_bar
 
 DEFAULT_PROVIDER = "efficientnet-lite0?size=96"
 
@@ -28,47 +28,42 @@ def train(
     dataset: str = typer.Option("mnist", "--dataset", help="mnist, digits, fashion-mnist, a class_name/*.png folder, or an .npz."),
     shots: int = typer.Option(16, "--shots", help="Training images per class."),
     budget: int = typer.Option(20000, "--budget", help="Black-box image queries for training."),
+    seed: int = SEED_OPT,
     run_dir: str = typer.Option(..., "--run-dir", help="Run directory (an existing one with the same settings resumes)."),
-    sets: list[str] = typer.Option([], "--set", help="Any other setting as key=value (see `blackbox blackvip options`)."),
+    sets: list[str] = SET_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a prompt (resumes when RUN_DIR already holds a checkpoint of the same run)."""
-    from blackbox.provider import load_provider
-
     from .config import BlackVIPConfig
-    from .data import load_dataset
-    from .method import BlackVIP, check_config_for
+    from .method import BlackVIPMethod
 
-    overrides: dict[str, Any] = {**parse_sets(sets), "shots": shots, "budget": budget}
-    cfg = BlackVIPConfig.from_overrides(overrides)
-    data = load_dataset(dataset)
-    check_config_for(data, cfg)
-    model = load_provider(provider)
-    run = BlackVIP(model, data, cfg, run_dir, provider_spec=provider, dataset=dataset)
-    done = 0
-    if (Path(run_dir) / "state.safetensors").exists():
-        from blackbox.runs import load_tensors
-
-        done = int(load_tensors(Path(run_dir) / "state.safetensors")[1]["queries"])
+    cfg = BlackVIPConfig.from_overrides(sets, shots=shots, budget=budget, seed=seed)
+    method = BlackVIPMethod()
+    show = _show_progress(progress, as_json)
+    on_interrupt(lambda: _resume_hint(method, Path(run_dir)))
+    done = _queries_done(Path(run_dir))
+    if done:
         typer.echo(f"resuming {run_dir} at {done} queries", err=True)
-    last: dict[str, Any] = {"acc": "-"}
-    with ProgressBar(budget, "queries", _show_progress(progress), done=done) as bar:
-
-        def on_step(row: dict[str, Any]) -> None:
-            if "test_accuracy" in row:
-                last["acc"] = f"{row['test_accuracy']:.1%}"
-            bar.update(row["queries"], loss=f"{row['loss']:.3f}", test=last["acc"])
-
-        result = run.fit(on_step=on_step)
-    from .report import write_pictures
-
-    write_pictures(run)
-    res = result.to_json()
+    res = run_with_query_bar(show, budget, done, lambda on_step: method.fit(cfg, run_dir, provider=provider, dataset=dataset, on_step=on_step))
     if as_json:
         _emit_json(res)
     else:
         typer.echo(_summary(res))
+
+
+def _queries_done(run_dir: Path) -> int:
+    if not (run_dir / "state.safetensors").exists():
+        return 0
+    from blackbox.runs import load_tensors
+
+    return int(load_tensors(run_dir / "state.safetensors")[1]["queries"])
+
+
+def _resume_hint(method: Any, run_dir: Path) -> str:
+    if (run_dir / "state.safetensors").exists():
+        return f"the run keeps its last checkpoint ({method.resume_hint(run_dir)} to continue)"
+    return "no checkpoint had been written; nothing to resume"
 
 
 @app.command("eval")
@@ -79,15 +74,14 @@ def evaluate(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Test accuracy of a trained prompt (re-queries the black box on the test split)."""
-    from .data import load_dataset
-    from .method import BlackVIP
+    from .method import BlackVIPMethod
 
-    run = BlackVIP.load(run_dir, data=load_dataset(dataset) if dataset else None)
-    res = run.evaluate().to_json()
+    res = BlackVIPMethod().evaluate(run_dir, dataset)
     if as_json:
         _emit_json(res)
     else:
-        typer.echo(_summary(res))
+        typer.echo(f"test accuracy {res['test_accuracy']:.1%} on {res['n_test']} images of {res['dataset']} "
+                   f"({res['prompt']}, {res['output']}) | {res['queries']} queries")
 
 
 @app.command()

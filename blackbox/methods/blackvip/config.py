@@ -3,13 +3,12 @@ default of this toolkit (and the reason) in its help text."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from blackbox.config import Config
 from blackbox.errors import bad_value
-from blackbox.optim.base import _coerce
 
 PROMPTS = ("coordinator", "full", "pad", "none")
 OUTPUTS = ("head", "map", "identity")
@@ -22,7 +21,7 @@ def _f(default: Any, help: str) -> Any:
 
 
 @dataclass(frozen=True)
-class BlackVIPConfig:
+class BlackVIPConfig(Config):
     """Hyperparameters of a BlackVIP run (``--set key=value`` on the command line)."""
 
     # data
@@ -102,26 +101,3 @@ class BlackVIPConfig:
             raise bad_value("o", "a number >= 0", self.o)
         if self.label_map == "fixed" and self.output == "map" and not self.fixed_map:
             raise bad_value("fixed_map", "a JSON object {task class: [source classes]} when label_map=fixed", self.fixed_map)
-
-    @classmethod
-    def from_overrides(cls, overrides: dict[str, Any]) -> "BlackVIPConfig":
-        """Build from ``{name: value}`` where values may be strings (``--set``); unknown names are errors."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise bad_value("--set", f"keys among {', '.join(sorted(fields))}", ", ".join(unknown))
-        hints = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {k: _coerce(k, v, fields[k].default, hints[k]) for k, v in overrides.items()}
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> "BlackVIPConfig":
-        """A copy with ``changes`` applied (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def describe(cls) -> list[dict[str, Any]]:
-        """Every field with its default and help text."""
-        return [{"name": f.name, "default": f.default, "help": f.metadata["help"]} for f in dataclasses.fields(cls)]

@@ -20,9 +20,17 @@ import numpy as np
 from blackbox.errors import ConfigError, ObjectiveError, RunError, bad_value
 from blackbox.optim.recipes import make_optimizer
 from blackbox.provider import Provider, require
-from blackbox.runs import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from blackbox.runs import (
+    atomic_write_json,
+    discard_unless_checkpointed,
+    load_tensors,
+    prepare_run_dir,
+    save_tensors,
+    trim_history,
+)
 from blackbox.types import Capability, ClassifyRequest
 
+from ..base import read_config
 from .config import BlackVIPConfig
 from .data import ImageSet, few_shot_split
 from .encoders import fit_projection, make_encoder, project
@@ -30,6 +38,7 @@ from .outputs import FoldedHead, fixed_map, frequency_map, identity_map, mapped_
 from .prompts import Coordinator, FullPrompt, NoPrompt, PadPrompt, PromptModule, apply_prompt
 
 VERSION = 1
+STATE = "state.safetensors"
 
 
 def make_prompt(cfg: BlackVIPConfig, side: int) -> PromptModule:
@@ -291,10 +300,7 @@ class BlackVIP:
         else:
             self.outputs = Outputs(self.cfg.output, self.n_task, M=arrays["map"])
         # Drop history lines written after the checkpoint, so a resumed run's log matches.
-        hist = self.run_dir / "history.jsonl"
-        if hist.exists():
-            lines = hist.read_text().splitlines()[: self.history_lines]
-            atomic_write_bytes(hist, ("\n".join(lines) + ("\n" if lines else "")).encode())
+        trim_history(self.run_dir / "history.jsonl", self.history_lines)
 
     def _log(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "history.jsonl", "a") as fh:
@@ -429,7 +435,7 @@ class BlackVIP:
         saved = json.loads(path.read_text())
         if saved.get("method") != "blackvip":
             raise RunError(f"run_dir: expected a BlackVIP run, received a {saved.get('method')!r} run in {run_dir}")
-        cfg = BlackVIPConfig(**saved["config"])
+        cfg = BlackVIPConfig.from_dict(saved["config"])
         provider = provider or load_provider(saved["provider"])
         data = data or load_dataset(saved["dataset"])
         run = cls(provider, data, cfg, run_dir, provider_spec=saved["provider"], dataset=saved["dataset"])
@@ -437,13 +443,15 @@ class BlackVIP:
         run._restore()
         return run
 
-    def evaluate(self) -> TrainResult:
-        """Test accuracy of the saved prompt and map/head on the run's test split."""
+    def evaluate(self) -> dict[str, Any]:
+        """Test accuracy of the saved prompt and map/head on this run's test split (only what
+        this evaluation measured, with the black-box queries it spent)."""
         e0 = self.bb.queries
         acc = self._accuracy(self._probs_on(self.theta, "test"))
-        self.eval_queries += self.bb.queries - e0
-        self.metrics["test_accuracy"] = acc
-        return self.result()
+        spent = self.bb.queries - e0
+        self.eval_queries += spent
+        return {"run_dir": str(self.run_dir), "dataset": self.dataset, "n_test": int(len(self.test_idx)),
+                "test_accuracy": acc, "queries": int(spent), "prompt": self.cfg.prompt, "output": self.cfg.output}
 
 
 def check_config_for(data: ImageSet, cfg: BlackVIPConfig) -> None:
@@ -452,3 +460,66 @@ def check_config_for(data: ImageSet, cfg: BlackVIPConfig) -> None:
     if cfg.shots >= counts.min():
         c = int(np.argmin(counts))
         raise ConfigError(f"shots: expected at most {counts.min() - 1} for class {data.classes[c]!r} ({counts.min()} images), received {cfg.shots}")
+
+
+class BlackVIPMethod:
+    """BlackVIP behind the method protocol (:class:`blackbox.methods.base.Method`)."""
+
+    name = "blackvip"
+    Config = BlackVIPConfig
+    requires = frozenset({Capability.PROBS, Capability.LOGITS})  # either one (any_of)
+
+    def fit(self, config: BlackVIPConfig, run_dir: str | Path, *, provider: str, dataset: str,
+            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train (or resume) a prompt against ``provider`` on ``dataset``; writes the pictures."""
+        from blackbox.provider import load_provider
+
+        from .data import load_dataset
+        from .report import write_pictures
+
+        data = load_dataset(dataset)
+        check_config_for(data, config)
+        path = prepare_run_dir(run_dir, "BlackVIP")
+        with discard_unless_checkpointed(path, STATE):
+            run = BlackVIP(load_provider(provider), data, config, path, provider_spec=provider, dataset=dataset)
+            result = run.fit(on_step=on_step)
+        write_pictures(run)
+        return result.to_json()
+
+    def evaluate(self, run_dir: str | Path, data: str | None = None, **options: Any) -> dict[str, Any]:
+        """Test accuracy of a trained prompt on the run's split (or ``data``'s)."""
+        from .data import load_dataset
+
+        return BlackVIP.load(run_dir, data=load_dataset(data) if data else None).evaluate()
+
+    def load(self, run_dir: str | Path, **options: Any) -> BlackVIP:
+        """The trained run, ready for ``predict_images``."""
+        return BlackVIP.load(run_dir, **options)
+
+    def owns(self, run_dir: Path) -> bool:
+        """A folder whose config.json was written by BlackVIP."""
+        cfg = read_config(run_dir)
+        return cfg is not None and cfg.get("method") == "blackvip"
+
+    def show(self, run_dir: Path) -> dict[str, Any]:
+        """Queries spent of the budget and the last test accuracy seen."""
+        saved = read_config(run_dir) or {}
+        budget = saved.get("config", {}).get("budget")
+        meta: dict[str, Any] = {}
+        if (Path(run_dir) / STATE).is_file():
+            meta = load_tensors(Path(run_dir) / STATE)[1]
+        queries = int(meta.get("queries", 0))
+        finished = (Path(run_dir) / "result.json").is_file()
+        return {"method": self.name, "finished": finished, "metrics": meta.get("metrics", {}), "queries": queries, "budget": budget,
+                "progress": f"{queries}/{budget} queries, step {meta.get('step', 0)} ({saved.get('provider')} on {saved.get('dataset')})"}
+
+    def resume_hint(self, run_dir: Path) -> str:
+        """Resuming re-runs training from the stored provider, dataset and settings."""
+        return f"run `blackbox runs resume {run_dir}`"
+
+    def resume(self, run_dir: Path, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Continue a run from its checkpoint with the settings stored in it."""
+        saved = read_config(run_dir) or {}
+        return self.fit(BlackVIPConfig.from_dict(saved["config"]), run_dir, provider=saved["provider"],
+                        dataset=saved["dataset"], on_step=on_step)
+

@@ -6,11 +6,12 @@ Wiring only; torch, transformers and scikit-learn are imported inside the comman
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, parse_sets
+from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, on_interrupt
 
 app = typer.Typer(
     help="CrossTune: label-enhanced cross-attention heads over black-box LM features, with LLM augmentation and a switch.",
@@ -46,9 +47,9 @@ class _Bars:
             self.current = None
 
 
-def _with_bars(progress: Optional[bool], fn: Any, *args: Any, **kwargs: Any) -> Any:
+def _with_bars(progress: Optional[bool], as_json: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn(*args, progress=bars, **kwargs)`` with progress bars on stderr when enabled."""
-    bars = _Bars(_show_progress(progress))
+    bars = _Bars(_show_progress(progress, as_json))
     try:
         return fn(*args, progress=bars, **kwargs)
     finally:
@@ -79,9 +80,13 @@ def fit(
     from .config import CrossTuneConfig
     from .run import fit_run
 
-    overrides = parse_sets(sets)
-    config = CrossTuneConfig.from_strings(overrides, method=method, seed=seed, augment_n=augment_n, switch=not no_switch)
-    out = _with_bars(progress, fit_run, run_dir, features=features, train=train, shots=shots, config=config, text_field=text_field,
+    from .method import CrossTuneMethod
+
+    config = CrossTuneConfig.from_overrides(sets, method=method, seed=seed, augment_n=augment_n, switch=not no_switch)
+    hint = CrossTuneMethod().resume_hint(Path(run_dir))
+    on_interrupt(lambda: f"generated examples so far are kept ({hint} to continue)"
+                 if (Path(run_dir) / "augment.jsonl").is_file() else "nothing was saved")
+    out = _with_bars(progress, as_json, fit_run, run_dir, features=features, train=train, shots=shots, config=config, text_field=text_field,
                      label_field=label_field, descriptions_file=labels, augment_with=augment_with, cache=cache)
     row = {k: out[k] for k in ("method", "classes", "n_train", "queries", "feature_queries", "train_seconds", "augment") if k in out}
     row["run_dir"] = run_dir
@@ -111,7 +116,7 @@ def eval_cmd(
     """Accuracy and macro-F1 of a fitted run on a labelled file."""
     from .run import eval_run
 
-    out = _with_bars(progress, eval_run, run_dir, test, allow_unseen=allow_unseen, text_field=text_field, label_field=label_field, cache=cache)
+    out = _with_bars(progress, as_json, eval_run, run_dir, test, allow_unseen=allow_unseen, text_field=text_field, label_field=label_field, cache=cache)
     row = {k: out[k] for k in ("accuracy", "macro_f1", "n_test", "n_unseen", "queries")}
     if as_json:
         _emit_json(row)
@@ -134,7 +139,7 @@ def predict(
     """Predicted label and class probabilities for each text (JSONL)."""
     from .run import predict_run
 
-    out = _with_bars(progress, predict_run, run_dir, input_file, text_field=text_field, cache=cache)
+    out = _with_bars(progress, as_json, predict_run, run_dir, input_file, text_field=text_field, cache=cache)
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in out["predictions"]]
     if output:
         from pathlib import Path

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from blackbox.config import Config
 from blackbox.errors import bad_value
 
 METHODS = ("crosstune", "no-labels", "linear-probe", "zero-shot")
@@ -24,8 +25,8 @@ def _float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False
         raise bad_value(name, f"a number in {lb}{lo}, {hi}{rb}", value)
 
 
-@dataclass
-class CrossTuneConfig:
+@dataclass(frozen=True)
+class CrossTuneConfig(Config):
     """Hyperparameters of the head, its training, and augmentation with the switch."""
 
     method: str = field(default="crosstune", metadata={"help": "crosstune (label-enhanced cross-attention head), no-labels (same head, learnt class queries, no descriptions), linear-probe, zero-shot"})
@@ -78,7 +79,7 @@ class CrossTuneConfig:
         _int("folds", self.folds, 1, 64)
         if not isinstance(self.linear, bool):
             raise bad_value("linear", "true or false", self.linear)
-        self.probe_cs = tuple(self.probe_cs)
+        object.__setattr__(self, "probe_cs", tuple(self.probe_cs))
         if not self.probe_cs or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0 for c in self.probe_cs):
             raise bad_value("probe_cs", "a non-empty list of positive numbers", list(self.probe_cs))
         _int("seed", self.seed, 0, 2**63 - 1)
@@ -97,41 +98,9 @@ class CrossTuneConfig:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types."""
-        out = asdict(self)
-        out["probe_cs"] = list(self.probe_cs)
-        return out
+        return self.to_dict()
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "CrossTuneConfig":
         """Inverse of :meth:`to_json`; unknown keys are an error naming the valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(obj) - valid)
-        if unknown:
-            raise bad_value("config", f"keys among {', '.join(sorted(valid))}", unknown)
-        return cls(**obj)
-
-    @classmethod
-    def from_strings(cls, sets: dict[str, str], **base: Any) -> "CrossTuneConfig":
-        """Build from ``--set key=value`` strings (values coerced to the field's type)."""
-        types = {f.name: f.default for f in fields(cls)}
-        values = dict(base)
-        for key, text in sets.items():
-            if key not in types:
-                raise bad_value("--set", f"a key among {', '.join(sorted(types))}", key)
-            default = types[key]
-            try:
-                if isinstance(default, bool):
-                    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(text)
-                    values[key] = text.lower() in ("true", "1", "yes")
-                elif isinstance(default, int):
-                    values[key] = int(text)
-                elif isinstance(default, float):
-                    values[key] = float(text)
-                elif isinstance(default, tuple):
-                    values[key] = tuple(float(v) for v in text.split(","))
-                else:
-                    values[key] = text
-            except ValueError:
-                raise bad_value(key, f"a value of type {type(default).__name__}", text) from None
-        return cls(**values)
+        return cls.from_dict(obj)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from blackbox._version import __version__
 from blackbox.errors import RunError
-from blackbox.runs import atomic_write_json
+from blackbox.runs import atomic_write_json, discard_unless_checkpointed, prepare_run_dir
 
 from .augment import AUGMENT_FILE, generate_examples, generator_client
 from .config import CrossTuneConfig
@@ -76,15 +76,24 @@ def fit_run(
         diff = sorted(k for k in asked if k != "version" and old.get(k) != asked[k])
         if diff:
             raise RunError(f"run directory {d}: exists with different settings ({', '.join(diff)}); use a new --run-dir")
-    elif d.exists() and any(d.iterdir()):
-        raise RunError(f"run directory {d}: exists and is not a CrossTune run; use a new or empty --run-dir")
+    prepare_run_dir(d, "CrossTune")
+    # A fit that fails before its first checkpoint (the model, or generated examples) leaves no
+    # directory behind, so the corrected command is not refused as "different settings".
+    with discard_unless_checkpointed(d, "model.json", AUGMENT_FILE):
+        return _fit_in(d, asked, features=features, train=train, shots=shots, config=config, text_field=text_field,
+                       label_field=label_field, descriptions=descriptions, augment_with=augment_with, cache=cache,
+                       progress=progress, stop_after=stop_after)
+
+
+def _fit_in(d: Path, asked: dict[str, Any], *, features: str, train: str, shots: int, config: CrossTuneConfig,
+            text_field: str, label_field: str, descriptions: dict[str, str], augment_with: str | None, cache: str | None,
+            progress: Progress | None, stop_after: int | None) -> dict[str, Any]:
     # Validate data and capabilities before anything is written or queried.
     pool = load_dataset(train, text_field=text_field, label_field=label_field)
     few = k_shot(pool, shots, config.seed)
     few.descriptions = describe_labels(few.classes, {**pool.descriptions, **descriptions}, config.description_template)
     featurizer = Featurizer(features, cache=cache or (d / CACHE))
     gen_client = generator_client(augment_with, cache=cache or (d / CACHE)) if augment_with and config.augment_n else None
-    d.mkdir(parents=True, exist_ok=True)
     if not (d / CONFIG).is_file():
         atomic_write_json(d / CONFIG, asked)
     save_table(few, d / TRAIN)

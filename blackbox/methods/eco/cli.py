@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, parse_sets
+from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, SEED_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, on_interrupt
 
 app = typer.Typer(
     help="Unlearning with ECO: a gate + embedding-corrupted prompts in front of a local model (no weight changes).",
@@ -43,43 +43,44 @@ def fit_cmd(
     corruption: Optional[str] = typer.Option(None, "--corruption", help="Corruption family (default gaussian_first_n)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Tokens to corrupt: entity or all_but_last."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder spec for gate features, e.g. sentence-encoder:minilm."),
+    seed: int = SEED_OPT,
     sets: List[str] = SET_OPT,
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Fit a guard: gate, knowledge before, strength search, metrics after; writes an artifact."""
-    from blackbox.provider import load_provider
+    from .config import EcoConfig
+    from .job import load_jsonl
+    from .method import EcoMethod
 
-    from .job import EcoConfig, fit, load_jsonl
-
-    overrides = parse_sets(sets)
-    for key, value in (("fpr", fpr), ("corruption", corruption), ("tokens", tokens), ("encoder", encoder)):
-        if value is not None:
-            overrides[key] = str(value)
-    config = EcoConfig.from_overrides(overrides)
+    flags = {k: v for k, v in (("fpr", fpr), ("corruption", corruption), ("tokens", tokens), ("encoder", encoder)) if v is not None}
+    config = EcoConfig.from_overrides(sets, seed=seed, **flags)
     f_items = load_jsonl(forget, "forget")
     r_items = load_jsonl(retain, "retain")
     g_items = load_jsonl(general, "general") if general else []
-    provider = load_provider(model)
+    method = EcoMethod()
+    show = _show_progress(progress, as_json)  # before the model loads: quiets its loading bars too
+    on_interrupt(lambda: f"the evaluations done so far are kept ({method.resume_hint(run_dir)} to continue)"
+                 if (run_dir / "evals.jsonl").is_file() else "nothing had been evaluated yet; nothing to resume")
     total = 3 * len(f_items) + 2 * len(r_items) + 2 * len(g_items)
-    with ProgressBar(max(1, (total + 15) // 16 + 8), "unlearn fit", _show_progress(progress)) as bar:
+    with ProgressBar(max(1, (total + 15) // 16 + 8), "unlearn fit", show) as bar:
         def on_event(ev: dict) -> None:
             if ev.get("event") == "evaluation":
                 bar.update(ev["done"], step=ev["key"].split(":")[0])
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(provider, f_items, r_items, run_dir, general=g_items, config=config, model_spec=model, progress=on_event)
+            art = method.fit(config, run_dir, model=model, forget=f_items, retain=r_items, general=g_items, progress=on_event)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
-    art = result.artifact
+    resumed = art.pop("resumed")
     m = art["metrics"]
-    summary = {"run_dir": str(run_dir), "resumed": result.resumed, "strength": art["strength"], "corruption": art["corruption"]["family"],
+    summary = {"run_dir": str(run_dir), "resumed": resumed, "strength": art["strength"], "corruption": art["corruption"]["family"],
                "threshold": art["gate"]["threshold"], **m}
     if as_json:
         _emit_json(summary)
         return
-    typer.echo(f"{'resumed' if result.resumed else 'fitted'}: {run_dir}")
+    typer.echo(f"{'resumed' if resumed else 'fitted'}: {run_dir}")
     typer.echo(f"  corruption {art['corruption']['family']} on {art['corruption']['tokens']} tokens, strength {art['strength']:.4g} "
                f"({m['search_queries']} model queries in {m['search_evaluations']} search evaluations)")
     typer.echo(f"  forget accuracy {_fmt(m['forget_accuracy_before'])} -> {_fmt(m['forget_accuracy_after'])}; "

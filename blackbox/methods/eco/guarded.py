@@ -13,14 +13,14 @@ Spec: ``eco:RUN_DIR`` loads a fitted run's artifact (the model spec is stored in
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from blackbox.errors import CapabilityError
+from blackbox.errors import CapabilityError, ConfigError
 from blackbox.provider import Provider, check_options, require
-from blackbox.registry import providers as provider_registry
 from blackbox.types import (
     Capability,
     GenerateRequest,
@@ -32,6 +32,7 @@ from blackbox.types import (
     Usage,
 )
 
+from .artifact import gate_and_corruption, load_artifact
 from .corruption import Corruption
 
 NAME = "eco"
@@ -94,8 +95,6 @@ class GuardedProvider(Provider):
     @classmethod
     def from_spec(cls, target: str, options: dict[str, str]) -> "GuardedProvider":
         """``eco:RUN_DIR[?model=SPEC]``: the guarded model of a fitted run."""
-        from .job import load_guarded
-
         check_options(NAME, options, ("model",))
         return load_guarded(target, model=options.get("model"))
 
@@ -230,7 +229,20 @@ def check_base(provider: Provider) -> None:
     require(provider, [Capability.TEXT], "ECO")
 
 
-try:
-    provider_registry.register(NAME, GuardedProvider, summary=GuardedProvider.summary)
-except Exception:  # noqa: BLE001 - a name clash must not break importing the method
-    pass
+def load_guarded(run_dir: str | os.PathLike[str], *, model: str | None = None, provider: Any = None, encoder: Any = None) -> GuardedProvider:
+    """The guarded provider of a fitted run (``model``/``provider`` override the stored spec)."""
+    from blackbox.provider import load_provider
+
+    artifact, arrays = load_artifact(run_dir)
+    if provider is None:
+        spec = model or artifact.get("model")
+        if not spec:
+            raise ConfigError("model: the artifact stores no model spec (fitted on an in-memory model); pass --model SPEC")
+        provider = load_provider(spec)
+    enc_spec = artifact["config"].get("encoder")
+    if encoder is None and enc_spec:
+        encoder = load_provider(enc_spec)
+    gate, corruption = gate_and_corruption(artifact, arrays, encoder)
+    guarded = GuardedProvider(provider, gate, corruption)
+    guarded.artifact = artifact
+    return guarded

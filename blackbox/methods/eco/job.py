@@ -32,7 +32,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,14 +40,16 @@ import numpy as np
 
 from blackbox._version import __version__
 from blackbox.errors import ConfigError, RunError, bad_value
-from blackbox.runs import atomic_write_json, load_tensors, save_tensors
+from blackbox.runs import atomic_write_json, save_tensors
 
-from .corruption import CORRUPTIONS, SELECTIONS, SWITCH_FAMILIES, Corruption, max_strength
+from .artifact import ARRAYS, ARTIFACT, CONFIG, EVALS, FORMAT, load_artifact  # noqa: F401 - re-exported
+from .config import EcoConfig
+from .corruption import SWITCH_FAMILIES, Corruption, max_strength
+from .guarded import GuardedProvider, check_base, load_guarded  # noqa: F401 - load_guarded re-exported
 from .gate import EntityMatcher, Gate, GateConfig, augment, min_calibration_size, normalize
-from .search import SEARCHES, Measurement, SearchResult, bracket_bisect, central_difference, vector_central_difference
+from .search import Measurement, SearchResult, bracket_bisect, central_difference, vector_central_difference
 
 ALLOWED_KEYS = ("prompt", "answer", "target", "aliases")
-CONFIG, EVALS, ARTIFACT, ARRAYS = "config.json", "evals.jsonl", "artifact.json", "artifact.safetensors"
 
 
 class NothingToForgetWarning(UserWarning):
@@ -138,127 +140,6 @@ def check_sets(forget: list[Item], retain: list[Item]) -> None:
     clash = sorted({i.target for i in retain if i.target and normalize(i.target) in forget_targets})
     if clash:
         raise ConfigError(f"forget/retain: target(s) {', '.join(clash)} are both to forget and to retain")
-
-
-# --- configuration ---------------------------------------------------------------------------
-@dataclass
-class EcoConfig:
-    """Everything a fit depends on besides the model and the data (stored in the artifact)."""
-
-    corruption: str = "gaussian_first_n"
-    """Corruption family (see blackbox.methods.eco.corruption)."""
-    tokens: str = "entity"
-    """Which tokens to corrupt: 'entity' (the target's tokens) or 'all_but_last'."""
-    dims: int | None = None
-    """Embedding dimensions touched by the gaussian families (None: all)."""
-    search: str = "bracket"
-    """Strength search: 'bracket' (bracket then bisect), 'central' (central differences with a floor), 'vector'."""
-    start: float = 0.05
-    """Initial strength."""
-    grow: float = 2.0
-    """Bracket growth factor."""
-    max_strength: float | None = None
-    """Largest strength tried (None: unbounded; fraction families stop at 1)."""
-    bisect_steps: int = 6
-    """Bisection steps on the cliff (the bracket search)."""
-    rtol: float = 0.05
-    """Relative width at which bisection stops."""
-    eps: float = 0.1
-    """Central-difference probe offset."""
-    lr: float = 100.0
-    """Central-difference step size (the reference uses 100 on a 0–1 accuracy objective)."""
-    floor: float = 1e-3
-    """Smallest strength the central-difference rule may step to."""
-    max_step: float | None = 0.1
-    """Clip on one central-difference step (None: the unclipped reference rule)."""
-    max_steps: int = 10
-    """Central-difference steps."""
-    objective: str = "accuracy"
-    """'accuracy': forget-set accuracy down to target_accuracy; 'divergence': mean per-token NLL of target_text at most max_divergence."""
-    target_accuracy: float = 0.0
-    """Forget accuracy to reach (chance; 0 for open answers)."""
-    tol: float = 0.0
-    """Slack on the target: met when accuracy <= target_accuracy + tol."""
-    target_text: str = " I don't know."
-    """Target output for the divergence objective (e.g. a refusal)."""
-    max_divergence: float = 2.0
-    """Divergence objective: met when the target text's mean per-token NLL is at most this."""
-    max_new_tokens: int = 8
-    """Greedy tokens generated to check an answer."""
-    stop: tuple[str, ...] = ("\n",)
-    """Stop strings for generation."""
-    fpr: float = 0.01
-    """Gate false-positive level (calibrated, split-conformal)."""
-    calibration_fraction: float = 0.5
-    """Share of retain/general prompts held out to calibrate the gate threshold."""
-    exact_match: bool = True
-    """Gate flags every prompt naming a forget target or alias."""
-    encoder: str | None = None
-    """Encoder provider spec for gate features (e.g. 'sentence-encoder:minilm'); None: lexical only."""
-    seed: int = 0
-    """Seed of the data split, the gate and the corruption noise."""
-    verify_unflagged: bool = True
-    """Regenerate every prompt through the guarded model after fitting. False: only flagged
-    prompts are regenerated (an unflagged prompt goes to the base model's plain call, so its
-    output is the base output) and general prompts are not generated at all; cheaper."""
-
-    def __post_init__(self) -> None:
-        if self.corruption not in CORRUPTIONS:
-            raise bad_value("corruption", f"one of {', '.join(CORRUPTIONS)}", self.corruption)
-        if self.tokens not in SELECTIONS:
-            raise bad_value("tokens", f"one of {', '.join(SELECTIONS)}", self.tokens)
-        if self.search not in SEARCHES:
-            raise bad_value("search", f"one of {', '.join(SEARCHES)}", self.search)
-        if self.objective not in ("accuracy", "divergence"):
-            raise bad_value("objective", "'accuracy' or 'divergence'", self.objective)
-        if not 0 <= self.target_accuracy <= 1:
-            raise bad_value("target_accuracy", "a number in [0, 1]", self.target_accuracy)
-        if not 0 < self.calibration_fraction < 1:
-            raise bad_value("calibration_fraction", "a number in (0, 1)", self.calibration_fraction)
-        if not 0 < self.fpr < 1:
-            raise bad_value("fpr", "a false-positive level in (0, 1)", self.fpr)
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise bad_value("max_new_tokens", "a positive int", self.max_new_tokens)
-        if self.start <= 0:
-            raise bad_value("start", "a strength > 0", self.start)
-        self.stop = tuple(self.stop)
-
-    @classmethod
-    def from_overrides(cls, overrides: dict[str, str]) -> "EcoConfig":
-        """Build from ``--set key=value`` strings (types follow the field defaults)."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, raw in overrides.items():
-            if key not in known:
-                raise ConfigError(f"--set: unknown key {key!r}; valid keys: {', '.join(known)}")
-            default = known[key].default
-            kwargs[key] = _coerce(key, raw, default, known[key].type)
-        return cls(**kwargs)
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["stop"] = list(self.stop)
-        return out
-
-
-def _coerce(key: str, raw: str, default: Any, annotation: Any) -> Any:
-    text = str(raw)
-    if text.lower() in ("none", "null") and ("None" in str(annotation)):
-        return None
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if isinstance(default, int) or "int" in str(annotation) and "float" not in str(annotation):
-            return int(text)
-        if isinstance(default, float) or "float" in str(annotation):
-            return float(text)
-        if isinstance(default, tuple):
-            return tuple(s for s in text.split("|") if s)
-    except ValueError:
-        raise bad_value(key, f"a value like {default!r}", raw) from None
-    return text
 
 
 # --- memo of model evaluations ---------------------------------------------------------------
@@ -400,7 +281,6 @@ def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence
 
 def _objective(provider: Any, known: Sequence[Item], corruption: Corruption, spans: Callable[[str], list], config: EcoConfig, memo: Memo) -> Callable[[Any], Measurement]:
     """The search objective: forced corruption of the known forget prompts at a strength."""
-    from .guarded import GuardedProvider
 
     def f(strength: Any) -> Measurement:
         s = float(strength[0]) if isinstance(strength, (list, tuple, np.ndarray)) else float(strength)
@@ -462,7 +342,6 @@ def fit(
     Re-running on the same ``run_dir`` with the same inputs resumes (or returns the finished
     artifact); different inputs are refused.
     """
-    from .guarded import GuardedProvider, check_base
 
     config = config or EcoConfig()
     forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
@@ -570,12 +449,12 @@ def fit(
         "knowledge_queries": q_f + q_r + q_g,
     }
     artifact = {
-        "format": "blackbox-eco/1", "library_version": __version__, "model": model_spec, "provider": provider.describe(),
+        "format": FORMAT, "library_version": __version__, "model": model_spec, "provider": provider.describe(),
         "config": config.to_json(), "gate": gate.to_json(), "gate_report": gate_report,
         "corruption": corruption.to_json(), "strength": strength, "search": result.to_json(), "metrics": metrics,
         "notes": notes, "timing": {"wall_s": round(time.perf_counter() - t0, 3)},
     }
-    save_tensors(run / ARRAYS, gate.arrays(), {"format": "blackbox-eco/1"})
+    save_tensors(run / ARRAYS, gate.arrays(), {"format": FORMAT})
     atomic_write_json(run / ARTIFACT, _jsonable(artifact))
     return FitResult(json.loads((run / ARTIFACT).read_text()), run, resumed=resumed, warnings=notes)
 
@@ -593,44 +472,9 @@ def _jsonable(x: Any) -> Any:
 
 
 # --- loading, eval, generate ------------------------------------------------------------------
-def load_artifact(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    run = Path(run_dir)
-    if not (run / ARTIFACT).is_file() or not (run / ARRAYS).is_file():
-        hint = " (the fit did not finish: run `blackbox unlearn fit` again with the same arguments to resume)" if (run / CONFIG).exists() else ""
-        raise RunError(f"run_dir: {run} has no finished ECO artifact ({ARTIFACT} + {ARRAYS}){hint}")
-    artifact = json.loads((run / ARTIFACT).read_text())
-    if artifact.get("format") != "blackbox-eco/1":
-        raise RunError(f"run_dir: {run}/{ARTIFACT} is not an ECO artifact (format {artifact.get('format')!r})")
-    arrays, _ = load_tensors(run / ARRAYS)
-    return artifact, arrays
-
-
-def load_guarded(run_dir: str | os.PathLike[str], *, model: str | None = None, provider: Any = None, encoder: Any = None) -> Any:
-    """The guarded provider of a fitted run (``model``/``provider`` override the stored spec)."""
-    from blackbox.provider import load_provider
-
-    from .guarded import GuardedProvider
-
-    artifact, arrays = load_artifact(run_dir)
-    if provider is None:
-        spec = model or artifact.get("model")
-        if not spec:
-            raise ConfigError("model: the artifact stores no model spec (fitted on an in-memory model); pass --model SPEC")
-        provider = load_provider(spec)
-    enc_spec = artifact["config"].get("encoder")
-    if encoder is None and enc_spec:
-        encoder = load_provider(enc_spec)
-    gate = Gate.from_json(artifact["gate"], arrays, encoder)
-    c = artifact["corruption"]
-    corruption = Corruption(c["family"], float(c["strength"]), c["dims"], c["tokens"], int(c["seed"]))
-    guarded = GuardedProvider(provider, gate, corruption)
-    guarded.artifact = artifact
-    return guarded
-
-
 def evaluate(guarded: Any, forget: Sequence[Any], retain: Sequence[Any], general: Sequence[Any] = ()) -> dict[str, Any]:
     """Accuracy before/after, gate recall (forget) and false-positive rate (retain + general)."""
-    cfg = EcoConfig(**{k: (tuple(v) if k == "stop" else v) for k, v in guarded.artifact["config"].items()})
+    cfg = EcoConfig.from_dict(guarded.artifact["config"])
     forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
     if not forget_i:
         raise bad_value("forget", "at least one prompt", "an empty set")

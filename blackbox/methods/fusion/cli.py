@@ -65,7 +65,7 @@ def generate(
         for spec in [large, small, *expert]:
             loaded.append(load_provider(spec))
         fusion = LogitFusion(loaded[0], loaded[1], loaded[2:], config)
-        with ProgressBar(len(texts), "prompts", _show_progress(progress)) as bar:
+        with ProgressBar(len(texts), "prompts", _show_progress(progress, as_json)) as bar:
             result = fusion.generate(texts, on_batch=lambda done: bar.update(done))
     finally:
         for p in loaded:

@@ -16,7 +16,6 @@ renormalised there — an approximation (see :func:`blackbox.methods.fusion.arit
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -29,65 +28,7 @@ from blackbox.types import Capability, GenerateRequest, NextTokenRequest
 
 from . import arith
 
-MODES = ("proxy", "dynamic")
-PRECISIONS = ("float32", "float64")
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """Settings of :func:`fuse_generate` (validated by :meth:`check`)."""
-
-    mode: str = "proxy"
-    alpha: float = 1.0  # proxy: the fixed weight, in [0, alpha_max]
-    alpha_max: float = 2.0  # dynamic: the grid is 0, alpha_step, ..., alpha_max
-    alpha_step: float = 0.1
-    refine: int = 0  # dynamic: golden-section steps after the grid (0 = grid only)
-    max_tokens: int = 32
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    batch_size: int = 8
-    large_top_k: int | None = None  # fuse over the large model's top-k only (API variant)
-    use_cache: bool = True
-    precision: str = "float32"  # dynamic search arithmetic: float32 (fast) or float64 (reference)
-
-    def check(self) -> "FusionConfig":
-        if self.mode not in MODES:
-            raise bad_value("mode", f"one of {', '.join(MODES)}", self.mode)
-        for name in ("alpha", "alpha_max", "alpha_step", "temperature", "top_p"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise bad_value(name, "a finite number", v)
-        if not 0 < self.alpha_max <= 10:
-            raise bad_value("alpha_max", "a number in (0, 10]", self.alpha_max)
-        if not 0 < self.alpha_step <= self.alpha_max:
-            raise bad_value("alpha_step", f"a number in (0, alpha_max={self.alpha_max:g}]", self.alpha_step)
-        if not 0 <= self.alpha <= self.alpha_max:
-            raise bad_value("alpha", f"a number in [0, {self.alpha_max:g}] (alpha_max)", self.alpha)
-        for name in ("max_tokens", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad_value(name, "a positive integer", v)
-        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or not 0 <= self.refine <= 100:
-            raise bad_value("refine", "an int in [0, 100] (golden-section steps)", self.refine)
-        if self.temperature < 0:
-            raise bad_value("temperature", "a number >= 0 (0 = greedy)", self.temperature)
-        if not 0 < self.top_p <= 1:
-            raise bad_value("top_p", "a number in (0, 1]", self.top_p)
-        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
-            raise bad_value("stop", "a tuple of non-empty strings", self.stop)
-        if self.large_top_k is not None and (isinstance(self.large_top_k, bool) or not isinstance(self.large_top_k, int) or self.large_top_k < 1):
-            raise bad_value("large_top_k", "a positive integer or None", self.large_top_k)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise bad_value("seed", "an int or None", self.seed)
-        if self.precision not in PRECISIONS:
-            raise bad_value("precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        return self
-
-    def grid(self) -> torch.Tensor:
-        n = int(round(self.alpha_max / self.alpha_step))
-        return torch.arange(n + 1, dtype=torch.float64) * self.alpha_step
+from .config import MODES, PRECISIONS, FusionConfig  # noqa: F401 - re-exported
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""ECO's configuration: every setting of a fit besides the model and the data (stored in the artifact)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from blackbox.config import Config
+from blackbox.errors import bad_value
+
+from .corruption import CORRUPTIONS, SELECTIONS
+from .search import SEARCHES
+
+
+@dataclass(frozen=True)
+class EcoConfig(Config):
+    """Everything a fit depends on besides the model and the data (stored in the artifact)."""
+
+    corruption: str = field(default="gaussian_first_n", metadata={"help": 'Corruption family (see blackbox.methods.eco.corruption).'})
+    tokens: str = field(default="entity", metadata={"help": "Which tokens to corrupt: 'entity' (the target's tokens) or 'all_but_last'."})
+    dims: int | None = field(default=None, metadata={"help": 'Embedding dimensions touched by the gaussian families (None: all).'})
+    search: str = field(default="bracket", metadata={"help": "Strength search: 'bracket' (bracket then bisect), 'central' (central differences with a floor), 'vector'."})
+    start: float = field(default=0.05, metadata={"help": 'Initial strength.'})
+    grow: float = field(default=2.0, metadata={"help": 'Bracket growth factor.'})
+    max_strength: float | None = field(default=None, metadata={"help": 'Largest strength tried (None: unbounded; fraction families stop at 1).'})
+    bisect_steps: int = field(default=6, metadata={"help": 'Bisection steps on the cliff (the bracket search).'})
+    rtol: float = field(default=0.05, metadata={"help": 'Relative width at which bisection stops.'})
+    eps: float = field(default=0.1, metadata={"help": 'Central-difference probe offset.'})
+    lr: float = field(default=100.0, metadata={"help": 'Central-difference step size (the reference uses 100 on a 0–1 accuracy objective).'})
+    floor: float = field(default=1e-3, metadata={"help": 'Smallest strength the central-difference rule may step to.'})
+    max_step: float | None = field(default=0.1, metadata={"help": 'Clip on one central-difference step (None: the unclipped reference rule).'})
+    max_steps: int = field(default=10, metadata={"help": 'Central-difference steps.'})
+    objective: str = field(default="accuracy", metadata={"help": "'accuracy': forget-set accuracy down to target_accuracy; 'divergence': mean per-token NLL of target_text at most max_divergence."})
+    target_accuracy: float = field(default=0.0, metadata={"help": 'Forget accuracy to reach (chance; 0 for open answers).'})
+    tol: float = field(default=0.0, metadata={"help": 'Slack on the target: met when accuracy <= target_accuracy + tol.'})
+    target_text: str = field(default=" I don't know.", metadata={"help": 'Target output for the divergence objective (e.g. a refusal).'})
+    max_divergence: float = field(default=2.0, metadata={"help": "Divergence objective: met when the target text's mean per-token NLL is at most this."})
+    max_new_tokens: int = field(default=8, metadata={"help": 'Greedy tokens generated to check an answer.'})
+    stop: tuple[str, ...] = field(default=("\n",), metadata={"help": 'Stop strings for generation.'})
+    fpr: float = field(default=0.01, metadata={"help": 'Gate false-positive level (calibrated, split-conformal).'})
+    calibration_fraction: float = field(default=0.5, metadata={"help": 'Share of retain/general prompts held out to calibrate the gate threshold.'})
+    exact_match: bool = field(default=True, metadata={"help": 'Gate flags every prompt naming a forget target or alias.'})
+    encoder: str | None = field(default=None, metadata={"help": "Encoder provider spec for gate features (e.g. 'sentence-encoder:minilm'); None: lexical only."})
+    seed: int = field(default=0, metadata={"help": 'Seed of the data split, the gate and the corruption noise.'})
+    verify_unflagged: bool = field(default=True, metadata={"help": "Regenerate every prompt through the guarded model after fitting. False: only flagged prompts are regenerated (an unflagged prompt goes to the base model's plain call, so its output is the base output) and general prompts are not generated at all; cheaper."})
+
+    def __post_init__(self) -> None:
+        if self.corruption not in CORRUPTIONS:
+            raise bad_value("corruption", f"one of {', '.join(CORRUPTIONS)}", self.corruption)
+        if self.tokens not in SELECTIONS:
+            raise bad_value("tokens", f"one of {', '.join(SELECTIONS)}", self.tokens)
+        if self.search not in SEARCHES:
+            raise bad_value("search", f"one of {', '.join(SEARCHES)}", self.search)
+        if self.objective not in ("accuracy", "divergence"):
+            raise bad_value("objective", "'accuracy' or 'divergence'", self.objective)
+        if not 0 <= self.target_accuracy <= 1:
+            raise bad_value("target_accuracy", "a number in [0, 1]", self.target_accuracy)
+        if not 0 < self.calibration_fraction < 1:
+            raise bad_value("calibration_fraction", "a number in (0, 1)", self.calibration_fraction)
+        if not 0 < self.fpr < 1:
+            raise bad_value("fpr", "a false-positive level in (0, 1)", self.fpr)
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad_value("max_new_tokens", "a positive int", self.max_new_tokens)
+        if self.start <= 0:
+            raise bad_value("start", "a strength > 0", self.start)
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types (stored in the artifact)."""
+        return self.to_dict()
