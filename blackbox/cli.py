@@ -290,6 +290,9 @@ def _mount_methods() -> None:
 
 _mount_methods()
 
+from blackbox.serve.cli import serve as _serve  # noqa: E402 - light: fastapi/torch load inside the command
+app.command("serve")(_serve)
+
 
 def main() -> None:
     """Console-script entry point."""
