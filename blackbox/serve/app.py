@@ -154,7 +154,7 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
         rlog = _RequestLog(rid, "embeddings", state.model_name, state.log_prompts)
         try:
             auth(request)
-            name, texts = P.parse_embeddings(await _json(request))
+            name, texts, as_b64 = P.parse_embeddings(await _json(request))
             if name != state.model_name:
                 raise _unknown_model(name)
             if state.backend.kind != "embed":
@@ -167,7 +167,7 @@ def create_app(backend: Backend, *, model_name: str, api_key: str | None = None,
 
             vectors, n_tok = await run_in_threadpool(run)
             rlog.prompt_tokens = n_tok
-            data = [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]} for i, v in enumerate(vectors)]
+            data = P.embedding_data(vectors, as_b64)
             return {"object": "list", "data": data, "model": state.model_name, "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
         except P.ApiError as exc:
             rlog.status = exc.status

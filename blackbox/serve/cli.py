@@ -70,5 +70,5 @@ def serve(
 
     # uvicorn's SIGTERM handling stops accepting, lets in-flight requests finish, then runs the
     # lifespan shutdown that stops the model loop. Its access log is off: we log one line per request.
-    logging.getLogger("blackbox.serve").info("serving %s on http://%s:%d/v1", name, host, port)
+    logging.getLogger("blackbox.serve").info("serving model %s (%s)", name, backend.describe()["kind"])
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=60)

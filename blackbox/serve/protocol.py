@@ -211,8 +211,8 @@ def parse_request(body: Any, kind: str, *, max_tokens_limit: int, max_n: int) ->
     return Parsed(kind, model, prompts, sampling, int(n), stream, include_usage, v is not None)
 
 
-def parse_embeddings(body: Any) -> tuple[str, list[str]]:
-    """Validate a ``/v1/embeddings`` body: ``(model, texts)``."""
+def parse_embeddings(body: Any) -> tuple[str, list[str], bool]:
+    """Validate a ``/v1/embeddings`` body: ``(model, texts, base64)``."""
     if not isinstance(body, dict):
         raise bad(None, "the request body must be a JSON object")
     _check_fields(body, {"model", "input", "encoding_format", "user", "dimensions"})
@@ -223,11 +223,26 @@ def parse_embeddings(body: Any) -> tuple[str, list[str]]:
     texts = [inp] if isinstance(inp, str) else inp
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise bad("input", "'input' must be a non-empty string or a non-empty list of non-empty strings")
-    if body.get("encoding_format") not in (None, "float"):
-        raise bad("encoding_format", "only encoding_format 'float' is supported", code="unsupported_parameter")
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise bad("encoding_format", f"'encoding_format' must be 'float' or 'base64', received {body.get('encoding_format')!r}")
     if body.get("dimensions") is not None:
         raise bad("dimensions", "'dimensions' is not supported by this model", code="unsupported_parameter")
-    return model, texts
+    return model, texts, body.get("encoding_format") == "base64"
+
+
+def embedding_data(vectors: Any, as_base64: bool) -> list[dict[str, Any]]:
+    """``data`` of an embeddings response: float lists, or base64 of little-endian float32
+    (what the openai client asks for by default and decodes)."""
+    import base64
+
+    import numpy as np
+
+    out = []
+    for i, v in enumerate(vectors):
+        arr = np.asarray(v, dtype="<f4")
+        emb: Any = base64.b64encode(arr.tobytes()).decode() if as_base64 else [float(x) for x in arr]
+        out.append({"object": "embedding", "index": i, "embedding": emb})
+    return out
 
 
 # --- responses -------------------------------------------------------------------------------
