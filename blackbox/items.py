@@ -32,7 +32,7 @@ from .types import (
 
 __all__ = [
     "RESULT_TYPES", "REQUEST_TO_RESULT", "ItemOps", "ITEM_OPS", "RESULT_ITEM_OPS", "item_ops",
-    "count_items", "split_request", "join_requests", "split_result", "join_results",
+    "count_items", "split_request", "join_requests", "split_result", "join_results", "merge_usage",
 ]
 
 RESULT_TYPES: dict[str, type] = {
@@ -325,3 +325,16 @@ def join_results(items: Sequence[Any], usage: Usage | None = None) -> Any:
         raise bad_value("items", "at least one result", list(items))
     return item_ops(items[0], RESULT_ITEM_OPS, "items[0]").join_results(items, usage or Usage())
 
+
+
+def merge_usage(usages: Sequence[Usage]) -> Usage:
+    """Sum of several calls' usage; request ids joined with ``,`` (in order); estimated if any part is."""
+    ids = [u.request_id for u in usages if u.request_id]
+    return Usage(
+        queries=sum(u.queries for u in usages),
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        cost=sum(u.cost for u in usages),
+        request_id=",".join(ids) if ids else None,
+        estimated=any(u.estimated for u in usages),
+    )

@@ -150,17 +150,50 @@ def redact(text: Any, *secrets: "str | Secret") -> str:
 
 
 def scrub_exception(exc: BaseException, *secrets: "str | Secret") -> BaseException:
-    """Redact the string arguments of ``exc`` and of its cause/context chain, in place."""
+    """Scrub ``exc`` and every exception chained to it (cause and context), in place.
+
+    String arguments and string attributes are redacted; bodies (dicts, lists) are replaced by
+    redacted copies; HTTP request/response objects (anything with ``headers``, e.g. an SDK
+    error's ``.request``/``.response``, which hold the ``Authorization`` header and the raw
+    body) are dropped, since they cannot be redacted reliably.
+    """
     seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
+    todo: list[BaseException] = [exc]
+    while todo:
+        cur = todo.pop()
+        if id(cur) in seen:
+            continue
         seen.add(id(cur))
         try:
-            cur.args = tuple(redact(a, *secrets) if isinstance(a, str) else a for a in cur.args)
+            cur.args = tuple(_scrubbed(a, secrets) for a in cur.args)
         except Exception:  # noqa: BLE001 - some C exceptions refuse new args; keep going
             pass
-        cur = cur.__cause__ or cur.__context__
+        for name, value in list(getattr(cur, "__dict__", {}).items()):
+            try:
+                setattr(cur, name, _scrubbed(value, secrets))
+            except Exception:  # noqa: BLE001 - read-only attributes stay as they are
+                pass
+        todo.extend(e for e in (cur.__cause__, cur.__context__) if e is not None)
     return exc
+
+
+def _scrubbed(value: Any, secrets: tuple, depth: int = 0) -> Any:
+    """``value`` with secrets redacted (strings, containers) or dropped (HTTP objects)."""
+    if isinstance(value, str):
+        return redact(value, *secrets)
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("utf-8", "replace")
+        clean = redact(text, *secrets)
+        return value if clean == text else clean.encode()
+    if value is None or isinstance(value, (bool, int, float, BaseException)) or depth > 20:
+        return value  # chained exceptions are walked by the caller
+    if isinstance(value, dict):
+        return {_scrubbed(k, secrets, depth + 1): _scrubbed(v, secrets, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrubbed(v, secrets, depth + 1) for v in value) if type(value) in (list, tuple) else value
+    if hasattr(value, "headers"):
+        return None  # an HTTP request or response: headers and body may hold the key
+    return value
 
 
 class RedactingFilter(logging.Filter):
@@ -170,3 +203,17 @@ class RedactingFilter(logging.Filter):
         record.msg = redact(record.getMessage())
         record.args = None
         return True
+
+
+_filtered: set[str] = set()
+
+
+def redact_loggers(names: Iterable[str]) -> None:
+    """Add a :class:`RedactingFilter` to each named logger, once. A logger's filters see only
+    the records logged on it (not its children's), so name the loggers that log, e.g. an HTTP
+    stack's ``httpcore.http11``, which at DEBUG prints response headers a server may echo."""
+    with _lock:
+        todo = [n for n in names if n not in _filtered]
+        _filtered.update(todo)
+    for name in todo:
+        logging.getLogger(name).addFilter(RedactingFilter())

@@ -60,6 +60,9 @@ class Usage:
     cached: bool = False
     request_id: str | None = None
     cost: float = 0.0
+    # True when some of these counts are the client's estimate, not the server's report
+    # (a response without ``usage``, a request whose answer was lost): see docs/providers.md.
+    estimated: bool = False
 
 
 @dataclass(frozen=True)

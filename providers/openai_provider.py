@@ -27,18 +27,31 @@ import email.utils
 import ipaddress
 import math
 import os
+import contextvars
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from blackbox.errors import CapabilityError, ConfigError, ProviderError, SpecError, TransportError
+from blackbox.client.deadline import call_deadline, time_left
+from blackbox.errors import (
+    CapabilityError,
+    ConfigError,
+    DeadlineExceededError,
+    InvalidResponseError,
+    PartialResultError,
+    ProviderError,
+    SpecError,
+    TransportError,
+)
+from blackbox.items import merge_usage, split_result
 from blackbox.provider import Provider, check_options
 from blackbox.registry import providers as _registry
-from blackbox.secrets import Secret, redact, scrub_exception
+from blackbox.secrets import Secret, redact, redact_loggers, scrub_exception
 from blackbox.types import (
     Capability,
     EmbedRequest,
@@ -61,11 +74,13 @@ PLACEHOLDER_KEY = "no-key-required"
 EMBED_CHUNK = 256  # texts per embeddings call (OpenAI accepts up to 2048)
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 MAX_MESSAGE = 400  # characters of a server's error text kept in our message
+SDK_LOGGERS = ("openai", "openai._base_client", "openai._response", "openai._legacy_response", "httpx2",
+               "httpcore2.connection", "httpcore2.http11", "httpcore2.http2", "httpcore2.proxy", "httpcore2.socks")
 SCORE_TOLERANCE = 0.05  # nats: echoed vs next-token logprob of the same token (score probe)
 
 OPTIONS = (
     "base_url", "timeout", "api_key", "api_key_env", "completions", "embeddings", "score",
-    "max_connections",
+    "max_connections", "deadline",
 )
 
 
@@ -154,31 +169,37 @@ def _float(value: Any, what: str, field: str) -> float:
     return out
 
 
-def response_usage(resp: Any, *, queries: int = 1) -> Usage:
+def estimate_usage(kwargs: Mapping[str, Any]) -> Usage:
+    """What one call built from ``kwargs`` is billed when the server's own count is unknown:
+    one query, ``ceil(len/4)`` prompt tokens and ``max_tokens`` completion tokens (an upper
+    bound), marked ``estimated``."""
+    if "messages" in kwargs:
+        text = "".join(str(m.get("content") or "") for m in kwargs["messages"])
+    elif "input" in kwargs:
+        text = "".join(str(t) for t in kwargs["input"])
+    else:
+        text = str(kwargs.get("prompt") or "")
+    return Usage(queries=1, prompt_tokens=-(-len(text) // 4), completion_tokens=int(kwargs.get("max_tokens") or 0),
+                 estimated=True)
+
+
+def response_usage(resp: Any, *, queries: int = 1, estimate: Usage | None = None) -> Usage:
     """Token counts and request id of one response.
 
     The request id is the ``x-request-id`` header the SDK stores as ``_request_id``; servers
-    that send none (llama.cpp) get the response body's ``id`` instead.
+    that send none (llama.cpp) get the response body's ``id`` instead. A response without
+    ``usage`` is billed at ``estimate`` (marked ``estimated``) when one is given.
     """
     u = _get(resp, "usage")
     request_id = _get(resp, "_request_id") or _get(resp, "id")
+    request_id = str(request_id) if request_id else None
+    if u is None and estimate is not None:
+        return replace(estimate, queries=queries, request_id=request_id, estimated=True)
     return Usage(
         queries=queries,
         prompt_tokens=int(_get(u, "prompt_tokens", 0) or 0),
         completion_tokens=int(_get(u, "completion_tokens", 0) or 0),
-        request_id=str(request_id) if request_id else None,
-    )
-
-
-def merge_usage(usages: Sequence[Usage]) -> Usage:
-    """Sum of several calls' usage; request ids joined with ``,`` (in request order)."""
-    ids = [u.request_id for u in usages if u.request_id]
-    return Usage(
-        queries=sum(u.queries for u in usages),
-        prompt_tokens=sum(u.prompt_tokens for u in usages),
-        completion_tokens=sum(u.completion_tokens for u in usages),
-        cost=sum(u.cost for u in usages),
-        request_id=",".join(ids) if ids else None,
+        request_id=request_id,
     )
 
 
@@ -340,16 +361,32 @@ def _server_message(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
-def map_error(exc: BaseException, *, where: str, secrets: Sequence[Any] = ()) -> ProviderError:
+def _lost_after_sending(exc: BaseException) -> bool:
+    """True when the HTTP layer failed after the request may have reached the server (a read
+    error, a dropped connection, a read timeout); False when it never left (cannot connect)."""
+    import httpx2
+
+    cause = exc.__cause__ or exc.__context__
+    never_sent = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.UnsupportedProtocol, httpx2.ProxyError)
+    return not isinstance(cause, never_sent)
+
+
+def map_error(exc: BaseException, *, where: str, secrets: Sequence[Any] = (), billed: Usage | None = None) -> ProviderError:
     """Translate an ``openai`` SDK exception into our error tree (the caller raises ``from``).
 
     ``where`` names the call (e.g. ``"POST /chat/completions at http://..."``). Messages
-    pass through :func:`blackbox.secrets.redact` with ``secrets``.
+    pass through :func:`blackbox.secrets.redact` with ``secrets``. ``billed`` is what the call
+    costs when the server may have done the work but its answer was lost (attached to the
+    error only in that case; an HTTP error status or a refused connection bills nothing).
     """
     import openai  # lazy: the provider's constructor already imported it
 
     if isinstance(exc, openai.APIResponseValidationError):
-        return ProviderError(f"openai provider: {where}: response did not match the API schema: {_one_line(exc, *secrets)}")
+        return InvalidResponseError(
+            f"openai provider: {where}: server answered with an invalid body (it does not match the API schema: "
+            f"{_one_line(exc, *secrets)})",
+            status=getattr(exc, "status_code", None), endpoint=where, billed=billed,
+        )
     if isinstance(exc, openai.APIStatusError):
         headers = exc.response.headers
         status = int(exc.status_code)
@@ -360,15 +397,24 @@ def map_error(exc: BaseException, *, where: str, secrets: Sequence[Any] = ()) ->
             request_id=request_id,
             retry_after=parse_retry_after(headers),
             retryable=is_retryable_status(status, headers),
+            endpoint=where,
         )
+    cause = exc.__cause__ or exc.__context__
+    detail = _one_line(f"{type(cause).__name__}: {cause}" if cause is not None else str(exc), *secrets)
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)) and not _lost_after_sending(exc):
+        return TransportError(f"openai provider: {where}: cannot connect ({detail}); is the server running?",
+                              retryable=True, endpoint=where)
     if isinstance(exc, openai.APITimeoutError):
-        return TransportError(f"openai provider: {where} timed out", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
         return TransportError(
-            f"openai provider: {where}: cannot connect ({_one_line(detail, *secrets)}); is the server running?",
-            retryable=True,
+            f"openai provider: {where} timed out waiting for the answer ({detail}); the request was sent, so the "
+            "server may have done the work (billed as an estimate)",
+            retryable=True, endpoint=where, billed=billed,
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return TransportError(
+            f"openai provider: {where}: connection dropped after the request was sent ({detail}); the server may "
+            "have done the work (billed as an estimate)",
+            retryable=True, endpoint=where, billed=billed,
         )
     return ProviderError(f"openai provider: {where}: {type(exc).__name__}: {_one_line(exc, *secrets)}")
 
@@ -442,6 +488,7 @@ class OpenAIProvider(Provider):
         embeddings: "bool | str" = False,
         score: "bool | str" = False,
         max_connections: int = 16,
+        deadline: float | None = None,
         transport: Any = None,
     ) -> None:
         super().__init__()
@@ -452,6 +499,10 @@ class OpenAIProvider(Provider):
             raise ConfigError(f"provider openai: timeout: expected seconds > 0, received {timeout!r}")
         if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
             raise ConfigError(f"provider openai: max_connections: expected an integer >= 1, received {max_connections!r}")
+        if deadline is not None:
+            deadline = float(deadline)
+            if not (deadline > 0 and math.isfinite(deadline)):
+                raise ConfigError(f"provider openai: deadline: expected seconds > 0, received {deadline!r}")
         score = _flag("score", score, allow=("probe",))
         completions = bool(_flag("completions", completions))
         embeddings = _flag("embeddings", embeddings, allow=("probe",))
@@ -460,10 +511,16 @@ class OpenAIProvider(Provider):
 
         self.model = model.strip()
         self.timeout = timeout
+        # Seconds one request may take in all (its fanned-out calls and, through the Client,
+        # every retry); each HTTP call's timeout is cut to what is left. None: no limit.
+        self.deadline = deadline
         self.completions = completions
         self.score_enabled = False
         self.max_connections = max_connections
         self._key, self.base_url = self._resolve_key(base_url, api_key, api_key_env)
+        # At DEBUG the SDK and its HTTP stack log what a server sends back, which a badly behaved
+        # server may fill with the key it received.
+        redact_loggers(SDK_LOGGERS)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -573,7 +630,8 @@ class OpenAIProvider(Provider):
         for key in ("base_url", "api_key", "api_key_env", "completions", "embeddings", "score"):
             if key in options:
                 kwargs[key] = options[key]
-        for key, conv, what in (("timeout", float, "seconds > 0"), ("max_connections", int, "an integer >= 1")):
+        for key, conv, what in (("timeout", float, "seconds > 0"), ("max_connections", int, "an integer >= 1"),
+                                ("deadline", float, "seconds > 0")):
             if key in options:
                 try:
                     kwargs[key] = conv(options[key])
@@ -603,26 +661,73 @@ class OpenAIProvider(Provider):
     def _where(self, endpoint: str) -> str:
         return f"POST /{endpoint} at {public_url(self.base_url)}"
 
-    def _send(self, endpoint: str, kwargs: dict[str, Any]) -> Any:
-        """One HTTP call; SDK errors become TransportError/ProviderError (chained)."""
+    def _post(self, endpoint: str, kwargs: dict[str, Any], estimate: Usage | None = None) -> tuple[Any, int]:
+        """One HTTP call: the parsed response and its status.
+
+        Errors are typed (see :func:`map_error`): ``estimate`` is attached as the billed work
+        when the answer was lost after sending, or when the server answered with a body that
+        is not JSON (:class:`InvalidResponseError`, status and request id included). The SDK
+        error is chained only after :func:`scrub_exception` has dropped its request/response
+        objects and redacted its body (they hold the Authorization header).
+        """
         if self._closed:
             raise ProviderError("openai provider: used after close()")
         import openai
 
         create: Callable[..., Any] = {
-            "chat/completions": self._sdk.chat.completions.create,
-            "completions": self._sdk.completions.create,
-            "embeddings": self._sdk.embeddings.create,
+            "chat/completions": self._sdk.chat.completions.with_raw_response.create,
+            "completions": self._sdk.completions.with_raw_response.create,
+            "embeddings": self._sdk.embeddings.with_raw_response.create,
         }[endpoint]
+        where = self._where(endpoint)
+        left = time_left()
+        if left is not None and left <= 0:
+            raise DeadlineExceededError(f"openai provider: {where}: deadline passed; not sent", endpoint=where)
+        if left is not None and left < self.timeout:
+            import httpx2
+
+            kwargs = {**kwargs, "timeout": httpx2.Timeout(left, connect=min(5.0, left))}
         try:
-            return create(**kwargs)
+            raw = create(**kwargs)
         except openai.OpenAIError as exc:
-            err = map_error(exc, where=self._where(endpoint), secrets=[self._key])
-            # The chained original is printed in tracebacks: scrub it (and its causes) too.
+            err = map_error(exc, where=where, secrets=[self._key], billed=estimate)
+            # The chained original is printed in tracebacks and reachable as __cause__: scrub it.
             scrub_exception(exc, self._key)
             if isinstance(getattr(exc, "message", None), str):
                 exc.message = redact(exc.message, self._key)
             raise err from exc
+        status, request_id = raw.status_code, raw.headers.get("x-request-id")
+        invalid = None
+        try:
+            return raw.parse(), status
+        except (ValueError, TypeError, openai.OpenAIError) as exc:  # json.JSONDecodeError is a ValueError
+            invalid = _one_line(f"{type(exc).__name__}: {exc}", self._key)
+        # Raised outside the except block, so the parser's exception is not kept as context.
+        raise InvalidResponseError(
+            f"openai provider: {where}: server answered with an invalid body ({invalid})",
+            status=status, request_id=request_id, endpoint=where, billed=estimate,
+        )
+
+    def _send(self, endpoint: str, kwargs: dict[str, Any]) -> Any:
+        """One HTTP call's parsed response (no billing estimate: used by the probes)."""
+        return self._post(endpoint, kwargs)[0]
+
+    def _call(self, endpoint: str, kwargs: dict[str, Any], parse: Callable[[Any], Any]) -> tuple[Any, Usage]:
+        """One HTTP call, parsed by ``parse``: ``(parsed, usage)``. A response that lacks what
+        was asked for (``parse`` raises) is an :class:`InvalidResponseError` billed at the
+        response's usage, since the server did the work."""
+        estimate = estimate_usage(kwargs)
+        resp, status = self._post(endpoint, kwargs, estimate)
+        usage = response_usage(resp, estimate=estimate)
+        try:
+            return parse(resp), usage
+        except InvalidResponseError:
+            raise
+        except ProviderError as exc:
+            where = self._where(endpoint)
+            detail = str(exc).removeprefix("openai provider: ")
+            raise InvalidResponseError(f"openai provider: {where}: server answered with an invalid body: {detail}",
+                                       status=status, request_id=usage.request_id, endpoint=where, billed=usage) from None
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -630,37 +735,62 @@ class OpenAIProvider(Provider):
                 self._pool = ThreadPoolExecutor(max_workers=self.max_connections, thread_name_prefix="blackbox-openai")
             return self._pool
 
-    def _fan_out(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """``[fn(x) for x in items]`` with up to ``max_connections`` in flight, in order.
-
-        The first failure (in item order) is raised once every started call has finished;
-        calls not yet started are cancelled.
-        """
-        if len(items) <= 1 or self.max_connections == 1:
-            return [fn(x) for x in items]
-        futures = [self._executor().submit(fn, x) for x in items]
-        results, error = [], None
-        for fut in futures:
-            if error is not None:
-                fut.cancel()
-                continue
-            try:
-                results.append(fut.result())
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, in order
-                error = exc
-        if error is not None:
+    def _fan_out(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> tuple[dict[int, Any], dict[int, BaseException]]:
+        """``fn`` over ``units`` with up to ``max_connections`` in flight: ``(outputs, errors)``
+        by position. A failed call does not stop the others (their work is kept and billed);
+        only an interrupt (a BaseException) cancels the calls not yet started."""
+        outs: dict[int, Any] = {}
+        errors: dict[int, BaseException] = {}
+        if len(units) <= 1 or self.max_connections == 1:
+            for i, x in enumerate(units):
+                try:
+                    outs[i] = fn(x)
+                except Exception as exc:  # noqa: BLE001 - reported by position
+                    errors[i] = exc
+            return outs, errors
+        pool = self._executor()
+        # One context copy per task: each worker sees the caller's deadline.
+        futures = [pool.submit(contextvars.copy_context().run, fn, x) for x in units]
+        try:
+            for i, fut in enumerate(futures):
+                try:
+                    outs[i] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - reported by position
+                    errors[i] = exc
+        except BaseException:
             for fut in futures:
-                if not fut.cancelled():
-                    try:
-                        fut.exception()
-                    except BaseException:  # noqa: BLE001 - cancelled concurrently
-                        pass
-            raise error
-        return results
+                fut.cancel()
+            raise
+        return outs, errors
+
+    def _gather(self, fn: Callable[[Any], Any], units: Sequence[Any], assemble: Callable[[list[Any]], Any],
+                sizes: Sequence[int] | None = None) -> Any:
+        """Run ``fn`` on every unit (one HTTP call each) and ``assemble`` the outputs into the
+        typed result. When some calls fail: a one-call request raises that call's error; a
+        larger one raises :class:`PartialResultError` with the items that did arrive (each
+        unit's usage on its first item), so the Client keeps them and retries only the rest."""
+        with call_deadline(None if self.deadline is None else time.monotonic() + self.deadline):
+            outs, errors = self._fan_out(fn, units)
+        if not errors:
+            return assemble([outs[i] for i in range(len(units))])
+        if len(units) == 1:
+            raise errors[0]
+        sizes = list(sizes) if sizes is not None else [1] * len(units)
+        starts = [sum(sizes[:i]) for i in range(len(units))]
+        results: dict[int, Any] = {}
+        for i, out in outs.items():
+            part = assemble([out])
+            pieces = split_result(part)
+            for k, piece in enumerate(pieces):
+                results[starts[i] + k] = replace(piece, usage=part.usage if k == 0 else Usage())
+        failed = {starts[i] + k: exc for i, exc in errors.items() for k in range(sizes[i])}
+        raise PartialResultError(results, failed, n_items=sum(sizes))
 
     def _probe_embeddings(self) -> bool:
         try:
             vecs = parse_embeddings(self._send("embeddings", embed_kwargs(self.model, ["probe"])), 1)
+        except InvalidResponseError:
+            return False  # it answered, but not with embeddings
         except TransportError as exc:
             if exc.status is None or exc.retryable:
                 raise  # unreachable or overloaded: do not silently drop the capability
@@ -683,6 +813,8 @@ class OpenAIProvider(Provider):
             if not text or not lps:
                 return "its completions return no logprobs"
             logprob, n = parse_score(self._send("completions", score_kwargs(self.model, prompt, text)), prompt, text)
+        except InvalidResponseError as exc:
+            return str(exc)
         except TransportError as exc:
             if exc.status is None or exc.retryable:
                 raise  # unreachable or overloaded: not an answer about scoring
@@ -700,20 +832,29 @@ class OpenAIProvider(Provider):
         build, parse, endpoint = (
             (chat_kwargs, parse_chat, "chat/completions") if chat else (completion_kwargs, parse_completion, "completions")
         )
+        want_lp = request.top_logprobs > 0
+
+        def parse_checked(resp: Any) -> Any:
+            out = parse(resp)
+            if want_lp and out[2] is None:
+                # Never served (and so never cached) as an empty result: the caller asked for them.
+                raise _malformed("chat completion" if chat else "completion",
+                                 f"logprobs were requested (top_logprobs={request.top_logprobs}) but the response has none")
+            return out
 
         def one(prompt: str) -> tuple[Any, Usage]:
-            resp = self._send(endpoint, build(self.model, prompt, request))
-            return parse(resp), response_usage(resp)
+            return self._call(endpoint, build(self.model, prompt, request), parse_checked)
 
-        out = self._fan_out(one, list(request.prompts))
-        want_lp = request.top_logprobs > 0
-        return GenerateResult(
-            texts=tuple(p[0] for p, _ in out),
-            finish_reasons=tuple(p[1] for p, _ in out),
-            token_logprobs=tuple(p[2] or () for p, _ in out) if want_lp else None,
-            top_logprobs=tuple(p[3] or () for p, _ in out) if want_lp else None,
-            usage=merge_usage([u for _, u in out]),
-        )
+        def assemble(out: list[tuple[Any, Usage]]) -> GenerateResult:
+            return GenerateResult(
+                texts=tuple(p[0] for p, _ in out),
+                finish_reasons=tuple(p[1] for p, _ in out),
+                token_logprobs=tuple(p[2] or () for p, _ in out) if want_lp else None,
+                top_logprobs=tuple(p[3] or () for p, _ in out) if want_lp else None,
+                usage=merge_usage([u for _, u in out]),
+            )
+
+        return self._gather(one, list(request.prompts), assemble)
 
     def next_token(self, request: NextTokenRequest) -> NextTokenResult:
         if request.top_k is None:
@@ -727,11 +868,13 @@ class OpenAIProvider(Provider):
         endpoint = "chat/completions" if chat else "completions"
 
         def one(prompt: str) -> tuple[dict[str, float], Usage]:
-            resp = self._send(endpoint, next_token_kwargs(self.model, prompt, int(request.top_k), chat=chat))
-            return parse_next_token(resp, chat=chat, top_k=int(request.top_k)), response_usage(resp)
+            return self._call(endpoint, next_token_kwargs(self.model, prompt, int(request.top_k), chat=chat),
+                              lambda resp: parse_next_token(resp, chat=chat, top_k=int(request.top_k)))
 
-        out = self._fan_out(one, list(request.prompts))
-        return NextTokenResult(logits=None, top_logprobs=tuple(d for d, _ in out), usage=merge_usage([u for _, u in out]))
+        def assemble(out: list[tuple[dict[str, float], Usage]]) -> NextTokenResult:
+            return NextTokenResult(logits=None, top_logprobs=tuple(d for d, _ in out), usage=merge_usage([u for _, u in out]))
+
+        return self._gather(one, list(request.prompts), assemble)
 
     def score(self, request: ScoreRequest) -> ScoreResult:
         if not self.score_enabled:
@@ -743,15 +886,16 @@ class OpenAIProvider(Provider):
             )
 
         def one(pair: tuple[str, str]) -> tuple[tuple[float, int], Usage]:
-            resp = self._send("completions", score_kwargs(self.model, *pair))
-            return parse_score(resp, *pair), response_usage(resp)
+            return self._call("completions", score_kwargs(self.model, *pair), lambda resp: parse_score(resp, *pair))
 
-        out = self._fan_out(one, list(zip(request.prompts, request.continuations)))
-        return ScoreResult(
-            logprobs=np.array([s for (s, _), _ in out], dtype=np.float64),
-            n_tokens=np.array([n for (_, n), _ in out], dtype=np.int64),
-            usage=merge_usage([u for _, u in out]),
-        )
+        def assemble(out: list[tuple[tuple[float, int], Usage]]) -> ScoreResult:
+            return ScoreResult(
+                logprobs=np.array([s for (s, _), _ in out], dtype=np.float64),
+                n_tokens=np.array([n for (_, n), _ in out], dtype=np.int64),
+                usage=merge_usage([u for _, u in out]),
+            )
+
+        return self._gather(one, list(zip(request.prompts, request.continuations)), assemble)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         if not self.embeddings:
@@ -760,15 +904,16 @@ class OpenAIProvider(Provider):
         chunks = [texts[i : i + EMBED_CHUNK] for i in range(0, len(texts), EMBED_CHUNK)]
 
         def one(chunk: list[str]) -> tuple[np.ndarray, Usage]:
-            resp = self._send("embeddings", embed_kwargs(self.model, chunk))
-            return parse_embeddings(resp, len(chunk)), response_usage(resp)
+            return self._call("embeddings", embed_kwargs(self.model, chunk), lambda resp: parse_embeddings(resp, len(chunk)))
 
-        out = self._fan_out(one, chunks)
-        vectors = np.concatenate([v for v, _ in out]) if out else np.zeros((0, 0))
-        if request.normalize and vectors.size:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms > 0, norms, 1.0)
-        return EmbedResult(vectors=vectors, usage=merge_usage([u for _, u in out]))
+        def assemble(out: list[tuple[np.ndarray, Usage]]) -> EmbedResult:
+            vectors = np.concatenate([v for v, _ in out]) if out else np.zeros((0, 0))
+            if request.normalize and vectors.size:
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.where(norms > 0, norms, 1.0)
+            return EmbedResult(vectors=vectors, usage=merge_usage([u for _, u in out]))
+
+        return self._gather(one, chunks, assemble, sizes=[len(c) for c in chunks])
 
     def close(self) -> None:
         if self._closed:

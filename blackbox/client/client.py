@@ -12,15 +12,27 @@ provider as *one* batch and the results are merged back in the original order.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import ALL_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from ..errors import BlackboxError, CapabilityError, ConfigError, ProviderError, bad_value
-from ..items import ITEM_OPS, REQUEST_TO_RESULT, ItemOps, count_items, item_ops
+from ..errors import (
+    BlackboxError,
+    CapabilityError,
+    ConfigError,
+    DeadlineExceededError,
+    InvalidResponseError,
+    PartialResultError,
+    ProviderError,
+    TransportError,
+    bad_value,
+)
+from ..items import ITEM_OPS, REQUEST_TO_RESULT, ItemOps, count_items, item_ops, merge_usage
 from ..provider import CALLS, Provider, require
 from ..secrets import redact, scrub_exception
 from ..types import (
@@ -41,7 +53,8 @@ from ..types import (
 )
 from .cache import DiskCache, key_from_identity
 from .codec import decode_result, encode_result
-from .ledger import Ledger, estimate_request
+from .deadline import call_deadline
+from .ledger import Ledger, Reservation, estimate_request
 from .retry import RetryPolicy
 
 __all__ = ["Client"]
@@ -90,6 +103,7 @@ class Client(Provider):
         ledger: Ledger | None = None,
         retry: RetryPolicy | None = None,
         concurrency: int = 1,
+        deadline: float | None = None,
     ) -> None:
         if not isinstance(provider, Provider):
             raise bad_value("provider", "a blackbox.provider.Provider instance", f"a {type(provider).__name__}")
@@ -108,6 +122,13 @@ class Client(Provider):
         self.ledger = ledger
         self.retry = retry if retry is not None else RetryPolicy()
         self.concurrency = _check_concurrency("concurrency", concurrency)
+        # Seconds one request may take, all retries and waits included; None: the provider's
+        # own ``deadline`` (e.g. the openai spec's ``deadline=``), else no limit.
+        if deadline is None:
+            deadline = getattr(provider, "deadline", None)
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0 or not math.isfinite(deadline)):
+            raise bad_value("deadline", "seconds > 0 or None", deadline)
+        self.deadline = None if deadline is None else float(deadline)
         self._model = _model_id(provider)
         self._stats_lock = threading.Lock()
         self._stats = {"calls": 0, "provider_calls": 0, "items": 0, "cache_hits": 0, "cache_misses": 0}
@@ -233,9 +254,18 @@ class Client(Provider):
             return handler.join_results(found, Usage(cached=True, queries=0, cost=0.0))
 
         order = list(missing)
-        fresh = self._send(handler.join([items[missing[k][0]] for k in order]), method, handler, len(order))
-        for key, item in zip(order, handler.split_result(fresh)):
-            self._cache_put(key, item)
+        kept: set[int] = set()
+
+        def keep(j: int, item: Any) -> None:
+            # A call that succeeded inside a request that is still retrying others: cached at
+            # once, so neither a later failure nor a rerun pays for it again.
+            self._cache_put(order[j], item)
+            kept.add(j)
+
+        fresh = self._send(handler.join([items[missing[k][0]] for k in order]), method, handler, len(order), keep)
+        for j, (key, item) in enumerate(zip(order, handler.split_result(fresh))):
+            if j not in kept:
+                self._cache_put(key, item)
             for i in missing[key]:
                 found[i] = item
         return handler.join_results(found, replace(fresh.usage, cached=False))
@@ -258,47 +288,129 @@ class Client(Provider):
             # The call is paid for already: failing it because the cache is full would waste it.
             log.warning("%s", redact(f"cache {self.cache.path}: could not store a result ({exc})"))
 
-    def _send(self, request: Any, method: str, handler: ItemOps, n: int) -> Any:
-        """One provider call for ``request`` (n items): reserve, call with retries, commit."""
-        reservation = None
-        if self.ledger is not None:
-            q, p, c = estimate_request(request)
-            reservation = self.ledger.reserve(q, p, c, model=self._model, what=_describe_request(request))
-        what = f"provider {self.name}: {method}()"
-        try:
-            result = self.retry.run(lambda: getattr(self.provider, method)(request), what=what)
-        except BlackboxError:
-            if reservation is not None:
-                self.ledger.release(reservation)  # type: ignore[union-attr]
-            raise
-        except Exception as exc:
-            if reservation is not None:
-                self.ledger.release(reservation)  # type: ignore[union-attr]
-            raise ProviderError(redact(f"{what} raised {type(exc).__name__}: {exc}")) from exc
-        except BaseException:
-            if reservation is not None:
-                self.ledger.release(reservation)  # type: ignore[union-attr]
-            raise
-        with self._stats_lock:
-            self._stats["provider_calls"] += 1
+    def _send(self, request: Any, method: str, handler: ItemOps, n: int, keep: Callable[[int, Any], None] | None = None) -> Any:
+        """Serve ``request`` (n items) from the provider, with retries at the unit that failed.
 
-        usage = getattr(result, "usage", None)
-        if not isinstance(usage, Usage):
-            usage = Usage()
-        if usage.queries == 0 and not usage.cached:
-            usage = replace(usage, queries=n)  # a provider that reports nothing still spent n queries
-        if reservation is not None:
-            # Committed before the result is checked: a malformed answer was still paid for.
-            cost = self.ledger.commit(reservation, usage)  # type: ignore[union-attr]
-            if cost and not usage.cost:
-                usage = replace(usage, cost=cost)
-        expected = REQUEST_TO_RESULT[type(request)]
-        if not isinstance(result, expected):
-            raise ProviderError(f"{what}: expected a {expected.__name__}, received a {type(result).__name__}")
-        got = handler.result_count(result)
-        if got != n:
-            raise ProviderError(f"{what}: expected {n} results (one per item), received {got}")
-        return replace(result, usage=usage)
+        Each attempt reserves budget for the items still pending (so the ledger's limits are
+        checked before every call, retries included), bills what the server did — also in a
+        failed attempt — and keeps the items that succeeded (``keep(position, item)``); only
+        the failed items are sent again.
+        """
+        what = f"provider {self.name}: {method}()"
+        deadline_at = None if self.deadline is None else time.monotonic() + self.deadline
+        pending = list(range(n))  # positions in ``request`` still to be served
+        done: dict[int, Any] = {}  # position → single-item result, from partial successes
+        spent: list[Usage] = []  # usage of every attempt's billed work, for the final result
+        items: list[Any] | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            if len(pending) == n:
+                sub = request
+            else:
+                items = items if items is not None else handler.split(request)
+                sub = handler.join([items[i] for i in pending])
+            left = None if deadline_at is None else deadline_at - time.monotonic()
+            if left is not None and left <= 0:
+                raise DeadlineExceededError(
+                    f"{what}: deadline={self.deadline:g}s passed after {attempt - 1} attempt(s)", attempts=max(1, attempt - 1)
+                )
+            reservation = self._reserve(sub)  # BudgetExceededError: nothing is sent
+            failure: BaseException | None = None
+            try:
+                with call_deadline(deadline_at):
+                    result = getattr(self.provider, method)(sub)
+            except TransportError as exc:  # PartialResultError included
+                failure = exc
+            except BlackboxError:
+                self._settle(reservation, [])
+                raise
+            except Exception as exc:
+                self._settle(reservation, [])
+                raise ProviderError(redact(f"{what} raised {type(exc).__name__}: {exc}")) from exc
+            except BaseException:
+                self._settle(reservation, [])
+                raise
+            with self._stats_lock:
+                self._stats["provider_calls"] += 1
+
+            if failure is None:
+                usage = getattr(result, "usage", None)
+                if not isinstance(usage, Usage):
+                    usage = Usage()
+                if usage.queries == 0 and not usage.cached:
+                    usage = replace(usage, queries=len(pending))  # a provider that reports nothing still spent them
+                # Billed before the result is checked: a malformed answer was still paid for.
+                cost = self._settle(reservation, [usage])
+                if cost and not usage.cost:
+                    usage = replace(usage, cost=cost)
+                spent.append(usage)
+                if len(spent) > 1:
+                    usage = merge_usage(spent)  # the result reports everything this request was billed
+                expected = REQUEST_TO_RESULT[type(request)]
+                if not isinstance(result, expected):
+                    raise ProviderError(f"{what}: expected a {expected.__name__}, received a {type(result).__name__}")
+                got = handler.result_count(result)
+                if got != len(pending):
+                    raise ProviderError(f"{what}: expected {len(pending)} results (one per item), received {got}")
+                failure = _missing_content(sub, result, what)
+                if failure is None:
+                    if not done:
+                        return replace(result, usage=usage)
+                    for pos, item in zip(pending, handler.split_result(result)):
+                        done[pos] = item
+                    return handler.join_results([done[i] for i in range(n)], usage)
+                errors: dict[int, BaseException] = {j: failure for j in range(len(pending))}
+            else:
+                # What the server did in this attempt: the calls that succeeded, plus the work
+                # of failed ones (an unusable body, a request sent before the connection dropped).
+                partial = failure.results if isinstance(failure, PartialResultError) else {}
+                errors = failure.errors if isinstance(failure, PartialResultError) else {j: failure for j in range(len(pending))}
+                billed = [_item_usage(r) for r in partial.values()]
+                billed += [e.billed for e in _distinct(errors.values()) if isinstance(getattr(e, "billed", None), Usage)]
+                cost = self._settle(reservation, billed)
+                if billed:
+                    spent.append(replace(merge_usage(billed), cost=cost))
+                for j in sorted(partial):
+                    pos = pending[j]
+                    done[pos] = replace(partial[j], usage=Usage())
+                    if keep is not None:
+                        keep(pos, done[pos])
+                pending = [pos for j, pos in enumerate(pending) if j not in partial]
+                if not pending:  # every item arrived after all
+                    return handler.join_results([done[i] for i in range(n)], merge_usage(spent))
+
+            last = errors[min(errors)]
+            if not isinstance(last, TransportError):
+                raise last  # e.g. a ProviderError for one item: not a transport problem
+            unretryable = [e for e in errors.values() if not self.retry.should_retry(e)]
+            left = None if deadline_at is None else deadline_at - time.monotonic()
+            wait_s, reason = self.retry.decide(unretryable[0] if unretryable else last, attempt, left)
+            if reason is None and not unretryable:
+                waits = [e.retry_after for e in errors.values() if isinstance(e, TransportError) and e.retry_after is not None]
+                wait_s = max([wait_s or 0.0, *waits]) if waits else wait_s
+                log.info("%s", redact(f"{what}: attempt {attempt} failed for {len(pending)} of {n} items ({last}); retrying in {wait_s:.3f}s"))
+                self.retry.sleep(wait_s)
+                continue
+            final = unretryable[0] if unretryable else last
+            if not isinstance(final, TransportError):
+                raise final
+            raise self.retry.give_up(final, what, reason or "not retryable", attempt) from final
+
+    def _reserve(self, request: Any) -> Reservation | None:
+        if self.ledger is None:
+            return None
+        q, p, c = estimate_request(request)
+        return self.ledger.reserve(q, p, c, model=self._model, what=_describe_request(request))
+
+    def _settle(self, reservation: Reservation | None, billed: list[Usage]) -> float:
+        """Commit ``billed`` against the reservation (release it when the server did nothing)."""
+        if reservation is None or self.ledger is None:
+            return 0.0
+        if not billed:
+            self.ledger.release(reservation)
+            return 0.0
+        return self.ledger.commit(reservation, billed)
 
     # many requests -----------------------------------------------------------------------
     def map(self, requests: Iterable[Any], concurrency: int | None = None, *, return_exceptions: bool = False) -> list[Any]:
@@ -387,6 +499,31 @@ class Client(Provider):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _missing_content(request: Any, result: Any, what: str) -> InvalidResponseError | None:
+    """An error when ``result`` lacks what ``request`` asked for (checked before caching)."""
+    if isinstance(request, GenerateRequest) and request.top_logprobs > 0:
+        if result.token_logprobs is None or result.top_logprobs is None:
+            return InvalidResponseError(f"{what}: logprobs were requested (top_logprobs={request.top_logprobs}) but the result has none")
+    if isinstance(request, NextTokenRequest) and request.top_k is not None and result.logits is None:
+        if result.top_logprobs is None or not all(result.top_logprobs):
+            return InvalidResponseError(f"{what}: top_k={request.top_k} log-probabilities were requested but some prompts have none")
+    return None
+
+
+def _item_usage(result: Any) -> Usage:
+    usage = getattr(result, "usage", None)
+    return usage if isinstance(usage, Usage) else Usage()
+
+
+def _distinct(values: Iterable[Any]) -> list[Any]:
+    seen, out = set(), []
+    for v in values:
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
 
 
 def _check_concurrency(name: str, value: Any) -> int:

@@ -7,7 +7,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -130,6 +130,10 @@ class Ledger:
         self.cost = 0.0
         self.cache_hits = 0
         self.unpriced: set[str] = set()
+        # The part of the used amounts that is the client's estimate, not the server's report:
+        # answers without ``usage`` and calls whose answer was lost after sending (billed in
+        # full, conservatively). Always included in queries/tokens/cost above.
+        self.estimated: dict[str, float] = {"queries": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
         self._open: dict[int, Reservation] = {}
         self._next_id = 0
 
@@ -201,25 +205,39 @@ class Ledger:
             self._open[res.id] = res
             return res
 
-    def commit(self, reservation: Reservation, usage: Usage) -> float:
-        """Replace a reservation by what the call really used; returns the cost charged."""
-        if not isinstance(usage, Usage):
-            raise bad_value("usage", "a blackbox.types.Usage", usage)
+    def commit(self, reservation: Reservation, usage: "Usage | Sequence[Usage]") -> float:
+        """Replace a reservation by what the call really used; returns the cost charged.
+
+        ``usage`` may be a list: one entry per piece of server work (e.g. the calls of a
+        fanned-out request, or a failed call's billed estimate). Entries marked
+        ``estimated`` are also added to :attr:`estimated`.
+        """
+        usages = [usage] if isinstance(usage, Usage) else list(usage) if isinstance(usage, (list, tuple)) else [usage]
+        for u in usages:
+            if not isinstance(u, Usage):
+                raise bad_value("usage", "a blackbox.types.Usage or a list of them", u)
         with self._lock:
             if self._open.get(reservation.id) is not reservation:
                 raise bad_value("reservation", "an open reservation of this ledger", f"reservation #{reservation.id} ({reservation.state})")
             del self._open[reservation.id]
             reservation.state = "committed"
-            cost = float(usage.cost) if usage.cost > 0 else self.price(reservation.model, usage.prompt_tokens, usage.completion_tokens)
-            if cost is None:
-                cost = 0.0
-                if usage.prompt_tokens or usage.completion_tokens:
-                    self.unpriced.add(reservation.model or "(unknown model)")
-            self.queries += int(usage.queries)
-            self.prompt_tokens += int(usage.prompt_tokens)
-            self.completion_tokens += int(usage.completion_tokens)
-            self.cost += cost
-            return cost
+            total = 0.0
+            for u in usages:
+                cost = float(u.cost) if u.cost > 0 else self.price(reservation.model, u.prompt_tokens, u.completion_tokens)
+                if cost is None:
+                    cost = 0.0
+                    if u.prompt_tokens or u.completion_tokens:
+                        self.unpriced.add(reservation.model or "(unknown model)")
+                self.queries += int(u.queries)
+                self.prompt_tokens += int(u.prompt_tokens)
+                self.completion_tokens += int(u.completion_tokens)
+                self.cost += cost
+                if u.estimated:
+                    for key, value in (("queries", u.queries), ("prompt_tokens", u.prompt_tokens),
+                                       ("completion_tokens", u.completion_tokens), ("cost", cost)):
+                        self.estimated[key] += value
+                total += cost
+            return total
 
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation whose call failed (idempotent; nothing is counted)."""
@@ -258,9 +276,10 @@ class Ledger:
         """Used, in-flight, limits and remaining amounts as a plain dict."""
         with self._lock:
             used, flight = self._used(), self._in_flight()
-            cache_hits, unpriced = self.cache_hits, sorted(self.unpriced)
+            cache_hits, unpriced, estimated = self.cache_hits, sorted(self.unpriced), dict(self.estimated)
         return {
             **used,
+            "estimated": estimated,
             "cache_hits": cache_hits,
             "in_flight": flight,
             "limits": dict(self.limits),
@@ -276,6 +295,7 @@ class Ledger:
                 "limits": dict(self.limits),
                 "prices": {k: dict(v) for k, v in sorted(self.prices.items())},
                 "used": self._used(),
+                "estimated": dict(self.estimated),
                 "cache_hits": self.cache_hits,
                 "unpriced": sorted(self.unpriced),
             }
@@ -293,6 +313,10 @@ class Ledger:
             ledger.cost = _check_money("used.cost", used["cost"])
             ledger.cache_hits = _check_count("cache_hits", obj.get("cache_hits", 0))
             ledger.unpriced = set(obj.get("unpriced", []))
+            est = obj.get("estimated", {})  # absent in ledgers saved before it existed
+            for key in ("queries", "prompt_tokens", "completion_tokens"):
+                ledger.estimated[key] = _check_count(f"estimated.{key}", est.get(key, 0))
+            ledger.estimated["cost"] = _check_money("estimated.cost", est.get("cost", 0.0))
         except ConfigError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
-from ..errors import TransportError, bad_value
+from ..errors import DeadlineExceededError, InvalidResponseError, TransportError, bad_value
 from ..secrets import redact
 from .ledger import _check_money
 
@@ -65,6 +65,35 @@ class RetryPolicy:
         cap = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return self.rng.random() * cap if self.jitter else cap
 
+    def decide(self, exc: BaseException, attempt: int, time_left: float | None = None) -> tuple[float | None, str | None]:
+        """After the ``attempt``-th failure: ``(seconds to wait, None)`` to retry, or
+        ``(None, reason)`` to give up. ``time_left`` (seconds until a deadline) gives up when
+        the wait would outlast it."""
+        if not self.should_retry(exc):
+            return None, "not retryable"
+        assert isinstance(exc, TransportError)  # should_retry is False for anything else
+        if attempt >= self.max_attempts:
+            return None, f"max_attempts={self.max_attempts} reached"
+        if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
+            return None, f"server asked to wait {exc.retry_after:g}s, more than max_retry_after={self.max_retry_after:g}s"
+        wait_s = max(0.0, exc.retry_after) if exc.retry_after is not None else self.backoff(attempt)
+        if time_left is not None and wait_s >= time_left:
+            return None, f"deadline: {max(0.0, time_left):.3g}s left, retry would wait {wait_s:.3g}s"
+        return wait_s, None
+
+    def give_up(self, last: TransportError, what: str, reason: str, attempts: int) -> TransportError:
+        """The error raised after the last attempt: ``last``'s status, ids and kind, chained by the caller."""
+        cls = type(last) if type(last) in _KEEP_TYPE else TransportError
+        return cls(
+            redact(f"{what} failed: {last.message} ({reason})"),
+            status=last.status,
+            request_id=last.request_id,
+            retry_after=last.retry_after,
+            attempts=attempts,
+            retryable=last.retryable,
+            endpoint=last.endpoint,
+        )
+
     def run(self, fn: Callable[[], T], *, what: str = "call") -> T:
         """Call ``fn`` until it succeeds, retrying TransportErrors; then raise a chained TransportError."""
         attempt = 0
@@ -73,27 +102,14 @@ class RetryPolicy:
             try:
                 return fn()
             except TransportError as exc:
-                last, reason = exc, None
-                if not self.should_retry(exc):
-                    reason = "not retryable"
-                elif attempt >= self.max_attempts:
-                    reason = f"max_attempts={self.max_attempts} reached"
-                elif exc.retry_after is not None and exc.retry_after > self.max_retry_after:
-                    reason = f"server asked to wait {exc.retry_after:g}s, more than max_retry_after={self.max_retry_after:g}s"
+                last = exc
+                wait_s, reason = self.decide(exc, attempt)
                 if reason is None:
-                    wait_s = max(0.0, exc.retry_after) if exc.retry_after is not None else self.backoff(attempt)
                     log.info("%s", redact(f"{what}: attempt {attempt} failed ({exc}); retrying in {wait_s:.3f}s"))
                     self.sleep(wait_s)
                     continue
             break
-        raise TransportError(
-            redact(f"{what} failed: {_base_message(last)} ({reason})"),
-            status=last.status,
-            request_id=last.request_id,
-            retry_after=last.retry_after,
-            attempts=attempt,
-            retryable=last.retryable,
-        ) from last
+        raise self.give_up(last, what, reason, attempt) from last
 
     def __repr__(self) -> str:
         return (
@@ -102,6 +118,5 @@ class RetryPolicy:
         )
 
 
-def _base_message(exc: TransportError) -> str:
-    """The message a TransportError was built with, without the status/id/... suffix it appends."""
-    return exc.message
+# A final error keeps these kinds (an invalid body stays an InvalidResponseError).
+_KEEP_TYPE = (InvalidResponseError, DeadlineExceededError)

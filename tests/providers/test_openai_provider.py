@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server import llama_server  # noqa: E402,F401  (module-scoped fixture)
 
-from blackbox.errors import CapabilityError, ConfigError, ProviderError, TransportError  # noqa: E402
+from blackbox.errors import CapabilityError, ConfigError, InvalidResponseError, ProviderError, TransportError  # noqa: E402
 from blackbox.provider import load_provider  # noqa: E402
 from blackbox.types import (  # noqa: E402
     Capability, EmbedRequest, GenerateRequest, NextTokenRequest, ScoreRequest, Usage,
@@ -508,14 +508,25 @@ def test_first_failure_in_a_batch_is_raised_in_order():
     p.close()
 
 
-def test_malformed_server_response_is_a_provider_error():
+def test_malformed_server_response_is_a_typed_billed_retryable_error():
     _needs_openai()
     import httpx2
 
     p = _fake_provider(lambda r: httpx2.Response(200, text="<html>proxy error</html>"))
-    with pytest.raises(ProviderError, match="malformed chat completion response") as info:
-        p.generate(GenerateRequest(prompts=("x",)))
-    assert not isinstance(info.value, TransportError)
+    with pytest.raises(InvalidResponseError, match="server answered with an invalid body: malformed chat completion response") as info:
+        p.generate(GenerateRequest(prompts=("abcdefg",), max_tokens=5))
+    err = info.value
+    # The server produced an answer, so the call is billed (estimated: the body has no usage).
+    assert (err.status, err.retryable, err.endpoint) == (200, True, "POST /chat/completions at http://127.0.0.1:1/v1")
+    assert err.billed == Usage(queries=1, prompt_tokens=2, completion_tokens=5, estimated=True)
+    # A truncated JSON body is the same kind of error, not a bare json.JSONDecodeError.
+    p.close()
+    p = _fake_provider(lambda r: httpx2.Response(200, headers={"content-type": "application/json", "x-request-id": "r-7"},
+                                                 content=b'{"choices": [{"message": {"content": "Par'))
+    with pytest.raises(InvalidResponseError, match=r"invalid body \(JSONDecodeError") as info:
+        p.generate(GenerateRequest(prompts=("x",), max_tokens=3))
+    assert (info.value.status, info.value.request_id, info.value.billed.queries) == (200, "r-7", 1)
+    assert info.value.__cause__ is None and info.value.__context__ is None
     p.close()
     with pytest.raises(ProviderError, match="used after close"):
         p.generate(GenerateRequest(prompts=("x",)))
