@@ -156,6 +156,15 @@ class _ApiTopK:
         return out
 
 
+def _chat_mode(p: Any) -> bool:
+    """True for an API provider (or a Client around one) that would send chat messages."""
+    while p is not None:
+        if getattr(p, "completions", None) is False:
+            return True
+        p = getattr(p, "provider", None)
+    return False
+
+
 def _is_local(p: Provider) -> bool:
     return all(hasattr(p, a) for a in ("model", "tokenizer", "model_inputs", "model_forward", "encode"))
 
@@ -178,15 +187,24 @@ class LogitFusion:
                 raise CapabilityError(f"fusion ({role} model): needs a local model with per-token KV caches (hf-causal); provider {p.name} is not one")
         self.api_large = False
         if self.config.large_top_k is None:
-            require(large, [Capability.LOGITS], "fusion (large model; pass large_top_k=K for a top-k API)")
+            require(large, [Capability.LOGITS], "fusion (large model; for an API that returns top-k logprobs pass --large-top-k K, large_top_k=K in Python)")
             if not _is_local(large):
-                raise CapabilityError(f"fusion (large model): full-vocabulary fusion needs a local hf-causal model; provider {large.name} is not one (use large_top_k=K)")
+                raise CapabilityError(f"fusion (large model): full-vocabulary fusion needs a local hf-causal model; provider {large.name} is not one "
+                                      "(for an API pass --large-top-k K, large_top_k=K in Python)")
             roles = {"large": large, **roles}
         else:
             require(large, [Capability.LOGITS, Capability.TOP_LOGPROBS], "fusion (large model)", any_of=True)
             if _is_local(large):
                 roles = {"large": large, **roles}  # emulated top-k: local logits, only k kept
             else:
+                if _chat_mode(large):
+                    # A chat endpoint answers the prompt wrapped in a chat template: its first
+                    # reply token is not the base model's next token of the text (the fused
+                    # output was "LLLL..." against a real server).
+                    raise ConfigError(
+                        f"fusion (large model): provider {large.name} is in chat mode; fusion continues raw text, so it "
+                        "needs the completions endpoint: add completions=1 to the spec (e.g. openai:MODEL?base_url=URL&completions=1)"
+                    )
                 self.api_large = True
         self.roles = roles
         widths = {r: logits_width(p) for r, p in roles.items()}
