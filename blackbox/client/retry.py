@@ -77,13 +77,18 @@ class RetryPolicy:
         if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
             return None, f"server asked to wait {exc.retry_after:g}s, more than max_retry_after={self.max_retry_after:g}s"
         wait_s = max(0.0, exc.retry_after) if exc.retry_after is not None else self.backoff(attempt)
+        if time_left is not None and time_left <= 0:
+            return None, "deadline passed"
         if time_left is not None and wait_s >= time_left:
-            return None, f"deadline: {max(0.0, time_left):.3g}s left, retry would wait {wait_s:.3g}s"
+            return None, f"deadline: {time_left:.3g}s left, less than the {wait_s:.3g}s wait before a retry"
         return wait_s, None
 
     def give_up(self, last: TransportError, what: str, reason: str, attempts: int) -> TransportError:
         """The error raised after the last attempt: ``last``'s status, ids and kind, chained by the caller."""
-        cls = type(last) if type(last) in _KEEP_TYPE else TransportError
+        if reason.startswith("deadline"):
+            cls: type[TransportError] = DeadlineExceededError
+        else:
+            cls = type(last) if type(last) in _KEEP_TYPE else TransportError
         return cls(
             redact(f"{what} failed: {last.message} ({reason})"),
             status=last.status,
