@@ -2,7 +2,7 @@
 
 Spec::
 
-    openai:MODEL[?base_url=URL&timeout=30&api_key_env=OPENAI_API_KEY&completions=1
+    openai:MODEL[?base_url=URL&timeout=30&deadline=S&api_key_env=OPENAI_API_KEY&completions=1
                   &embeddings=1|probe&score=1|probe&max_connections=16]
 
 The module is split in three layers:
@@ -11,11 +11,17 @@ The module is split in three layers:
   requests, ``parse_*`` turn SDK responses, or plain dicts shaped like them, into our result
   pieces). No network, no ``openai`` import; unit-tested with fake response objects.
 * **error mapping** — :func:`map_error` turns an SDK exception into a
-  :class:`~blackbox.errors.TransportError` (status, request id, ``Retry-After``, retryable)
-  or a :class:`~blackbox.errors.ProviderError`, with every secret redacted.
+  :class:`~blackbox.errors.TransportError` (status, request id, ``Retry-After``, retryable,
+  endpoint; "cannot connect" apart from "connection dropped after the request was sent", the
+  latter carrying the work it is billed at) or a :class:`~blackbox.errors.ProviderError`,
+  with every secret redacted; a 2xx body that is not JSON or lacks what was asked for is an
+  :class:`~blackbox.errors.InvalidResponseError`.
 * **transport** — :class:`OpenAIProvider` owns one SDK client (``max_retries=0``: retries
   belong to :class:`blackbox.client.Client`) with a bounded connection pool, and fans the
   prompts of one request out over a thread pool of ``max_connections`` (results in order).
+  When some of those calls fail it raises :class:`~blackbox.errors.PartialResultError` with
+  the items that arrived, so the client retries only the failed ones (docs/providers.md,
+  "Accounting rules").
 
 Importing this module does not import ``openai``; the constructor does.
 """

@@ -3,7 +3,9 @@
 A call goes::
 
     capability check → per-item cache lookup → ledger reserve (misses only)
-      → provider call with retries → ledger commit → cache store → merged result
+      → provider call → ledger commit of the server's work → cache store → merged result
+      (on failure: keep and cache the items that arrived, retry only the failed ones,
+       reserving again before each attempt, within the request's deadline)
 
 Batch requests are split into single-item requests for the cache; the misses go to the
 provider as *one* batch and the results are merged back in the original order.
@@ -23,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import (
     BlackboxError,
+    BudgetExceededError,
     CapabilityError,
     ConfigError,
     DeadlineExceededError,
@@ -315,7 +318,13 @@ class Client(Provider):
                 raise DeadlineExceededError(
                     f"{what}: deadline={self.deadline:g}s passed after {attempt - 1} attempt(s)", attempts=max(1, attempt - 1)
                 )
-            reservation = self._reserve(sub)  # BudgetExceededError: nothing is sent
+            try:
+                reservation = self._reserve(sub)  # BudgetExceededError: this attempt is not sent
+            except BudgetExceededError as exc:
+                if attempt == 1:
+                    raise
+                kept = f"; the {len(done)} of {n} items that arrived are kept" + (" in the cache" if keep and done else "")
+                raise BudgetExceededError(f"{exc} (retry {attempt - 1} of {what}{kept})") from None
             failure: BaseException | None = None
             try:
                 with call_deadline(deadline_at):

@@ -26,7 +26,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server import llama_server  # noqa: E402,F401  (module-scoped fixture)
 
-from blackbox.errors import CapabilityError, ConfigError, InvalidResponseError, ProviderError, TransportError  # noqa: E402
+from blackbox.errors import (  # noqa: E402
+    CapabilityError, ConfigError, InvalidResponseError, PartialResultError, ProviderError, TransportError,
+)
 from blackbox.provider import load_provider  # noqa: E402
 from blackbox.types import (  # noqa: E402
     Capability, EmbedRequest, GenerateRequest, NextTokenRequest, ScoreRequest, Usage,
@@ -500,11 +502,16 @@ def test_provider_never_retries_and_maps_statuses():
     p.close()
 
 
-def test_first_failure_in_a_batch_is_raised_in_order():
+def test_failed_calls_of_a_batch_come_back_with_the_items_that_arrived():
     server = FakeServer(fail={"p3": (500, {}), "p5": (400, {})})
     p = _fake_provider(server, max_connections=8)
-    with pytest.raises(TransportError, match="failed p3"):
+    with pytest.raises(PartialResultError, match="2 of 8 items failed, first: .*failed p3") as info:
         p.generate(GenerateRequest(prompts=tuple(f"p{i}" for i in range(8))))
+    err = info.value
+    assert len(server.calls) == 8  # one failure does not cancel the other calls
+    assert sorted(err.results) == [0, 1, 2, 4, 6, 7] and sorted(err.errors) == [3, 5]
+    assert err.results[4].texts == ("P4",) and err.results[4].usage.queries == 1
+    assert (err.errors[3].status, err.errors[5].status) == (500, 400) and not err.retryable  # a 400 is among them
     p.close()
 
 
