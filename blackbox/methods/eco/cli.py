@@ -43,6 +43,7 @@ def fit_cmd(
     corruption: Optional[str] = typer.Option(None, "--corruption", help="Corruption family (default gaussian_first_n)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Tokens to corrupt: entity or all_but_last."),
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder spec for gate features, e.g. sentence-encoder:minilm."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Ask through the model's chat template (default: when the model has one)."),
     seed: int = SEED_OPT,
     sets: List[str] = SET_OPT,
     as_json: bool = JSON_OPT,
@@ -53,7 +54,7 @@ def fit_cmd(
     from .job import load_jsonl
     from .method import EcoMethod
 
-    flags = {k: v for k, v in (("fpr", fpr), ("corruption", corruption), ("tokens", tokens), ("encoder", encoder)) if v is not None}
+    flags = {k: v for k, v in (("fpr", fpr), ("corruption", corruption), ("tokens", tokens), ("encoder", encoder), ("chat", chat)) if v is not None}
     config = EcoConfig.from_overrides(sets, seed=seed, **flags)
     f_items = load_jsonl(forget, "forget")
     r_items = load_jsonl(retain, "retain")
@@ -128,7 +129,7 @@ def generate_cmd(
     run_dir: Path = typer.Argument(..., help="A fitted run directory."),
     prompt: List[str] = typer.Option(..., "--prompt", help="Prompt text (repeatable)."),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens to generate."),
-    chat: bool = typer.Option(False, "--chat/--no-chat", help="Apply the model's chat template."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the model's chat template (default: as the run was fitted)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the model spec stored in the artifact."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -138,6 +139,8 @@ def generate_cmd(
     from .job import load_guarded
 
     guarded = load_guarded(run_dir, model=model)
+    if chat is None:
+        chat = bool(guarded.artifact["config"].get("chat"))
     res = guarded.generate(GenerateRequest(tuple(prompt), max_tokens=max_tokens, chat=chat))
     flags = [bool(f) for f in guarded.last_flags]
     if as_json:

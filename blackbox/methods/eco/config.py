@@ -42,6 +42,8 @@ class EcoConfig(Config):
     exact_match: bool = field(default=True, metadata={"help": 'Gate flags every prompt naming a forget target or alias.'})
     encoder: str | None = field(default=None, metadata={"help": "Encoder provider spec for gate features (e.g. 'sentence-encoder:minilm'); None: lexical only."})
     seed: int = field(default=0, metadata={"help": 'Seed of the data split, the gate and the corruption noise.'})
+    chat: bool | None = field(default=None, metadata={"help": "Put every prompt in the model's chat template, for knowledge scoring, search and use alike (None: auto, when the tokenizer has a chat template)."})
+    allow_nothing_known: bool = field(default=False, metadata={"help": "Finish (strength left at start) when the model knows none of the forget answers; default: refuse, since nothing would be forgotten."})
     verify_unflagged: bool = field(default=True, metadata={"help": "Regenerate every prompt through the guarded model after fitting. False: only flagged prompts are regenerated (an unflagged prompt goes to the base model's plain call, so its output is the base output) and general prompts are not generated at all; cheaper."})
 
     def __post_init__(self) -> None:
@@ -64,6 +66,8 @@ class EcoConfig(Config):
         if self.start <= 0:
             raise bad_value("start", "a strength > 0", self.start)
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.chat and self.objective == "divergence":
+            raise bad_value("objective", "'accuracy' with chat=true (the divergence objective scores raw text only)", self.objective)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (stored in the artifact)."""

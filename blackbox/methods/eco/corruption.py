@@ -183,6 +183,7 @@ def select_tokens(
     offsets: Sequence[tuple[int, int]],
     spans: Sequence[tuple[int, int]],
     mode: str,
+    region: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Indices of the tokens to corrupt.
 
@@ -190,11 +191,13 @@ def select_tokens(
     occurrences in the prompt text); when ``spans`` is empty it falls back to
     ``all_but_last``. ``all_but_last``: every non-special token but the last one (the last
     token's embedding is kept so the model still sees where to answer). Special tokens
-    (offset ``(0, 0)``) are never selected.
+    (offset ``(0, 0)``) are never selected. ``region`` (character start, end) limits the
+    choice to the prompt's own text inside a chat template: the template's tokens (role
+    markers, special tokens, the generation prompt) are never corrupted.
     """
     if mode not in SELECTIONS:
         raise bad_value("tokens", f"one of {', '.join(SELECTIONS)}", mode)
-    real = [i for i, (a, b) in enumerate(offsets) if b > a]
+    real = [i for i, (a, b) in enumerate(offsets) if b > a and (region is None or (a >= region[0] and b <= region[1]))]
     if mode == "entity" and spans:
         hit = [i for i in real if any(offsets[i][0] < e and s < offsets[i][1] for s, e in spans)]
         if hit:
@@ -221,11 +224,12 @@ class Corruption:
         if self.tokens not in SELECTIONS:
             raise bad_value("tokens", f"one of {', '.join(SELECTIONS)}", self.tokens)
 
-    def apply(self, ids: np.ndarray, embeds: np.ndarray, offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]] = ()) -> np.ndarray:
-        """Corrupted copy of ``embeds`` (only the selected rows change)."""
+    def apply(self, ids: np.ndarray, embeds: np.ndarray, offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]] = (),
+              region: tuple[int, int] | None = None) -> np.ndarray:
+        """Corrupted copy of ``embeds`` (only the selected rows change; see :func:`select_tokens`)."""
         if self.strength == 0:
             return embeds
-        idx = select_tokens(offsets, spans, self.tokens)
+        idx = select_tokens(offsets, spans, self.tokens, region)
         if idx.size == 0:
             return embeds
         fn = get_corruption(self.family)

@@ -117,20 +117,27 @@ class GuardedProvider(Provider):
         return out
 
     def _edit(self, prompts: Sequence[str], chat: bool) -> Callable[..., np.ndarray]:
-        """One edit for a batch of flagged prompts: spans looked up by the prompt's token ids."""
-        table: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        """One edit for a batch of flagged prompts: spans looked up by the prompt's token ids.
+
+        With ``chat`` the prompt sits inside the model's chat template: target spans are shifted
+        to where the prompt lies in the templated text, and only the prompt's own tokens may be
+        corrupted (never the template's, never generated ones: the edit acts on prefill only).
+        """
+        table: dict[tuple[int, ...], tuple[list[tuple[int, int]], tuple[int, int] | None]] = {}
         for p in prompts:
             full = self.base.prompt_text(p, chat) if hasattr(self.base, "prompt_text") else p
-            shift = full.find(p) if chat else 0
-            spans = [(s + max(shift, 0), e + max(shift, 0)) for s, e in self._spans(p)]
+            shift = max(full.rfind(p), 0) if chat else 0
+            spans = [(s + shift, e + shift) for s, e in self._spans(p)]
+            region = (shift, shift + len(p)) if chat else None
             ids = tuple(int(i) for i in self.base.encode(p, chat)) if hasattr(self.base, "encode") else None
             if ids is None:
                 ids = tuple(int(i) for i in self.base.token_embeddings(p, chat).ids)
-            table[ids] = spans
+            table[ids] = (spans, region)
         corruption = self.corruption
 
         def edit(ids: np.ndarray, embeds: np.ndarray, offsets: list[tuple[int, int]]) -> np.ndarray:
-            return corruption.apply(ids, embeds, offsets, table.get(tuple(int(i) for i in ids), []))
+            spans, region = table.get(tuple(int(i) for i in ids), ([], None))
+            return corruption.apply(ids, embeds, offsets, spans, region)
 
         return edit
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -188,13 +189,26 @@ def _digest(items: Sequence[Item]) -> str:
     return h.hexdigest()[:16]
 
 
+def has_chat_template(provider: Any) -> bool:
+    """Whether a (local) provider's tokenizer carries a chat template, i.e. is an instruct model."""
+    return bool(getattr(getattr(provider, "tokenizer", None), "chat_template", None))
+
+
+def resolve_chat(config: EcoConfig, provider: Any) -> EcoConfig:
+    """``chat=None`` becomes the model's own format: its chat template when it has one."""
+    if config.chat is not None:
+        return config
+    return config.replace(chat=has_chat_template(provider))
+
+
 def generate_all(provider: Any, prompts: Sequence[str], config: EcoConfig) -> tuple[list[str], int]:
     """Greedy continuations and the model queries spent."""
     from blackbox.types import GenerateRequest
 
     if not prompts:
         return [], 0
-    r = provider.generate(GenerateRequest(tuple(prompts), max_tokens=config.max_new_tokens, temperature=0.0, stop=config.stop))
+    r = provider.generate(GenerateRequest(tuple(prompts), max_tokens=config.max_new_tokens, temperature=0.0, stop=config.stop,
+                                          chat=bool(config.chat)))
     return list(r.texts), int(r.usage.queries)
 
 
@@ -343,7 +357,7 @@ def fit(
     artifact); different inputs are refused.
     """
 
-    config = config or EcoConfig()
+    config = resolve_chat(config or EcoConfig(), provider)
     forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
     check_sets(forget_i, retain_i)
     missing = [i.line or k for k, i in enumerate(forget_i) if not i.target]
@@ -411,6 +425,16 @@ def fit(
     if known:
         result = run_search(_objective(provider, known, base_corr, gate.spans, config, memo), config)
     else:
+        fmt = "its chat template" if config.chat else "raw completion (no chat template)"
+        if not config.allow_nothing_known:
+            if not resumed:
+                shutil.rmtree(run, ignore_errors=True)  # the corrected command must not meet a half-made run
+            shown = "; ".join(f"{i.prompt!r} -> {o.strip()[:40]!r} (answer {i.answer!r})" for i, o in list(zip(forget_i, f_out))[:2])
+            raise RunError(
+                f"forget: the model knows none of the {len(forget_i)} forget answers when asked through {fmt}, so there is "
+                f"nothing to forget (e.g. {shown}); try --chat/--no-chat, or answers in the form the model gives them "
+                "(--set allow_nothing_known=true finishes anyway); nothing was kept"
+            )
         msg = "forget: the model knows none of the forget answers; nothing to forget, strength left at start"
         warnings.warn(msg, NothingToForgetWarning, stacklevel=2)
         notes.append(msg)
