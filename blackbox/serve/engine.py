@@ -167,9 +167,14 @@ class Engine:
     # control --------------------------------------------------------------------------------
     def start(self) -> "Engine":
         """Start the loop thread (idempotent)."""
+        import torch
+
+        # OpenMP thread counts are per thread: a new thread starts from OMP_NUM_THREADS, not
+        # from the creator's torch.set_num_threads. Decode with the creator's setting.
+        threads = torch.get_num_threads()
         with self._cv:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="blackbox-serve-engine", daemon=True)
+                self._thread = threading.Thread(target=self._run, args=(threads,), name="blackbox-serve-engine", daemon=True)
                 self._thread.start()
         return self
 
@@ -230,9 +235,10 @@ class Engine:
         return results
 
     # the loop -----------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, threads: int) -> None:
         import torch
 
+        torch.set_num_threads(threads)
         while True:
             with self._cv:
                 while not self._pending and not self._rows and not self._closing:
@@ -275,6 +281,8 @@ class Engine:
         if new:
             self._prefill(new)
         rows = self._rows
+        if not rows:  # every waiting job was cancelled before admission
+            return
         picked = self._logits
         next_ids: list[int] = []
         keep: list[int] = []

@@ -182,3 +182,22 @@ def test_cli_sigterm_finishes_in_flight_request(tiny_dir, tiny_lm):
     assert log_text.index("Shutting down") < log_text.index("request id=cmpl-")  # ... and finished after it
     assert KEY not in log_text
     assert re.search(r"request id=cmpl-\w+ endpoint=completions model=tiny status=200 stream=true prompt_tokens=\d+ completion_tokens=\d+", log_text)
+
+
+def test_cli_argument_errors_are_one_line():
+    from typer.testing import CliRunner
+
+    from blackbox.cli import app
+
+    runner = CliRunner()
+    for args, msg in ((["serve"], "expected a model spec"), (["serve", "--large", "hf-causal:x"], "--large, --small and at least one --expert"),
+                      (["serve", "hf-causal:x", "--small", "hf-causal:y"], "not both"), (["serve", "hf-causal:x", "--max-batch", "0"], "--max-batch")):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and msg in r.output, (args, r.output)
+
+
+@pytest.mark.subprocess
+def test_mounting_serve_keeps_the_cli_light():
+    code = "import sys, blackbox.cli, blackbox.serve; print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
