@@ -389,22 +389,23 @@ class Client(Provider):
                 if not pending:  # every item arrived after all
                     return handler.join_results([done[i] for i in range(n)], merge_usage(spent))
 
-            last = errors[min(errors)]
-            if not isinstance(last, TransportError):
-                raise last  # e.g. a ProviderError for one item: not a transport problem
-            unretryable = [e for e in errors.values() if not self.retry.should_retry(e)]
+            failed = _distinct(errors[j] for j in sorted(errors))
+            unretryable = [e for e in failed if not self.retry.should_retry(e)]
+            if unretryable and not isinstance(unretryable[0], TransportError):
+                final = unretryable[0]  # e.g. a ProviderError for one item: not a transport problem
+                if isinstance(final, BlackboxError):
+                    raise final
+                raise ProviderError(redact(f"{what} raised {type(final).__name__}: {final}")) from final
+            # Decide on the failure that asks for the longest wait (Retry-After), so one rule
+            # covers Retry-After, max_retry_after and the deadline.
+            last = unretryable[0] if unretryable else max(failed, key=lambda e: e.retry_after or 0.0)
             left = None if deadline_at is None else deadline_at - time.monotonic()
-            wait_s, reason = self.retry.decide(unretryable[0] if unretryable else last, attempt, left)
-            if reason is None and not unretryable:
-                waits = [e.retry_after for e in errors.values() if isinstance(e, TransportError) and e.retry_after is not None]
-                wait_s = max([wait_s or 0.0, *waits]) if waits else wait_s
+            wait_s, reason = self.retry.decide(last, attempt, left)
+            if reason is None:
                 log.info("%s", redact(f"{what}: attempt {attempt} failed for {len(pending)} of {n} items ({last}); retrying in {wait_s:.3f}s"))
                 self.retry.sleep(wait_s)
                 continue
-            final = unretryable[0] if unretryable else last
-            if not isinstance(final, TransportError):
-                raise final
-            raise self.retry.give_up(final, what, reason or "not retryable", attempt) from final
+            raise self.retry.give_up(last, what, reason, attempt) from last
 
     def _reserve(self, request: Any) -> Reservation | None:
         if self.ledger is None:

@@ -5,7 +5,8 @@ slower than the client's timeout, malformed JSON, dropped connections, a 401 tha
 key — and counts what it did. A minimal HTTP provider (http.client, used only here) maps each
 failure to a TransportError; wrapped in a Client with concurrency 4, every request must end in
 exactly one result or one typed error, and the ledger must count exactly the server's
-successful answers.
+successful answers. The shipped ``openai`` provider is tested the same way, through a fault
+proxy in front of the real llama.cpp server, in test_openai_faults.py.
 """
 
 from __future__ import annotations
