@@ -933,3 +933,21 @@ def test_client_calls_provider_init_and_its_capabilities_follow_the_provider(fak
     assert client.capabilities == {Capability.TEXT}
     with pytest.raises(AttributeError, match="follows the wrapped provider"):
         client.capabilities = frozenset()  # type: ignore[misc]
+
+
+def test_retry_policy_run_alone_retries_and_chains_the_last_error(sleeps):
+    errors = [TransportError("busy", status=503, request_id="a"), InvalidResponseError("cut short", status=200, endpoint="POST /x")]
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    assert RetryPolicy(sleep=sleeps, jitter=False, base_delay=0.1).run(flaky, what="job") == "ok"
+    assert len(calls) == 3 and sleeps.delays == [0.1, 0.2]
+    always_bad = InvalidResponseError("cut short", status=200, endpoint="POST /x")
+    with pytest.raises(InvalidResponseError, match=r"job failed: cut short \(max_attempts=2 reached\)") as info:
+        RetryPolicy(max_attempts=2, sleep=sleeps).run(lambda: (_ for _ in ()).throw(always_bad), what="job")
+    assert info.value.__cause__ is always_bad and info.value.endpoint == "POST /x" and info.value.attempts == 2
