@@ -697,10 +697,9 @@ class OpenAIProvider(Provider):
             raw = create(**kwargs)
         except openai.OpenAIError as exc:
             err = map_error(exc, where=where, secrets=[self._key], billed=estimate)
-            # The chained original is printed in tracebacks and reachable as __cause__: scrub it.
+            # The chained original is printed in tracebacks and reachable as __cause__: scrub it
+            # (its message and body redacted, its request/response objects dropped).
             scrub_exception(exc, self._key)
-            if isinstance(getattr(exc, "message", None), str):
-                exc.message = redact(exc.message, self._key)
             raise err from exc
         status, request_id = raw.status_code, raw.headers.get("x-request-id")
         invalid = None
