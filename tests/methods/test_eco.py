@@ -401,7 +401,7 @@ def test_fit_bad_inputs(lm, data, tmp_path):
     with pytest.raises(ConfigError, match=r"1 prompt\(s\) appear in both sets"):
         fit(lm, data["forget"], data["retain"] + [data["forget"][0]], tmp_path / "x", config=cfg)
     with pytest.raises(ConfigError, match="needs at least 19 held-out retain/general prompts"):
-        fit(lm, data["forget"], data["retain"][:10], tmp_path / "x", config=cfg)
+        fit(lm, data["forget"], data["retain"][:10], tmp_path / "x", config=cfg.replace(builtin_general=False))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": "oops"\n')
     with pytest.raises(ConfigError, match="line 2: malformed JSON"):
@@ -410,8 +410,10 @@ def test_fit_bad_inputs(lm, data, tmp_path):
     with pytest.raises(ConfigError, match="line 1: unknown key"):
         load_jsonl(bad, "forget")
     wrong = [dict(r, answer="Zzyzx") for r in data["forget"]]
-    with pytest.warns(NothingToForgetWarning, match="nothing to forget"):
+    with pytest.raises(RunError, match="the model knows none of the 12 forget answers"):  # no silent no-op
         fit(lm, wrong, data["retain"], tmp_path / "w", general=_general_rows(), config=cfg)
+    with pytest.warns(NothingToForgetWarning, match="nothing to forget"):  # scripted jobs may opt in
+        fit(lm, wrong, data["retain"], tmp_path / "w", general=_general_rows(), config=cfg.replace(allow_nothing_known=True))
     with pytest.raises(RunError, match="holds a different ECO run"):
         fit(lm, data["forget"], data["retain"], tmp_path / "w", general=_general_rows(), config=cfg)
 
@@ -456,7 +458,8 @@ def test_cli_fit_eval_generate(model_dir, data, tmp_path):
             str(tmp_path / "general.jsonl"), "--run-dir", str(run), "--fpr", "0.05", "--set", "start=0.5", "--set", "max_new_tokens=3",
             "--set", "bisect_steps=2", "--json")
     assert p.exit_code == 0 and json.loads(p.stdout.strip().splitlines()[-1])["resumed"] is True
-    p = cli("fit", "--model", spec, "--forget", str(files["forget"]), "--retain", str(files["retain"]), "--run-dir", str(tmp_path / "r4"))
+    p = cli("fit", "--model", spec, "--forget", str(files["forget"]), "--retain", str(files["retain"]), "--run-dir", str(tmp_path / "r4"),
+            "--set", "builtin_general=false")
     assert p.exit_code == 1 and "needs at least 99 held-out retain/general prompts" in p.output
 
 

@@ -111,3 +111,26 @@ def test_nothing_known_is_refused_with_the_fix_and_leaves_nothing(lm, tmp_path):
     art = fit(lm, forget, retain, run, general=[{"prompt": g} for g in GENERAL], config=cfg.replace(allow_nothing_known=True)).artifact
     assert art["search"]["stopped"] == "nothing to forget" and art["metrics"]["n_known_forget"] == 0
     assert json.loads((run / "artifact.json").read_text())["notes"]
+
+
+def test_builtin_general_prompts_let_a_small_retain_set_calibrate_fpr_001(lm):
+    from blackbox.errors import ConfigError
+    from blackbox.methods.eco.job import as_items, build_gate, builtin_general_prompts, split_calibration
+
+    others = [c for c in COUNTRIES if c not in FORGET]
+    forget = as_items(_rows(lm, FORGET, chat=False), "forget")
+    retain = as_items(_rows(lm, others[:8], chat=False), "retain")  # 24 prompts: far below the 198 that fpr 0.01 needs
+    cfg = EcoConfig(fpr=0.01)
+    with pytest.raises(ConfigError, match="needs at least 99 held-out"):
+        split_calibration([i.prompt for i in retain], cfg)
+    builtin = builtin_general_prompts()
+    assert len(builtin) >= 200 and len(set(builtin)) == len(builtin)
+    gate, report = build_gate(forget, retain, [], cfg)
+    pool = report["calibration_pool"]
+    assert pool["retain"] == len(retain) and pool["builtin_general"] == len(builtin)  # none names France or Peru
+    assert report["n_calibration"] >= 99 and "built-in general prompts" in report["bound"]
+    assert gate.flags([i.prompt for i in forget]).mean() == 1.0  # exact-match gate still catches the forget targets
+    # A built-in prompt that names a forget target is dropped from the negatives.
+    _, report = build_gate(as_items([{"prompt": "Who painted a famous picture of sunflowers?", "target": "sunflowers", "answer": "x"}], "forget"),
+                            retain, [], cfg)
+    assert report["calibration_pool"]["builtin_general"] == len(builtin) - sum("sunflowers" in p for p in builtin) == len(builtin) - 2

@@ -42,6 +42,7 @@ class EcoConfig(Config):
     exact_match: bool = field(default=True, metadata={"help": 'Gate flags every prompt naming a forget target or alias.'})
     encoder: str | None = field(default=None, metadata={"help": "Encoder provider spec for gate features (e.g. 'sentence-encoder:minilm'); None: lexical only."})
     seed: int = field(default=0, metadata={"help": 'Seed of the data split, the gate and the corruption noise.'})
+    builtin_general: bool = field(default=True, metadata={"help": "Join the project's built-in general prompts (248 everyday questions and tasks, blackbox/methods/eco/general_prompts.txt; those naming a forget target are dropped) to the gate's negatives and calibration pool, so a small retain file still calibrates a low --fpr. They are never sent to the model."})
     chat: bool | None = field(default=None, metadata={"help": "Put every prompt in the model's chat template, for knowledge scoring, search and use alike (None: auto, when the tokenizer has a chat template)."})
     allow_nothing_known: bool = field(default=False, metadata={"help": "Finish (strength left at start) when the model knows none of the forget answers; default: refuse, since nothing would be forgotten."})
     verify_unflagged: bool = field(default=True, metadata={"help": "Regenerate every prompt through the guarded model after fitting. False: only flagged prompts are regenerated (an unflagged prompt goes to the base model's plain call, so its output is the base output) and general prompts are not generated at all; cheaper."})

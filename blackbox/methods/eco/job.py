@@ -242,6 +242,20 @@ class FitResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def builtin_general_prompts() -> list[str]:
+    """The project's built-in general prompts (everyday questions and tasks; no entity of any benchmark)."""
+    text = (Path(__file__).parent / "general_prompts.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def negative_pool(retain: Sequence[Item], general: Sequence[Item], config: EcoConfig, forget_spans: Callable[[str], list] | None = None) -> list[str]:
+    """The gate's negatives: retain and general prompts, plus the built-in general prompts that name no forget target."""
+    pool = [i.prompt for i in list(retain) + list(general)]
+    if config.builtin_general:
+        pool += [p for p in builtin_general_prompts() if forget_spans is None or not forget_spans(p)]
+    return pool
+
+
 def split_calibration(negatives: Sequence[str], config: EcoConfig) -> tuple[list[str], list[str]]:
     """``(train, calibration)`` negatives; errors early when calibration is too small."""
     uniq = list(dict.fromkeys(negatives))
@@ -254,7 +268,8 @@ def split_calibration(negatives: Sequence[str], config: EcoConfig) -> tuple[list
         raise ConfigError(
             f"calibration: a gate false-positive level of {config.fpr:g} needs at least {need} held-out retain/general "
             f"prompts; {len(uniq)} distinct retain/general prompts give {n_cal} with calibration_fraction "
-            f"{config.calibration_fraction:g} (give at least {total} retain/general prompts, e.g. with --general, "
+            f"{config.calibration_fraction:g}{' (built-in general prompts included)' if config.builtin_general else ''} "
+            f"(give at least {total} retain/general prompts, e.g. with --general, "
             f"or raise --fpr to {1.0 / (n_cal + 1) if n_cal else 1:.3g} or more)"
         )
     cal = [uniq[i] for i in order[:n_cal]]
@@ -271,7 +286,8 @@ def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence
             forget_targets[i.target] += [a for a in i.aliases if a not in forget_targets[i.target]]
     others = list(dict.fromkeys(i.target for i in list(retain) + list(general) if i.target))
     matcher = EntityMatcher(forget_targets, others)
-    negatives = [i.prompt for i in list(retain) + list(general)]
+    negatives = negative_pool(retain, general, config, matcher.forget_spans)
+    n_builtin = len(negatives) - len(retain) - len(general)
     train_neg, cal = split_calibration(negatives, config)
     pos_extra, neg_extra = augment([(i.prompt, i.target) for i in forget if i.target], others, matcher, seed=config.seed)
     positives = [i.prompt for i in forget] + pos_extra
@@ -289,6 +305,10 @@ def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence
         "n_hard_negative": len(neg_extra), "n_hard_negative_calibration": len(hard_cal), "n_calibration": len(cal),
         "calibration_false_positive_rate": float(cal_flags.mean()), "threshold": gate.threshold_,
         "forget_recall_train": float(gate.flags([i.prompt for i in forget]).mean()),
+        "calibration_pool": {"retain": len(retain), "general": len(general), "builtin_general": n_builtin,
+                             "hard_negatives": len(hard_cal)},
+        "bound": (f"P(flag) <= {config.fpr:g} for a new prompt exchangeable with the calibration pool: retain and general "
+                  f"prompts{' and the built-in general prompts' if n_builtin else ''}, and generated prompts about other entities"),
     }
     return gate, report
 
@@ -368,7 +388,7 @@ def fit(
         from blackbox.provider import load_provider
 
         encoder = load_provider(config.encoder)
-    split_calibration([i.prompt for i in retain_i + general_i], config)  # fail before any query
+    split_calibration(negative_pool(retain_i, general_i, config), config)  # fail before any query
     run = Path(run_dir)
     cfg = {
         "library_version": __version__, "config": config.to_json(), "model": model_spec, "provider": provider.describe(),
