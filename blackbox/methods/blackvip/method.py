@@ -79,11 +79,18 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class BlackBoxImages:
-    """Black-box calls with query accounting: probabilities for a batch of images."""
+    """Black-box calls with query accounting: probabilities for a batch of images.
+
+    Every call goes through a :class:`~blackbox.client.Client` (retries on transient errors and
+    a ledger; no disk cache, since every probe is a new image), so a remote classifier and a
+    local one take the same path. ``ledger`` counts what the black box was asked.
+    """
 
     def __init__(self, provider: Provider, chunk: int = 0) -> None:
+        from blackbox.client import Client, Ledger
+
         require(provider, [Capability.PROBS, Capability.LOGITS], "blackvip", any_of=True)
-        self.provider = provider
+        self.provider = provider if isinstance(provider, Client) else Client(provider, ledger=Ledger())
         self.want = "probs" if Capability.PROBS in provider.capabilities else "logits"
         self.chunk = chunk
         self.queries = 0
@@ -185,7 +192,7 @@ class BlackVIP:
             self.outputs = Outputs("identity", self.n_task, M=identity_map(self.n_task, probs_train.shape[1]))
         elif cfg.output == "map":
             if cfg.label_map == "fixed":
-                names = getattr(self.bb.provider, "class_names", None)
+                names = getattr(getattr(self.bb.provider, "provider", self.bb.provider), "class_names", None)
                 try:
                     spec = json.loads(cfg.fixed_map)
                 except json.JSONDecodeError as exc:
