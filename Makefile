@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv data bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,34 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# Data that no PyPI package ships: Debian's `fortunes` (CrossTune's fortunes corpus and its
+# test). Installed with apt-get when this runs as root (CI) or with password-less sudo;
+# otherwise a note says what to install (without it the test skips, or fails under
+# BLACKBOX_REQUIRE_MODELS=1 as in CI).
+FORTUNES := /usr/share/games/fortunes/food
+$(FORTUNES):
+	@if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: no apt-get here; install Debian's 'fortunes' data (files under /usr/share/games/fortunes) for the fortunes corpus"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes >/dev/null; \
+	else \
+		echo "note: Debian's 'fortunes' package is not installed and this user cannot install it: sudo apt-get install fortunes"; \
+	fi
+
+data: $(FORTUNES)
+
 # The main job: BlackVIP against the shipped EfficientNet-Lite0 ImageNet classifier (queried
 # as a black box) on real MNIST digits, 16 shots per class.
 demo: $(STAMP)
 	$(VENV)/bin/blackbox blackvip train --provider 'efficientnet-lite0?size=96' --dataset mnist \
 		--shots 16 --budget 20000 --run-dir runs/blackvip-$$(date +%Y%m%d-%H%M%S) --progress
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# -rs lists every skipped test with its reason; CI (.ci/run) also sets
+# BLACKBOX_REQUIRE_MODELS=1, under which a missing model, package or data set fails instead.
+test: $(STAMP) data
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/optimizers.py --write-docs

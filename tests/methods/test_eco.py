@@ -21,9 +21,10 @@ from blackbox.methods.eco.corruption import CORRUPTIONS, Corruption, select_toke
 from blackbox.methods.eco.gate import EntityMatcher, Gate, GateConfig, conformal_threshold, min_calibration_size
 from blackbox.methods.eco.search import Measurement, bracket_bisect, central_difference, vector_central_difference
 
-torch = pytest.importorskip("torch", reason="torch not installed (pip install torch==2.13.0)")
-pytest.importorskip("transformers")
-pytest.importorskip("sklearn")
+from needs import need  # noqa: E402  (tests/needs.py: skip, or fail under BLACKBOX_REQUIRE_MODELS=1)
+
+torch = need("torch", hint="pip install torch==2.13.0")
+need("transformers", "sklearn", hint="the llm extra: pip install -e '.[llm]'")
 torch.set_num_threads(1)  # tiny matrices: extra threads only contend on a shared machine
 
 COUNTRIES = [
@@ -275,11 +276,7 @@ def test_guarded_prefill_only_and_unflagged_identical(lm, data):
 
     prompts = tuple(r["prompt"] for r in data["forget"][:2]) + tuple(GENERAL[:2])
     seen = []
-    real = lm.token_embeddings
-
-    class Spy(type(lm)):
-        pass
-
+    weights_before = lm.model.get_input_embeddings().weight.detach().clone()
     forced = GuardedProvider(lm, None, Corruption("gaussian_first_n", 5.0, tokens="all_but_last"))
     # prefill-only: the edit is called once per prompt (at prefill), never per generated token
     orig = lm._prefill_embeds
@@ -296,7 +293,8 @@ def test_guarded_prefill_only_and_unflagged_identical(lm, data):
     assert zero.generate(GenerateRequest(prompts, max_tokens=6)).texts == base.texts
     assert np.allclose(zero.next_token(__import__("blackbox.types", fromlist=["x"]).NextTokenRequest(prompts)).logits,
                        lm.next_token(__import__("blackbox.types", fromlist=["x"]).NextTokenRequest(prompts)).logits, atol=1e-5)
-    assert real is not None
+    # the corruption edits a copy of the prompt's embeddings at prefill, never the model's own table
+    assert torch.equal(lm.model.get_input_embeddings().weight, weights_before)
 
 
 def test_refuses_provider_without_inputs_embeds():
