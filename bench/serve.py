@@ -235,10 +235,29 @@ def render_section(name: str, results: dict[str, Any]) -> str:
         same = f"{r['same_text_as_plain_c1']}/{r['compared']}" if "compared" in r else "–"
         lines.append(f"| {r['model']} | {r['server']} | {r['concurrency']} | {f(r['rps'])} | {f(r['p50_ms'])} | {f(r['p95_ms'])} | "
                      f"{f(r['tokens_per_s'])} | {same} |")
+    notes = []
+    ours1, ours16 = _row(results["rows"], "plain", "blackbox serve", 1), _row(results["rows"], "plain", "blackbox serve", 16)
+    ll1, ll16 = _row(results["rows"], "plain", "llama.cpp server", 1), _row(results["rows"], "plain", "llama.cpp server", 16)
+    if ours1 and ours16 and ll1 and ll16:
+        notes.append(f"llama.cpp's server answers one request at a time: {ll16['rps'] / ll1['rps']:.2f}x its concurrency-1 throughput at 16. "
+                     f"Per request it is {ll1['rps'] / ours1['rps']:.1f}x faster than ours at concurrency 1 (native Q4 kernels against "
+                     f"float32 PyTorch); batching brings `blackbox serve` to {ours16['rps'] / ll16['rps']:.2f}x llama.cpp's throughput at 16.")
+    m = results["machine"]
+    load = max((m.get("loadavg_at_start") or [0])[0], (m.get("loadavg_at_end") or [0])[0])
+    if m.get("cores") and load > m["cores"]:
+        notes.append(f"The machine was shared (load average up to {load:g} on {m['cores']} cores): arms ran minutes apart under "
+                     "changing load, so differences of ~20% are within noise — the negative \"overheads\" below are noise, not "
+                     "speed-ups, and the ±5% targets are not resolved by this run; the concurrency gain and the exact-text counts are.")
+    noisy = bool(m.get("cores") and load > m["cores"])
+    for note in notes:
+        lines += ["", note]
     lines += ["", "| target (issue 22) | measured | goal | met |", "| --- | ---: | --- | --- |"]
     for t in results["targets"]:
         v = f"{t['value']:.2f}x" if "x" in t["goal"] else f"{t['value'] * 100:+.1f}%"
-        lines.append(f"| {t['target']} | {v} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
+        verdict = "yes" if t["met"] else "**no**"
+        if noisy and "%" in t["goal"]:
+            verdict = f"not resolved (noise; {verdict.strip('*')} as measured)"
+        lines.append(f"| {t['target']} | {v} | {t['goal']} | {verdict} |")
     return "\n".join(lines)
 
 
