@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional, Sequence
 
 import typer
 
 from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors
-from blackbox.errors import ConfigError, bad_value
+from blackbox.errors import BlackboxError, ConfigError, bad_value
 
 app = typer.Typer(help="Logit fusion: proxy-tuning and dynamic weak-to-strong fusion at decode time.", no_args_is_help=True)
 
@@ -26,6 +28,43 @@ def _read_prompts(prompt: Optional[str], prompts: Optional[Path]) -> list[str]:
     if not out:
         raise bad_value("--prompts", "a file with at least one non-empty line", str(prompts))
     return out
+
+
+class _StreamPrinter:
+    """Writes decoded text as tokens arrive, holding back what could still become a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self.tok, self.stop, self.ids, self.printed = tokenizer, tuple(stop), [], ""
+
+    def _safe(self, text: str) -> str:
+        hold = max((k for s in self.stop for k in range(1, len(s) + 1) if text.endswith(s[:k])), default=0)
+        return text[: len(text) - hold] if hold else text
+
+    def step(self, info: dict[str, Any]) -> None:
+        self.ids.append(int(info["token"]))
+        self._emit(self._safe(self.tok.decode(self.ids)))
+
+    def _emit(self, text: str) -> None:
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            sys.stdout.write(text[len(self.printed):])
+            sys.stdout.flush()
+            self.printed = text
+
+    def finish(self, final: str) -> None:
+        self._emit(final)  # the final text has stop strings cut: only what is missing is written
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _write_weights(path: Path, result: Any, tokenizer: Any) -> None:
+    """One JSON line per prompt and step: the token chosen and the experts' weights there."""
+    from blackbox.runs import atomic_write_bytes
+
+    lines = []
+    for i, (toks, ws) in enumerate(zip(result.tokens, result.weights)):
+        for step, (tok, w) in enumerate(zip(toks, ws)):
+            lines.append(json.dumps({"prompt": i, "step": step, "token": int(tok), "text": tokenizer.decode([tok]), "weights": w}))
+    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
 
 
 @app.command("generate")
@@ -47,6 +86,8 @@ def generate(
     large_top_k: Optional[int] = typer.Option(None, "--large-top-k", help="Fuse over the large model's top-k tokens only (approximation; needed for an API)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line (\\n inside a line is a newline)."),
+    stream: bool = typer.Option(False, "--stream", help="Print the text as it is decoded (one prompt)."),
+    weights_out: Optional[Path] = typer.Option(None, "--weights-out", help="Write the per-step expert weights as JSONL (prompt, step, token, text, weights)."),
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
@@ -56,20 +97,31 @@ def generate(
     from .decode import FusionConfig, LogitFusion
 
     texts = _read_prompts(prompt, prompts)
+    if stream and (len(texts) != 1 or as_json):
+        raise BlackboxError(f"--stream: expected one prompt and no --json, received {len(texts)} prompt(s){' and --json' if as_json else ''}")
     config = FusionConfig(
         mode=mode, alpha=alpha, refine=refine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k, precision=precision,
-    ).check()
+    )
     loaded = []
     try:
         for spec in [large, small, *expert]:
             loaded.append(load_provider(spec))
         fusion = LogitFusion(loaded[0], loaded[1], loaded[2:], config)
-        with ProgressBar(len(texts), "prompts", _show_progress(progress, as_json)) as bar:
-            result = fusion.generate(texts, on_batch=lambda done: bar.update(done))
+        if stream:
+            printer = _StreamPrinter(fusion.tokenizer, config.stop)
+            result = fusion.generate(texts, on_step=printer.step)
+            printer.finish(result.texts[0])
+        else:
+            with ProgressBar(len(texts), "prompts", _show_progress(progress, as_json)) as bar:
+                result = fusion.generate(texts, on_batch=lambda done: bar.update(done))
     finally:
         for p in loaded:
             p.close()
+    if weights_out is not None:
+        _write_weights(weights_out, result, fusion.tokenizer)
+    if stream:
+        return
     if as_json:
         out = result.to_dict()
         out.update({"prompts": texts, "large": large, "small": small, "experts": list(expert), "tokens_per_s": round(result.n_tokens / max(result.seconds, 1e-9), 3)})

@@ -49,7 +49,7 @@ class FusionMethod:
         prompts = [row["prompt"] for row in data]
         out = fusion.generate(prompts)
         hits = [row["answer"].strip().lower() in text.lower() for row, text in zip(data, out.texts)]
-        return {"accuracy": sum(hits) / max(1, len(hits)), "n": len(hits), "tokens": out.n_tokens()}
+        return {"accuracy": sum(hits) / max(1, len(hits)), "n": len(hits), "tokens": out.n_tokens}
 
     def load(self, run_dir: str | Path, **options: Any) -> Any:
         """The :class:`~blackbox.methods.fusion.decode.LogitFusion` of a recorded fused model."""
