@@ -92,6 +92,12 @@ def test_fit_uses_the_chat_template_by_default_and_eval_follows(lm, tmp_path):
     guarded = load_guarded(tmp_path / "run", provider=lm)
     report = evaluate(guarded, forget, retain)
     assert report["forget_accuracy_before"] == m["forget_accuracy_before"]  # eval asks in the same format
+    # Same-entity collateral: other facts about the forgotten entities (entity scope flags them all).
+    same = [{"prompt": f"What currency does {c} use?", "target": c, "answer": r["answer"]}
+            for c, r in zip(FORGET, _rows(lm, FORGET, chat=True)[::len(TEMPLATES)]) if "answer" in r]
+    report = evaluate(guarded, forget, retain, same_entity=same)
+    assert report["n_same_entity"] == len(same) and report["same_entity_flag_rate"] == 1.0
+    assert report["same_entity_collateral"] == pytest.approx(report["same_entity_accuracy_before"] - report["same_entity_accuracy_after"])
 
 
 def test_nothing_known_is_refused_with_the_fix_and_leaves_nothing(lm, tmp_path):

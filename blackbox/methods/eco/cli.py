@@ -95,17 +95,19 @@ def eval_cmd(
     forget: Path = typer.Option(..., "--forget", help="JSONL of forget prompts (e.g. held-out paraphrases)."),
     retain: Path = typer.Option(..., "--retain", help="JSONL of retain prompts."),
     general: Optional[Path] = typer.Option(None, "--general", help="JSONL of general prompts (outputs compared, gate false positives)."),
+    same_entity: Optional[Path] = typer.Option(None, "--same-entity", help="JSONL of other facts about the forgotten entities (same-entity collateral)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the model spec stored in the artifact."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Report accuracy before/after and the gate's recall and false-positive rate."""
+    """Report accuracy before/after, the gate's recall and false-positive rate, and same-entity collateral."""
     from .job import evaluate, load_guarded, load_jsonl
 
     f_items = load_jsonl(forget, "forget")
     r_items = load_jsonl(retain, "retain")
     g_items = load_jsonl(general, "general") if general else []
+    s_items = load_jsonl(same_entity, "same_entity") if same_entity else []
     guarded = load_guarded(run_dir, model=model)
-    report = evaluate(guarded, f_items, r_items, g_items)
+    report = evaluate(guarded, f_items, r_items, g_items, s_items)
     if as_json:
         _emit_json(report)
         return
@@ -113,6 +115,8 @@ def eval_cmd(
         ("forget accuracy", report["forget_accuracy_before"], report["forget_accuracy_after"]),
         ("retain accuracy", report["retain_accuracy_before"], report["retain_accuracy_after"]),
     ]
+    if "same_entity_accuracy_before" in report:
+        rows.append(("same-entity accuracy", report["same_entity_accuracy_before"], report["same_entity_accuracy_after"]))
     typer.echo(f"{'metric':<22}{'before':>10}{'after':>10}")
     for name, b, a in rows:
         typer.echo(f"{name:<22}{_fmt(b):>10}{_fmt(a):>10}")

@@ -516,8 +516,14 @@ def _jsonable(x: Any) -> Any:
 
 
 # --- loading, eval, generate ------------------------------------------------------------------
-def evaluate(guarded: Any, forget: Sequence[Any], retain: Sequence[Any], general: Sequence[Any] = ()) -> dict[str, Any]:
-    """Accuracy before/after, gate recall (forget) and false-positive rate (retain + general)."""
+def evaluate(guarded: Any, forget: Sequence[Any], retain: Sequence[Any], general: Sequence[Any] = (),
+             same_entity: Sequence[Any] = ()) -> dict[str, Any]:
+    """Accuracy before/after, gate recall (forget) and false-positive rate (retain + general).
+
+    ``same_entity``: other facts about the forgotten entities (e.g. their currency when the
+    capital is forgotten); their accuracy before/after is the same-entity collateral, which
+    entity-level forgetting pays by design and a fact-level user wants to see.
+    """
     cfg = EcoConfig.from_dict(guarded.artifact["config"])
     forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
     if not forget_i:
@@ -544,4 +550,13 @@ def evaluate(guarded: Any, forget: Sequence[Any], retain: Sequence[Any], general
         gb, _ = generate_all(base, [i.prompt for i in general_i], cfg)
         ga, _ = generate_all(guarded, [i.prompt for i in general_i], cfg)
         out["general_unchanged"] = float(np.mean([a == b for a, b in zip(gb, ga)]))
+    same_i = as_items(same_entity, "same_entity")
+    if same_i:
+        sb, _ = generate_all(base, [i.prompt for i in same_i], cfg)
+        sa, _ = generate_all(guarded, [i.prompt for i in same_i], cfg)
+        before, after = accuracy(sb, same_i), accuracy(sa, same_i)
+        out.update({"same_entity_accuracy_before": before, "same_entity_accuracy_after": after,
+                    "same_entity_collateral": None if before is None or after is None else before - after,
+                    "same_entity_flag_rate": float(guarded.gate.flags([i.prompt for i in same_i]).mean()),
+                    "n_same_entity": len(same_i)})
     return _jsonable(out)

@@ -39,7 +39,7 @@ class EcoMethod:
         return {"resumed": result.resumed, **result.artifact}
 
     def evaluate(self, run_dir: str | Path, data: dict[str, Any], **options: Any) -> dict[str, Any]:
-        """Accuracy before/after and gate rates on ``data`` = {forget, retain, general} (files or items)."""
+        """Accuracy before/after and gate rates on ``data`` = {forget, retain, general, same_entity} (files or items)."""
         from .job import evaluate, load_jsonl
 
         def items(role: str) -> Any:
@@ -47,7 +47,7 @@ class EcoMethod:
             return load_jsonl(x, role) if isinstance(x, (str, Path)) else list(x or [])
 
         guarded = self.load(run_dir, **options)
-        return evaluate(guarded, items("forget"), items("retain"), items("general"))
+        return evaluate(guarded, items("forget"), items("retain"), items("general"), items("same_entity"))
 
     def load(self, run_dir: str | Path, **options: Any) -> Any:
         """The guarded provider (``model=SPEC`` overrides the stored model spec)."""
