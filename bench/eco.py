@@ -16,9 +16,12 @@
    every corruption family, and the search rules (bracket, reference central difference,
    clipped central difference, vector version) on the same cliff.
 
-Prints JSON lines; ``--write-docs`` rewrites the ``eco`` section of docs/benchmarks.md.
+Prints JSON lines and writes the summary to ``bench/results/eco.json``; ``--write-docs``
+renders from that file the ``eco`` section of docs/benchmarks.md and the ``eco_summary``
+table of docs/eco.md (``--render`` re-renders without measuring).
 
     python bench/eco.py [--forget-n 15] [--threads 2] [--quick] [--write-docs]
+    python bench/eco.py --render --write-docs
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import command_line, emit, fmt, loadavg, machine, machine_line, today, write_section
+from _common import command_line, emit, fmt, loadavg, machine, machine_line, publish_results, save_results, today
 
 SHOTS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"))
 FEWSHOT = "".join(f"Capital of {c}: {k}\n" for c, k in SHOTS) + "{q}"
@@ -112,14 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer ablations (for a smoke run)")
     ap.add_argument("--run-dir", default=None, help="fit run directory (default: a fresh temporary one)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the eco section of docs/benchmarks.md and the table in docs/eco.md")
-    ap.add_argument("--from-json", default=None, help="re-render the docs from a saved summary line (the last stdout line of a run)")
+    ap.add_argument("--render", action="store_true", help="only render the docs from bench/results/eco.json")
     args = ap.parse_args(argv)
-    if args.from_json:
-        import json
-
-        summary = json.loads(Path(args.from_json).read_text().strip().splitlines()[-1])
-        summary.setdefault("command", "python bench/eco.py")
-        write_docs(summary)
+    if args.render:
+        publish_results("eco", render_section, args.write_docs)
         return 0
 
     import torch
@@ -137,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     t_start = time.perf_counter()
     lm = load_provider("hf-causal:smollm2?max_batch=16")
-    cfg = EcoConfig(seed=args.seed, max_new_tokens=4, verify_unflagged=False)
+    # chat=False: the knowledge probe and every prompt here are plain 3-shot completions, not chat turns
+    cfg = EcoConfig(seed=args.seed, max_new_tokens=4, verify_unflagged=False, chat=False)
 
     # 1. knowledge probe --------------------------------------------------------------------
     all_pairs = countries()
@@ -310,29 +310,24 @@ def main(argv: list[str] | None = None) -> int:
         "n_retain_countries": len(retain_c), "fit": m, "fit_seconds": fit_s, "strength": art["strength"], "threshold": art["gate"]["threshold"],
         "gate_report": art["gate_report"], "heldout": heldout, "no_gate": nogate, "gates": gate_rows, "families": family_rows,
         "searches": search_rows, "total_seconds": time.perf_counter() - t_start, "machine": info, "torch_threads": args.threads,
-        "quick": args.quick, "command": command_line(),
+        "quick": args.quick, "command": command_line(), "date": today(),
     }
     info["loadavg_at_end"] = loadavg()
     emit(summary)
-    if args.write_docs:
-        write_docs(summary)
+    save_results("eco", summary, {"eco": "docs/benchmarks.md", "eco_summary": "docs/eco.md"})
+    publish_results("eco", render_section, args.write_docs)
     return 0
 
 
-def write_docs(summary: dict[str, Any]) -> None:
-    """The eco section of docs/benchmarks.md, and the main table in docs/eco.md."""
-    text = render(summary)
-    write_section("eco", text)
-    doc = Path(__file__).resolve().parents[1] / "docs" / "eco.md"
-    start, end = "<!-- eco-measured:start -->", "<!-- eco-measured:end -->"
-    body = doc.read_text()
-    i, j = body.find(start), body.find(end)
-    if i >= 0 and j > i:
-        table = text.split("\n\n**Without the gate**")[0].split("\n", 2)[2]  # drop the section title
-        body = body[: i + len(start)] + "\n" + table.strip() + "\n" + body[j:]
-        tmp = doc.with_suffix(".md.tmp")
-        tmp.write_text(body)
-        tmp.replace(doc)
+def render_section(name: str, results: dict[str, Any]) -> str:
+    """``eco`` (docs/benchmarks.md) and ``eco_summary`` (docs/eco.md: the main table), from
+    bench/results/eco.json only."""
+    text = render(results)
+    if name == "eco":
+        return text
+    if name == "eco_summary":
+        return text.split("\n\n**Without the gate**")[0].split("\n", 2)[2].strip()  # drop the section title
+    raise KeyError(name)
 
 
 def pct(x: float | None) -> str:
@@ -349,8 +344,8 @@ def render(s: dict[str, Any]) -> str:
     lines = [
         "## ECO unlearning (SmolLM2-135M, country capitals)",
         "",
-        f"- Command: `{s.get('command') or command_line()}`" + (" (quick: fewer ablations)" if s["quick"] else ""),
-        f"- Date: {today()}",
+        f"- Command: `{s['command']}`" + (" (quick: fewer ablations)" if s["quick"] else "") + "; raw results in `bench/results/eco.json`",
+        f"- Date: {s['date']}",
         f"- Machine: {machine_line(s['machine'])}; torch threads {s['torch_threads']}",
         f"- Knowledge probe (3-shot `Capital of X: Y` lines, greedy, 4 tokens): the model answers {s['probe']['known']} of "
         f"{s['probe']['countries']} probed countries (a seeded sample of the {s['n_countries']} in countryinfo). "
@@ -362,8 +357,8 @@ def render(s: dict[str, Any]) -> str:
         f"{s['fit_seconds']:.0f} s. Within the fit, only flagged prompts are regenerated (`verify_unflagged=false`); "
         "byte-identity of unflagged outputs is checked on the held-out general prompts below by real generation.",
         "",
-        "- Scale: sample sizes are small (set by the flags in the command) to fit a shared 2-core machine that was heavily loaded by "
-        "other jobs; every number below is from one seeded run, so with N prompts one prompt is 1/N.",
+        "- Scale: sample sizes are small (set by the flags in the command) to fit a shared 2-core machine (other jobs ran beside it; "
+        "see the load average); every number below is from one seeded run, so with N prompts one prompt is 1/N.",
         "",
         "| metric | before | after | target | met |",
         "|---|---|---|---|---|",
@@ -411,7 +406,7 @@ def render(s: dict[str, Any]) -> str:
               "| rule | strength | target met | model queries | evaluations |", "|---|---|---|---|---|"]
     for r in s["searches"]:
         lines.append(f"| {r['rule']} | {fmt(r['strength'])} | {'yes' if r['met'] else 'no'} | {r['queries']} | {r['evaluations']} |")
-    lines += ["", f"Total benchmark wall time {s['total_seconds'] / 60:.1f} min on a shared, heavily loaded machine (see the load average)."]
+    lines += ["", f"Total benchmark wall time {s['total_seconds'] / 60:.1f} min (see the load average for other jobs on the machine)."]
     return "\n".join(lines)
 
 

