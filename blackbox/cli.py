@@ -95,11 +95,16 @@ def optimize(
     sets: list[str] = typer.Option([], "--set", help="Hyperparameter override key=value (repeatable)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N rounds (0: every --checkpoint-seconds)."),
     checkpoint_seconds: float = typer.Option(5.0, "--checkpoint-seconds", help="Checkpoint at least this often."),
+    replicas: int = typer.Option(1, "--replicas", help="Ray replicas serving each provider the objective gets from blackbox.scale.client_for (needs the [ray] extra when > 1)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster for the replicas: auto, local or HOST:PORT (default: a local cluster)."),
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Minimise a Python objective with a zeroth-order optimizer, in a resumable run directory."""
     from .runs import RunConfig, start_run
+    from .scale import configure
+
+    configure(replicas, ray_address)  # replicas do not change the result, so they are not part of the run's config
 
     config = RunConfig(
         objective=objective,

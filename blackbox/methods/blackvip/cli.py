@@ -31,21 +31,27 @@ def train(
     seed: int = SEED_OPT,
     run_dir: str = typer.Option(..., "--run-dir", help="Run directory (an existing one with the same settings resumes)."),
     sets: list[str] = SET_OPT,
+    replicas: int = typer.Option(1, "--replicas", help="Ray replicas of the provider; each step's probe images are split across them (needs the [ray] extra when > 1)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster for the replicas: auto, local or HOST:PORT (default: a local cluster)."),
     progress: Optional[bool] = PROGRESS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train a prompt (resumes when RUN_DIR already holds a checkpoint of the same run)."""
+    from blackbox.scale.context import check_replicas
+
     from .config import BlackVIPConfig
     from .method import BlackVIPMethod
 
     cfg = BlackVIPConfig.from_overrides(sets, shots=shots, budget=budget, seed=seed)
+    check_replicas(replicas, ray_address)
     method = BlackVIPMethod()
     show = _show_progress(progress, as_json)
     on_interrupt(lambda: _resume_hint(method, Path(run_dir)))
     done = _queries_done(Path(run_dir))
     if done:
         typer.echo(f"resuming {run_dir} at {done} queries", err=True)
-    res = run_with_query_bar(show, budget, done, lambda on_step: method.fit(cfg, run_dir, provider=provider, dataset=dataset, on_step=on_step))
+    res = run_with_query_bar(show, budget, done, lambda on_step: method.fit(cfg, run_dir, provider=provider, dataset=dataset, on_step=on_step,
+                                                                                   replicas=replicas, ray_address=ray_address))
     if as_json:
         _emit_json(res)
     else:

@@ -477,19 +477,29 @@ class BlackVIPMethod:
     requires = frozenset({Capability.PROBS, Capability.LOGITS})  # either one (any_of)
 
     def fit(self, config: BlackVIPConfig, run_dir: str | Path, *, provider: str, dataset: str,
-            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train (or resume) a prompt against ``provider`` on ``dataset``; writes the pictures."""
-        from blackbox.provider import load_provider
+            on_step: Callable[[dict[str, Any]], None] | None = None, replicas: int = 1,
+            ray_address: str | None = None) -> dict[str, Any]:
+        """Train (or resume) a prompt against ``provider`` on ``dataset``; writes the pictures.
+        ``replicas`` > 1 (or a ``ray_address``) serves the provider from Ray replicas
+        (:class:`blackbox.scale.ReplicaPool`); the result is the same."""
+        from blackbox.scale.context import check_replicas, make_provider
 
         from .data import load_dataset
         from .report import write_pictures
 
+        scale = check_replicas(replicas, ray_address)
         data = load_dataset(dataset)
         check_config_for(data, config)
         path = prepare_run_dir(run_dir, "BlackVIP")
-        with discard_unless_checkpointed(path, STATE):
-            run = BlackVIP(load_provider(provider), data, config, path, provider_spec=provider, dataset=dataset)
-            result = run.fit(on_step=on_step)
+        black_box = None
+        try:
+            with discard_unless_checkpointed(path, STATE):
+                black_box = make_provider(provider, scale)
+                run = BlackVIP(black_box, data, config, path, provider_spec=provider, dataset=dataset)
+                result = run.fit(on_step=on_step)
+        finally:
+            if scale.scaled and black_box is not None:
+                black_box.close()  # stops the replicas
         write_pictures(run)
         return result.to_json()
 

@@ -1,0 +1,92 @@
+"""Small deterministic providers for testing and benchmarking replica pools (numpy only).
+
+:class:`FaultyClassifier` is a fixed random linear classifier that can, once, stall inside a
+call (so a test can kill its process mid-call, or let the pool's timeout fire): the first call
+that claims the file ``stall_flag`` (by deleting it) writes its pid to ``stall_flag + ".pid"``
+and sleeps ``stall_seconds``. :class:`InstantClassifier` answers at once (driver overhead).
+Build them in replicas through a picklable factory, e.g.
+``functools.partial(FaultyClassifier, stall_flag=path)``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from ..provider import Provider
+from ..types import Capability, ClassifyRequest, ClassifyResult, Usage
+
+__all__ = ["FaultyClassifier", "InstantClassifier", "claim"]
+
+
+def claim(path: str | None) -> bool:
+    """True for exactly one caller across processes: the one whose unlink of ``path`` succeeded."""
+    if not path:
+        return False
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class FaultyClassifier(Provider):
+    """Softmax of a fixed linear map of the flattened inputs; optionally stalls once, or sleeps per call."""
+
+    name = "scale-faulty"
+    declared_capabilities = frozenset({Capability.PROBS, Capability.LOGITS})
+    summary = "deterministic linear classifier that can stall once (tests of replica faults)"
+
+    def __init__(self, n_features: int = 12, n_classes: int = 5, *, delay: float = 0.0,
+                 stall_flag: str | None = None, stall_seconds: float = 600.0) -> None:
+        super().__init__()
+        self.n_features, self.n_classes = n_features, n_classes
+        self.W = np.random.default_rng(1234).standard_normal((n_features, n_classes))
+        self.delay, self.stall_flag, self.stall_seconds = delay, stall_flag, stall_seconds
+
+    def describe(self) -> dict[str, Any]:
+        """Kind and shape (the same in every replica)."""
+        return {"provider": self.name, "n_features": self.n_features, "n_classes": self.n_classes}
+
+    def example_inputs(self) -> np.ndarray:
+        """Two random rows."""
+        return np.random.default_rng(0).random((2, self.n_features))
+
+    def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        """Probabilities (or logits) of each row; may stall once (see the module doc)."""
+        if claim(self.stall_flag):
+            with open(f"{self.stall_flag}.pid", "w") as fh:
+                fh.write(str(os.getpid()))
+            time.sleep(self.stall_seconds)
+        if self.delay:
+            time.sleep(self.delay)
+        z = np.asarray(request.inputs, dtype=np.float64).reshape(len(request.inputs), -1) @ self.W
+        if request.output == "logits":
+            return ClassifyResult(scores=z, output="logits", usage=Usage(queries=len(z)))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return ClassifyResult(scores=e / e.sum(axis=1, keepdims=True), output="probs", usage=Usage(queries=len(z)))
+
+
+class InstantClassifier(Provider):
+    """Zeros for every row, at once: what remains of a step's time is the pool's own overhead."""
+
+    name = "scale-instant"
+    declared_capabilities = frozenset({Capability.PROBS, Capability.LOGITS})
+    summary = "answers zeros at once (benchmarks of driver overhead)"
+
+    def __init__(self, n_classes: int = 2) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+
+    def describe(self) -> dict[str, Any]:
+        """Kind and class count."""
+        return {"provider": self.name, "n_classes": self.n_classes}
+
+    def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        """Uniform probabilities for every row."""
+        n = len(request.inputs)
+        return ClassifyResult(scores=np.full((n, self.n_classes), 1.0 / self.n_classes), output=request.output,
+                              usage=Usage(queries=n))

@@ -1,0 +1,213 @@
+"""Replica pools on a local Ray cluster (2 CPUs, one per module): exactness, faults, errors.
+
+Every test here uses a local cluster only (``ray.init(num_cpus=2)`` through
+``blackbox.scale.connect``); never an outside address.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from needs import need
+from typer.testing import CliRunner
+
+from blackbox.cli import app
+from blackbox.client import Client, Ledger
+from blackbox.errors import BlackboxError
+from blackbox.scale.faults import FaultyClassifier
+from blackbox.scale.pool import shard_bounds
+from blackbox.types import ClassifyRequest
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+TINY = "torch:blackbox.testing:tiny_image_classifier"
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = need("ray", hint="the [ray] extra")
+    from blackbox.scale import connect, reset
+
+    if not ray.is_initialized():
+        connect("local", num_cpus=2)
+    yield ray
+    reset()
+    ray.shutdown()
+
+
+def _pool(cluster, **kw):
+    from blackbox.scale import ReplicaPool
+
+    factory = functools.partial(FaultyClassifier, **kw.pop("provider", {}))
+    return ReplicaPool(factory, kw.pop("replicas", 2), num_cpus=0.5, **kw)
+
+
+X = np.random.default_rng(7).random((11, 12))
+
+
+# --- no ray needed ------------------------------------------------------------------------------
+def test_import_blackbox_never_imports_ray():
+    code = ("import sys, blackbox, blackbox.scale, blackbox.cli, blackbox.scale.context; "
+            "assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_missing_extra_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    from blackbox.scale import require_ray
+
+    with pytest.raises(BlackboxError, match=r"pip install 'blackbox-adapt\[ray\]'"):
+        require_ray()
+    res = invoke("optimize", "--objective", "sphere", "--dim", "3", "--budget", "10", "--run-dir", str(tmp_path / "r"), "--replicas", "2")
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        "error: --replicas/--backend ray: needs Ray, which is not installed; pip install 'blackbox-adapt[ray]' (or ray==2.60.0)"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_replicas_and_address_are_one_line(tmp_path):
+    res = invoke("optimize", "--objective", "sphere", "--dim", "3", "--budget", "10", "--run-dir", str(tmp_path / "r"), "--replicas", "0")
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == ["error: replicas: expected an integer >= 1, received 0"]
+    res = invoke("blackvip", "train", "--provider", TINY, "--dataset", "digits", "--run-dir", str(tmp_path / "b"), "--replicas", "-1")
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == ["error: replicas: expected an integer >= 1, received -1"]
+
+
+def test_shard_bounds_cover_rows_in_order():
+    assert shard_bounds(11, 2) == [(0, 6), (6, 11)]
+    assert shard_bounds(2, 5) == [(0, 1), (1, 2)]
+    assert shard_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
+
+
+# --- on the local cluster ----------------------------------------------------------------------
+def test_unreachable_address_names_it(tmp_path):
+    need("ray", hint="the [ray] extra")
+    from blackbox.scale import connect
+
+    with pytest.raises(BlackboxError, match=r"ray_address: could not reach a Ray cluster at '127\.0\.0\.1:9'"):
+        connect("127.0.0.1:9")
+    res = invoke("optimize", "--objective", "sphere", "--dim", "3", "--budget", "10", "--run-dir", str(tmp_path / "r"),
+                 "--replicas", "2", "--ray-address", "127.0.0.1:9")
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'127.0.0.1:9'" in lines[0] and "ray start --head" in lines[0]
+
+
+def test_pool_splits_rows_gathers_in_order_and_bills_once(cluster):
+    want = FaultyClassifier().classify(ClassifyRequest(X)).scores
+    with _pool(cluster) as pool:
+        assert len(set(pool.pids())) == 2 and os.getpid() not in pool.pids()
+        client = Client(pool, ledger=Ledger())
+        got = client.classify(ClassifyRequest(X))
+        assert np.array_equal(got.scores, want)
+        assert got.usage.queries == len(X) and client.ledger.queries == len(X)
+        assert client.stats()["provider_calls"] == 1 and pool.replacements == []
+        assert pool.cache_identity() == FaultyClassifier().cache_identity()
+
+
+def _stall_flag(tmp_path: Path) -> str:
+    flag = tmp_path / "stall"
+    flag.write_text("")
+    return str(flag)
+
+
+def test_replica_killed_mid_call_is_replaced_and_rerun(cluster, tmp_path):
+    flag = str(tmp_path / "stall")
+    want = FaultyClassifier().classify(ClassifyRequest(X)).scores
+    with _pool(cluster, provider={"stall_flag": flag, "stall_seconds": 120}) as pool:
+        client = Client(pool, ledger=Ledger())
+        first = client.classify(ClassifyRequest(X)).scores  # no fault yet
+        Path(flag).write_text("")  # the next call that meets the flag stalls; we kill its process
+        killed: list[int] = []
+
+        def kill_when_stalled() -> None:
+            pid_file = Path(f"{flag}.pid")
+            for _ in range(600):
+                if pid_file.exists() and pid_file.read_text():
+                    killed.append(int(pid_file.read_text()))
+                    os.kill(killed[0], signal.SIGKILL)
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_stalled)
+        killer.start()
+        second = client.classify(ClassifyRequest(X)).scores
+        killer.join()
+        assert killed and killed[0] not in pool.pids()
+        assert [r["reason"].split(" ")[0] for r in pool.replacements] == ["died"]
+        assert pool.replacements[0]["old_pid"] == killed[0]
+        assert np.array_equal(first, want) and np.array_equal(second, want)
+        assert client.ledger.queries == 2 * len(X)  # the killed replica's share is billed once, not twice or never
+
+
+def test_hung_replica_times_out_and_is_replaced(cluster, tmp_path):
+    flag = _stall_flag(tmp_path)
+    want = FaultyClassifier().classify(ClassifyRequest(X)).scores
+    with _pool(cluster, provider={"stall_flag": flag, "stall_seconds": 600}, timeout=3.0) as pool:
+        client = Client(pool, ledger=Ledger())
+        got = client.classify(ClassifyRequest(X)).scores
+        assert np.array_equal(got, want)
+        assert len(pool.replacements) == 1 and "timeout=3s" in pool.replacements[0]["reason"]
+        assert client.ledger.queries == len(X)
+
+
+def _read_run(rd: Path) -> tuple[bytes, np.ndarray, dict]:
+    from blackbox.runs import load_tensors
+
+    arrays, _ = load_tensors(rd / "state.safetensors")
+    return (rd / "history.jsonl").read_bytes(), arrays.get("x", arrays.get("theta")), json.loads((rd / "result.json").read_text())
+
+
+def test_optimize_and_blackvip_bit_identical_with_1_and_2_replicas(cluster, tmp_path, monkeypatch):
+    need("torch")
+    need("sklearn")
+    from blackbox.scale import client_for, reset
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    opt = ["optimize", "--objective", "blackbox.scale.demo:digits_prompt_loss", "--dim", "64", "--optimizer", "spsa",
+           "--budget", "40", "--seed", "3", "--no-progress", "--json"]
+    runs = {}
+    for n in (1, 2):
+        res = invoke(*opt, "--run-dir", str(tmp_path / f"opt{n}"), "--replicas", str(n))
+        assert res.exit_code == 0, res.output
+        runs[n] = _read_run(tmp_path / f"opt{n}")
+        ledger = client_for(TINY).ledger
+        assert ledger.queries == 40 * 16  # every image query of the run billed once (16 images per candidate)
+        from blackbox.scale.pool import ReplicaPool
+
+        assert isinstance(client_for(TINY).provider, ReplicaPool) == (n == 2)
+        reset()
+    assert runs[1][0] == runs[2][0]  # every round's losses, byte for byte
+    assert np.array_equal(runs[1][1], runs[2][1])
+    assert runs[1][2]["best_loss"] == runs[2][2]["best_loss"] and runs[1][2]["queries"] == runs[2][2]["queries"] == 40
+
+    bv = ["blackvip", "train", "--provider", TINY, "--dataset", "digits", "--shots", "4", "--budget", "240",
+          "--set", "encoder=pixels", "--set", "batch_size=8", "--set", "n_test=50", "--set", "q=2", "--no-progress", "--json"]
+    from blackbox.scale.pool import ReplicaPool
+
+    calls: list[int] = []
+    real_call = ReplicaPool.call
+    monkeypatch.setattr(ReplicaPool, "call", lambda self, request: calls.append(len(request.inputs)) or real_call(self, request))
+    out = {}
+    for n in (1, 2):
+        res = invoke(*bv, "--run-dir", str(tmp_path / f"bv{n}"), "--replicas", str(n))
+        assert res.exit_code == 0, res.output
+        out[n] = _read_run(tmp_path / f"bv{n}")
+    assert out[1][0] == out[2][0] and np.array_equal(out[1][1], out[2][1])
+    r1, r2 = out[1][2], out[2][2]
+    assert (r1["test_accuracy"], r1["queries"], r1["eval_queries"], r1["steps"]) == (r2["test_accuracy"], r2["queries"], r2["eval_queries"], r2["steps"])
+    assert r1["steps"] > 0 and sum(calls) == r2["queries"] + r2["eval_queries"]  # the 2-replica run went through the pool
