@@ -91,6 +91,41 @@ def run_http(base_url: str, model: str, texts: list[str], concurrency: int, max_
     return res
 
 
+def run_paired(arms: dict[str, Callable[[str], int]], texts: list[str]) -> dict[str, Any]:
+    """Every arm on every prompt, one request at a time, arms interleaved per prompt (order
+    rotated), so load drift on a shared machine hits all arms alike; per-arm latencies."""
+    names = list(arms)
+    for name in names:
+        arms[name](texts[0])  # warm-up
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    for i, p in enumerate(texts):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            t = time.perf_counter()
+            arms[name](p)
+            lat[name].append(time.perf_counter() - t)
+    return {"requests": len(texts), "latency_s": lat}
+
+
+def paired_ratio(paired: dict[str, Any], num: str, den: str) -> dict[str, float]:
+    """``num`` over ``den``: median of per-prompt ratios and ratio of total times, minus 1."""
+    a, b = np.asarray(paired["latency_s"][num]), np.asarray(paired["latency_s"][den])
+    return {"median": float(np.median(a / b) - 1), "total": float(a.sum() / b.sum() - 1)}
+
+
+def http_fn(base_url: str, model: str, max_tokens: int) -> Callable[[str], int]:
+    """One completion request over HTTP (a fresh connection pool per arm)."""
+    import httpx2
+
+    client = httpx2.Client(timeout=600)
+
+    def one(p: str) -> int:
+        r = client.post(f"{base_url}/completions", json={"model": model, "prompt": p, "max_tokens": max_tokens, "temperature": 0})
+        r.raise_for_status()
+        return int(r.json()["usage"]["completion_tokens"])
+
+    return one
+
+
 def guarded_model(lm: Any) -> Any:
     """An ECO gate (lexical, trained on capital questions) + corruption in front of ``lm``."""
     from blackbox.methods.eco.config import EcoConfig
@@ -117,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads (1: the fair setting on a shared 2-core machine)")
     ap.add_argument("--skip-llama", action="store_true", help="leave out llama-cpp-python's server")
+    ap.add_argument("--paired-only", action="store_true", help="only the interleaved concurrency-1 arms, added to bench/results/serve.json")
     ap.add_argument("--render", action="store_true", help="re-render the docs section from bench/results/serve.json")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
@@ -146,6 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     def gen(provider: Any) -> Callable[[str], int]:
         return lambda p: provider.generate(GenerateRequest((p,), max_tokens=m)).usage.completion_tokens
 
+    with serving(PlainBackend(lm), model_name="plain", max_tokens_limit=m) as sp, serving(GuardedBackend(guarded), model_name="guarded", max_tokens_limit=m) as sg:
+        paired = run_paired({"plain in-process": gen(lm), "plain http": http_fn(sp.base_url, "plain", m),
+                             "guarded in-process": gen(guarded), "guarded http": http_fn(sg.base_url, "guarded", m)}, texts[:n])
+    paired["ratios"] = {"http_overhead_plain": paired_ratio(paired, "plain http", "plain in-process"),
+                        "http_overhead_guarded": paired_ratio(paired, "guarded http", "guarded in-process"),
+                        "guarded_over_plain_http": paired_ratio(paired, "guarded http", "plain http"),
+                        "guarded_over_plain_in_process": paired_ratio(paired, "guarded in-process", "plain in-process")}
+    _common.emit({"paired": paired["ratios"]})
+    if args.paired_only:
+        results = _common.load_results("serve")
+        results.pop("script", None)
+        sections = results.pop("sections")
+        results["paired"] = paired
+        results["paired_stamp"] = _common.stamp(info)
+        results["targets"] = targets(results["rows"], paired)
+        _common.save_results("serve", results, sections)
+        _common.publish_results("serve", render_section, args.write_docs)
+        return 0
     models = {
         "plain": (gen(lm), PlainBackend(lm)),
         "guarded": (gen(guarded), GuardedBackend(guarded)),
@@ -180,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"model": "plain", "server": "llama.cpp server", "concurrency": c, **r})
                 _common.emit(rows[-1])
     info["loadavg_at_end"] = _common.loadavg()
-    results = {**_common.stamp(info), "max_tokens": m, "requests": n, "rows": rows, "targets": targets(rows)}
+    results = {**_common.stamp(info), "max_tokens": m, "requests": n, "rows": rows, "paired": paired, "targets": targets(rows, paired)}
     _common.emit({"targets": results["targets"]})
     _common.save_results("serve", results, {"serve": "docs/benchmarks.md"})
     _common.publish_results("serve", render_section, args.write_docs)
@@ -191,9 +245,17 @@ def _row(rows: list[dict[str, Any]], model: str, server: str, c: int) -> dict[st
     return next((r for r in rows if r["model"] == model and r["server"] == server and r["concurrency"] == c), None)
 
 
-def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's three targets, measured (ratios of means / throughputs)."""
+def targets(rows: list[dict[str, Any]], paired: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The issue's three targets, measured (ratios of means / throughputs; the +-5% ones also
+    from the interleaved arms, median of per-prompt ratios)."""
     out = []
+    if paired:
+        r = paired["ratios"]
+        for key, label in (("http_overhead_plain", "HTTP overhead at concurrency 1 (plain), interleaved"),
+                           ("http_overhead_guarded", "HTTP overhead at concurrency 1 (guarded), interleaved"),
+                           ("guarded_over_plain_http", "guarded cost over plain, unflagged prompts (HTTP, concurrency 1), interleaved")):
+            v = r[key]["median"]
+            out.append({"target": label, "value": v, "goal": "<= +5%", "met": v <= 0.05, "paired": True})
     for model in ("plain", "guarded", "fused"):
         http, local = _row(rows, model, "blackbox serve", 1), _row(rows, model, "in-process", 1)
         if http and local:
@@ -247,15 +309,29 @@ def render_section(name: str, results: dict[str, Any]) -> str:
     if m.get("cores") and load > m["cores"]:
         notes.append(f"The machine was shared (load average up to {load:g} on {m['cores']} cores): arms ran minutes apart under "
                      "changing load, so differences of ~20% are within noise — the negative \"overheads\" below are noise, not "
-                     "speed-ups, and the ±5% targets are not resolved by this run; the concurrency gain and the exact-text counts are.")
+                     "speed-ups, and the ±5% comparisons between those arms are not resolved" + ("; the interleaved arms are the estimate to read"
+                     if results.get("paired") else "") + ". The concurrency gain and the exact-text counts are resolved.")
     noisy = bool(m.get("cores") and load > m["cores"])
+    paired = results.get("paired")
+    if paired:
+        lat = paired["latency_s"]
+        lines += ["", f"Interleaved concurrency-1 arms (`{results.get('paired_stamp', results)['command']}`): each of {paired['requests']} "
+                  "prompts goes through every arm in turn (order rotated), so load drift hits all arms alike; ratios are medians of "
+                  "per-prompt ratios (ratio of total times in brackets).", "",
+                  "| arm | mean latency (ms) | p50 (ms) |", "| --- | ---: | ---: |"]
+        for name, xs in lat.items():
+            arr = np.asarray(xs) * 1e3
+            lines.append(f"| {name} | {f(float(arr.mean()))} | {f(float(np.median(arr)))} |")
+        lines += ["", "| ratio | median per prompt | totals |", "| --- | ---: | ---: |"]
+        for key, v in paired["ratios"].items():
+            lines.append(f"| {key.replace('_', ' ')} | {v['median'] * 100:+.1f}% | {v['total'] * 100:+.1f}% |")
     for note in notes:
         lines += ["", note]
     lines += ["", "| target (issue 22) | measured | goal | met |", "| --- | ---: | --- | --- |"]
     for t in results["targets"]:
         v = f"{t['value']:.2f}x" if "x" in t["goal"] else f"{t['value'] * 100:+.1f}%"
         verdict = "yes" if t["met"] else "**no**"
-        if noisy and "%" in t["goal"]:
+        if noisy and "%" in t["goal"] and not t.get("paired"):
             verdict = f"not resolved (noise; {verdict.strip('*')} as measured)"
         lines.append(f"| {t['target']} | {v} | {t['goal']} | {verdict} |")
     return "\n".join(lines)
