@@ -71,13 +71,16 @@ class Objective:
 
 
 def load_objective(spec: str) -> Objective:
-    """Resolve ``spec`` (a built-in name from :mod:`blackbox.testing` or ``MODULE:FUNCTION``)."""
-    from . import testing
+    """Resolve ``spec``: a built-in name (:mod:`blackbox.testing`, or a suite problem of
+    :mod:`blackbox.problems` at instance 0) or ``MODULE:FUNCTION``."""
+    from . import problems, testing
 
     if not isinstance(spec, str) or not spec:
         raise ObjectiveImportError(f"objective: expected a built-in name or MODULE:FUNCTION, received {spec!r}")
     if spec in testing.OBJECTIVES:
         fn = testing.OBJECTIVES[spec]
+    elif spec in problems.SUITE:
+        fn = problems.objective(spec)
     elif ":" in spec:
         mod_name, _, attr = spec.partition(":")
         if not mod_name or not attr:
@@ -100,7 +103,8 @@ def load_objective(spec: str) -> Objective:
             raise ObjectiveImportError(f"objective: module {mod_name!r} has no attribute {attr!r}") from None
     else:
         raise ObjectiveImportError(
-            f"objective: expected one of {', '.join(sorted(testing.OBJECTIVES))} or MODULE:FUNCTION, received {spec!r}"
+            f"objective: expected one of {', '.join([*sorted(testing.OBJECTIVES), *problems.SUITE])} "
+            f"or MODULE:FUNCTION, received {spec!r}"
         )
     if not callable(fn):
         raise ObjectiveImportError(f"objective: expected a callable at {spec!r}, received {type(fn).__name__}")

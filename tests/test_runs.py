@@ -78,9 +78,11 @@ def slow(x):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optimizer", ["spsa", "spsa-gc", "zo-sgd"])
+def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path, optimizer):
+    """Every finite-difference recipe with its defaults (gain adaptation on) resumes exactly."""
     (tmp_path / "slowobj.py").write_text(SLOW_OBJECTIVE)
-    args = ["--objective", "slowobj:slow", "--dim", "30", "--optimizer", "spsa-gc", "--budget", "600",
+    args = ["--objective", "slowobj:slow", "--dim", "30", "--optimizer", optimizer, "--budget", "600",
             "--seed", "5", "--checkpoint-every", "3", "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref = subprocess.run([sys.executable, "-m", "blackbox.cli", "optimize", *args, "--run-dir", "ref", "--json"],
@@ -102,6 +104,8 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["resumed"] is True
+        opt_state = json.loads((target / "state.json").read_text())["optimizer_state"]["opt"]
+        assert opt_state["tests"] > 0 and opt_state["gain"] != 1.0  # the adaptive gain was in play
         assert result["best_loss"] == json.loads(ref.stdout.strip().splitlines()[-1])["best_loss"]
         _assert_identical(tmp_path / "ref", target)
 

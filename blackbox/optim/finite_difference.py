@@ -44,6 +44,13 @@ _MOMENTUM = ("none", "heavy-ball", "gc")
 _EMA = 0.9  # smoothing of the per-step mean loss watched by the guard (~10-step horizon)
 _EMA_WARMUP = 20  # steps after a (re)start before "no progress" can fire
 MAX_BACKOFFS = 40  # past this the guard stands down (a = a0 * 0.25^40 is negligible anyway)
+# E[(w·g)·d] / E[d²] for a directional difference d = Δ·g: converts the measured d² into the
+# first-order decrease g·ĝ that a step along the estimate predicts (sphere: d, set per run).
+_LAMBDA = {"rademacher": 1.0, "gaussian": 1.0, "segmented": 12.0 / 7.0}
+_GAIN_RANGE = (1e-8, 1e8)  # the adaptive multiplier stays within this range of a
+_NOISE_Z = 3.0  # a test waits until the predicted decrease exceeds this many loss-noise sds
+_NOISE_HORIZON = 50.0  # steps over which the level noise is averaged
+_MAX_WINDOW = 20  # ... but at most this many times adapt_window steps (then it restarts, no change)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,11 @@ class FDConfig(OptimizerConfig):
     noise_samples: int = field(default=4, metadata={"help": "repeated evaluations at x0 used to calibrate c"})
     c_min: float = field(default=0.01, metadata={"help": "lower bound for a calibrated c (and c for noise-free objectives)"})
     c_max: float = field(default=0.2, metadata={"help": "upper bound for a calibrated c"})
+    adapt: bool | None = field(default=None, metadata={"help": "adapt the gain during the run by a loss-decrease test; None = on unless a is given"})
+    adapt_target: float = field(default=0.35, metadata={"help": "target ratio of measured to predicted loss decrease, in (0, 1): above it the gain grows, below it shrinks"})
+    adapt_rate: float = field(default=1.0, metadata={"help": "log-gain change per unit of ratio error at each test (> 0)"})
+    adapt_grow: bool = field(default=True, metadata={"help": "grow the gain when a test window stays below the noise for 20 windows' length (steps too small to measure)"})
+    adapt_window: int = field(default=5, metadata={"help": "steps per loss-decrease test at least (longer while the predicted decrease is below 3x the loss noise)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,6 +107,12 @@ class FDConfig(OptimizerConfig):
         check_positive("c_max", self.c_max, allow_none=False)
         if self.c_max < self.c_min:
             raise bad_value("c_max", f"a number >= c_min ({self.c_min})", self.c_max)
+        if self.adapt is not None and not isinstance(self.adapt, bool):
+            raise bad_value("adapt", "true, false or None", self.adapt)
+        check_range("adapt_target", self.adapt_target, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_positive("adapt_rate", self.adapt_rate, allow_none=False)
+        if not isinstance(self.adapt_window, int) or isinstance(self.adapt_window, bool) or self.adapt_window < 1:
+            raise bad_value("adapt_window", "an integer >= 1", self.adapt_window)
 
 
 class FiniteDifferenceOptimizer(Optimizer):
@@ -130,6 +148,22 @@ class FiniteDifferenceOptimizer(Optimizer):
         self.backoffs = 0
         self.loss_ema: float | None = None
         self.ema_steps = 0
+        # Gain adaptation (loss-decrease test): the multiplier of a, the open test window
+        # (loss level at its start, steps and predicted decrease since), and the scalar
+        # shadow of the momentum that predicts how much a step should lower the loss.
+        self.adaptive = config.adapt if config.adapt is not None else config.a is None
+        self._lam = float(self.dim) if config.perturbation == "sphere" else _LAMBDA.get(config.perturbation, 1.0)
+        self.gain = 1.0
+        self.win_start: float | None = None
+        self.win_steps = 0
+        self.win_pred = 0.0
+        self.win_noise = 0.0
+        self.pred_m = 0.0
+        self.tests = 0
+        self.c_index = 1  # the step whose c_k the probes use while adapting
+        self.levels: list[float] = []  # the last two loss levels (noise estimate)
+        self.level_var = 0.0  # running mean of squared second differences of the levels / 6
+        self.level_n = 0
         if self.budget is not None and self.budget < self.min_budget():
             raise BudgetError(
                 f"budget: expected at least {self.min_budget()} queries "
@@ -170,6 +204,12 @@ class FiniteDifferenceOptimizer(Optimizer):
     def c_k(self, k: int) -> float:
         """Perturbation size at step ``k`` (1-based)."""
         return self.c / k ** self.config.gamma  # PowerDecay(c, gamma), inlined: hot path
+
+    def _probe_c(self) -> float:
+        """The perturbation size of this step's probes. With gain adaptation, c follows its
+        schedule in steps that change only between loss-decrease tests, so the O(c²) offset
+        of the probes' mean loss is the same at both ends of a test window."""
+        return self.c_k(self.c_index if self.adaptive else self.step + 1)
 
     def a_schedule(self, a: float | None = None) -> Schedule:
         """The step-size schedule for scale ``a`` (default: the calibrated one)."""
@@ -230,7 +270,7 @@ class FiniteDifferenceOptimizer(Optimizer):
                 [est.probe_points(self.theta, c1, self._dirs[i * cfg.q:(i + 1) * cfg.q], cfg.two_sided) for i in range(n)]
             )
         self._dirs = self._directions(cfg.q)
-        return est.probe_points(self.theta, self.c_k(self.step + 1), self._dirs, cfg.two_sided)
+        return est.probe_points(self.theta, self._probe_c(), self._dirs, cfg.two_sided)
 
     def candidate_seeds(self) -> np.ndarray:
         """Objective seeds per pending candidate: distinct while measuring noise or estimate
@@ -273,7 +313,7 @@ class FiniteDifferenceOptimizer(Optimizer):
             self._tstate = self._transform(self.a).init(self.theta)
             extras = {"grad_scale": self.grad_scale, "a": self.a, "step0": self.step0}
         else:
-            ck = self.c_k(self.step + 1)
+            ck = self._probe_c()
             mean_loss = math.inf if skipped else float(losses.sum()) / losses.size
             if self.ref_loss is None:  # gains were given: the first step is the reference
                 self.ref_loss = mean_loss
@@ -287,6 +327,8 @@ class FiniteDifferenceOptimizer(Optimizer):
                 self._tstate["1.count"] = self.step + 1
                 self.backoffs += 1
                 self.loss_ema, self.ema_steps = None, 0
+                self.win_start, self.win_steps, self.win_pred, self.pred_m = None, 0, 0.0, 0.0
+                self.levels = []
                 extras = {"c_k": ck, "backoff": float(self.backoffs), "a": self.a, "reason": reason}
             else:
                 if mean_loss < self.anchor_loss:
@@ -294,8 +336,16 @@ class FiniteDifferenceOptimizer(Optimizer):
                     np.copyto(self.anchor_theta, self.theta)
                 self.loss_ema = mean_loss if self.loss_ema is None else _EMA * self.loss_ema + (1 - _EMA) * mean_loss
                 self.ema_steps += 1
-                self._apply(self._gradient(losses, ck))
-                extras = {"c_k": ck}
+                if self.adaptive:
+                    # The loss at θ_k: the pivot (one-sided) or the probes' mean (two-sided,
+                    # f(θ) + O(c²) with the same O(c²) bias at every step).
+                    self._adapt_gain(float(losses[0]) if not cfg.two_sided else mean_loss)
+                g = self._gradient(losses, ck)
+                if self.adaptive:
+                    dd = est.finite_differences(losses, ck, cfg.q, cfg.two_sided)
+                    self._predict(self._lam * float(dd @ dd) / cfg.q)
+                self._apply(g)
+                extras = {"c_k": ck, "gain": self.gain} if self.adaptive else {"c_k": ck}
             self.step += 1
         self._dirs = None
         finite = losses if not skipped else losses[np.isfinite(losses)]
@@ -350,11 +400,86 @@ class FiniteDifferenceOptimizer(Optimizer):
         g *= self._schedule(k)
         self.theta -= g
 
+    @property
+    def a_effective(self) -> float | None:
+        """The gain scale in use now: ``a`` times the adaptive multiplier."""
+        return None if self.a is None else self.a * self.gain
+
     def _schedule(self, k: int) -> float:
         cfg = self.config
+        a = self.a * self.gain
         if cfg.schedule == "constant":
-            return float(self.a)
-        return self.a / (k + self.o) ** cfg.alpha  # PowerDecay(a, alpha, o), inlined: hot path
+            return float(a)
+        return a / (k + self.o) ** cfg.alpha  # PowerDecay(a·gain, alpha, o), inlined: hot path
+
+    def _predict(self, dd: float) -> None:
+        """Add this step's predicted first-order loss decrease ``a_k g·u`` to the open test.
+
+        ``dd`` is the decrease a unit step along the estimate predicts (``g·ĝ`` ≈ the squared
+        directional differences); momentum sums past estimates, so a scalar shadow of it
+        (the same β) predicts ``g·m`` assuming the gradient changed little since.
+        """
+        cfg = self.config
+        if cfg.momentum == "none":
+            u = dd
+        else:
+            self.pred_m = cfg.beta * self.pred_m + dd
+            u = self.pred_m if cfg.momentum == "heavy-ball" else dd + cfg.beta * self.pred_m
+        self.win_pred += self._schedule(self.step + 1) * u
+        self.win_steps += 1
+
+    def _adapt_gain(self, level: float) -> None:
+        """Loss-decrease test: compare the loss drop over the last window with its prediction.
+
+        The ratio ρ = (measured drop) / (predicted first-order drop) is ≈ 1 when steps are far
+        too small (the loss falls as the linear model says), ≈ 1 − a·ΔᵀHΔ/2 in general, and
+        negative when steps overshoot. The gain moves by ``exp(rate·(clip(ρ, −1, 1) − target))``.
+        The measured drop telescopes (start level − end level), so its noise does not grow with
+        the window; a window closes once the predicted drop is ``_NOISE_Z`` loss-noise sds.
+        """
+        cfg = self.config
+        lv = self.levels
+        if len(lv) == 2:
+            # Second differences of successive levels remove a smooth trend and leave
+            # 6x the level's noise variance: objective noise and the random c²·ΔᵀHΔ/2
+            # probe offset alike. Running mean over ~_NOISE_HORIZON steps.
+            s2 = lv[0] - 2.0 * lv[1] + level
+            self.level_n += 1
+            w = max(1.0 / self.level_n, 1.0 / _NOISE_HORIZON)
+            self.level_var += w * (s2 * s2 / 6.0 - self.level_var)
+            lv[0], lv[1] = lv[1], level
+        else:
+            lv.append(level)
+        if self.win_start is None:
+            # The noise read when the window opens: a divergence inside the window inflates
+            # the running estimate and must not hide behind it.
+            self.win_start, self.win_steps, self.win_pred = level, 0, 0.0
+            self.win_noise = math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
+            return
+        if self.win_steps < cfg.adapt_window:
+            return
+        gate = _NOISE_Z * math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
+        # A divergence (the loss more than doubles beyond the noise read at the window's
+        # start) is a test too, whatever the running noise estimate has become since.
+        rise = level - self.win_start
+        diverging = rise > max(_NOISE_Z * self.win_noise, abs(self.win_start))
+        if (self.win_pred > gate and self.win_pred > 0.0) or diverging:
+            rho = (self.win_start - level) / self.win_pred if self.win_pred > 0.0 else -1.0
+            rho = min(max(rho, -1.0), 1.0)
+            self.gain = float(min(max(self.gain * math.exp(cfg.adapt_rate * (rho - cfg.adapt_target)), _GAIN_RANGE[0]), _GAIN_RANGE[1]))
+            self.tests += 1
+        elif self.win_steps < _MAX_WINDOW * cfg.adapt_window:
+            return
+        elif cfg.adapt_grow:
+            # Steps too small for their effect to rise above the noise in all this time:
+            # grow as if the test had found ρ = 1 (a later test cuts the gain if too far).
+            self.gain = float(min(self.gain * math.exp(cfg.adapt_rate * (1.0 - cfg.adapt_target)), _GAIN_RANGE[1]))
+            self.tests += 1
+        # The next window starts at the next step's level, measured with the next c_k.
+        self.win_start, self.win_steps, self.win_pred = None, 0, 0.0
+        if self.c_k(self.step + 2) != self.c_k(self.c_index):
+            self.levels = []  # a new c offsets the levels: no second difference across it
+        self.c_index = self.step + 2
 
     def _accepts_nonfinite(self, losses: np.ndarray) -> bool:
         # Only overflow (+inf, no NaN) is divergence; NaN stays an objective error.
@@ -387,7 +512,8 @@ class FiniteDifferenceOptimizer(Optimizer):
 
     def resolved_hyperparameters(self) -> dict[str, Any]:
         out = self.config.to_dict()
-        out.update({"a": self.a, "c": self.c, "o": self.o, "step0": self.step0})
+        out.update({"a": self.a, "c": self.c, "o": self.o, "step0": self.step0, "adapt": self.adaptive,
+                    "gain": self.gain if self.adaptive else None})
         out["calibrated"] = {
             "a": self.config.a is None,
             "c": self.config.c is None,
@@ -397,6 +523,7 @@ class FiniteDifferenceOptimizer(Optimizer):
             "noise_std": self.noise_std,
             "grad_scale": self.grad_scale,
             "queries": self._calibration_cost(),
+            "gain_tests": self.tests,
         }
         return out
 
@@ -423,6 +550,17 @@ class FiniteDifferenceOptimizer(Optimizer):
             "backoffs": self.backoffs,
             "loss_ema": self.loss_ema,
             "ema_steps": self.ema_steps,
+            "gain": self.gain,
+            "win_start": self.win_start,
+            "win_steps": self.win_steps,
+            "win_pred": self.win_pred,
+            "win_noise": self.win_noise,
+            "pred_m": self.pred_m,
+            "tests": self.tests,
+            "c_index": self.c_index,
+            "levels": list(self.levels),
+            "level_var": self.level_var,
+            "level_n": self.level_n,
             "scalars": scalars,
         }
         return arrays, meta
@@ -438,6 +576,13 @@ class FiniteDifferenceOptimizer(Optimizer):
         self.ref_loss, self.anchor_loss = meta["ref_loss"], float(meta["anchor_loss"])
         self.backoffs = int(meta["backoffs"])
         self.loss_ema, self.ema_steps = meta["loss_ema"], int(meta["ema_steps"])
+        self.gain, self.win_start = float(meta["gain"]), meta["win_start"]
+        self.win_steps, self.win_pred = int(meta["win_steps"]), float(meta["win_pred"])
+        self.win_noise = float(meta["win_noise"])
+        self.pred_m, self.tests = float(meta["pred_m"]), int(meta["tests"])
+        self.c_index = int(meta["c_index"])
+        self.levels = [float(v) for v in meta["levels"]]
+        self.level_var, self.level_n = float(meta["level_var"]), int(meta["level_n"])
         self.anchor_theta = np.array(arrays["anchor_theta"], dtype=np.float64)
         tstate: tx.State = {k[2:]: np.array(v) for k, v in arrays.items() if k.startswith("t.")}
         tstate.update(meta["scalars"])

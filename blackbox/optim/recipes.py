@@ -56,6 +56,9 @@ class ZOSGDConfig(FDConfig):
     gamma: float = _default("gamma", 0.0)
     perturbation: str = _default("perturbation", "gaussian")
     schedule: str = _default("schedule", "constant")
+    # Gaussian directions make the probes' mean loss noisy (ΔᵀHΔ varies), so "too small to
+    # measure" is common near a deterministic optimum: growing there stalls at that noise.
+    adapt_grow: bool = _default("adapt_grow", False)
 
 
 class SPSA(FiniteDifferenceOptimizer):

@@ -253,7 +253,8 @@ class _ComposedUpdate:
     """Mixin: the update through ``tx.chain`` (allocating, dict state), as before the fused path."""
 
     def _apply(self, g: np.ndarray) -> None:
-        upd, self._tstate = self._transform(self.a).update(g, self._tstate)
+        # The schedule's scale is a times the adaptive gain (the composed form rebuilds it).
+        upd, self._tstate = self._transform(self.a_effective).update(g, self._tstate)
         self.theta = self.theta + upd
 
 
@@ -274,6 +275,7 @@ def test_fused_update_is_bit_identical_to_composed_transforms(recipe: str, overr
         runs.append(opt)
     fused, ref = runs
     assert fused.backoffs > 0  # the guard fired, so resets of the state were exercised
+    assert fused.tests > 0 and fused.gain != 1.0  # the adaptive gain moved, so it was exercised
     np.testing.assert_array_equal(fused.recommend(), ref.recommend())
     np.testing.assert_array_equal(fused.best_x, ref.best_x)
     assert fused.state_dict()[1] == ref.state_dict()[1]
