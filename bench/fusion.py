@@ -14,7 +14,7 @@ Evaluation sets (greedy):
 * **general, other**: ``Q: <question>\\nA:`` from the hand-written pool of
   bench/fusion_general.py (science, history, literature, ...: outside the expert's task).
 
-Both general sets are *selected* as the issue asks: knowledge the 1.5B has and the 0.5B
+Both general sets are *selected* on purpose: knowledge the 1.5B has and the 0.5B
 lacks (the 1.5B base right, the 0.5B base wrong in the same greedy decoding), so the large
 base scores 100% there by construction; the question is how much the fusions keep. A
 general answer is right iff its first line holds the answer as whole words (case and
