@@ -8,7 +8,6 @@ checked against the truth. Tests marked ``slow`` use the real shipped MiniLM enc
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import re
