@@ -35,6 +35,7 @@ class Prompt:
     ids: list[int]
     special: bool  # tokenizer added special tokens (raw prompt) or not (chat template)
     gate_parts: list[tuple[str, int]] = field(default_factory=list)
+    region: tuple[int, int] | None = None  # chat: the user text's characters (the template's tokens are never corrupted)
 
 
 class Backend:
@@ -72,15 +73,18 @@ class Backend:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # The template already contains its special tokens: do not add them twice.
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        parts, at = [], 0
-        for m in messages:
+        # Locate user messages from the end (as GuardedProvider does with rfind): the last
+        # occurrence is the message itself, not an echo of it in a system prompt.
+        parts, end = [], len(text)
+        for m in reversed(messages):
             if m["role"] != "user" or not m["content"]:
                 continue
-            pos = text.find(m["content"], at)
+            pos = text.rfind(m["content"], 0, end)
             if pos >= 0:
-                parts.append((m["content"], pos))
-                at = pos + len(m["content"])
-        return Prompt(text, ids, False, parts)
+                parts.insert(0, (m["content"], pos))
+                end = pos
+        region = (parts[0][1], parts[-1][1] + len(parts[-1][0])) if parts else None
+        return Prompt(text, ids, False, parts, region)
 
     # decoding --------------------------------------------------------------------------------
     def prefill_embeds(self, prompts: Sequence[Prompt]) -> list[list[Any]]:
@@ -121,7 +125,13 @@ class PlainBackend(Backend):
 
 
 class GuardedBackend(PlainBackend):
-    """An ECO-guarded model: base model decoding, corrupted prefill embeddings when flagged."""
+    """An ECO-guarded model: base model decoding, corrupted prefill embeddings when flagged.
+
+    It mirrors ``GuardedProvider``'s private edit (gate verdict, target spans shifted into the
+    templated text, corruption limited to the user's text in chat): a request with one user
+    message is corrupted exactly as ``GuardedProvider.generate(chat=True)`` corrupts it; with
+    several user messages, any flagged one flags the request and the region spans them all.
+    """
 
     def __init__(self, guarded: Any) -> None:
         super().__init__(guarded.base)
@@ -163,7 +173,7 @@ class GuardedBackend(PlainBackend):
         with torch.inference_mode():
             emb = emb_layer(torch.tensor([ids], dtype=torch.long, device=base.device))[0]
         embeds = emb.to("cpu", torch.float32).numpy().copy()
-        out = np.asarray(self.guarded.corruption.apply(np.asarray(ids, dtype=np.int64), embeds, offsets, spans))
+        out = np.asarray(self.guarded.corruption.apply(np.asarray(ids, dtype=np.int64), embeds, offsets, spans, prompt.region))
         return torch.as_tensor(out, device=base.device).to(emb_layer.weight.dtype)
 
     def describe(self) -> dict[str, Any]:

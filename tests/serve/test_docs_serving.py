@@ -57,7 +57,7 @@ def _stand_ins(root: Path, tokenizer) -> None:
 
     general = [{"prompt": f"{g} ({k})"} for k in range(4) for g in ("the cat sat on the mat", "one two three", "tell me a joke", "how do I bake bread")]
     fit(lm, rows(["France", "Kenya"]), rows([c for c in countries if c not in ("France", "Kenya")]), root / "runs" / "capitals",
-        general=general, config=EcoConfig(fpr=0.1, start=0.5, max_new_tokens=3, bisect_steps=2), model_spec="hf-causal:models/small")
+        general=general, config=EcoConfig(fpr=0.1, start=0.5, max_new_tokens=3, bisect_steps=2, chat=False), model_spec="hf-causal:models/small")
 
 
 def _start(line: str, ports: dict[str, str], env: dict[str, str], cwd: Path) -> subprocess.Popen:

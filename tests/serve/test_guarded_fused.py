@@ -48,7 +48,7 @@ def guarded(tiny_lm, tmp_path_factory):
     run = tmp_path_factory.mktemp("eco") / "run"
     general = [{"prompt": f"{g} ({k})"} for k in range(4) for g in GENERAL]
     fit(tiny_lm, rows(FORGET), rows([c for c in COUNTRIES if c not in FORGET]), run, general=general,
-        config=EcoConfig(fpr=0.05, start=0.5, max_new_tokens=3, bisect_steps=2))
+        config=EcoConfig(fpr=0.05, start=0.5, max_new_tokens=3, bisect_steps=2, chat=False))
     return load_guarded(run, provider=tiny_lm)
 
 
