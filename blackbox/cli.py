@@ -192,6 +192,83 @@ def runs_resume(
     _print_result(result, as_json)
 
 
+@app.command("sweep")
+@handle_errors
+def sweep(
+    spec: str = typer.Argument(..., help="SPEC.toml (a grid over any command's options), or `show` to summarise a sweep."),
+    directory: Optional[str] = typer.Argument(None, help="With `show`: the sweep directory."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Sweep directory: one run directory per grid point; the same DIR again continues a killed sweep."),
+    backend: str = typer.Option("local", "--backend", help="local (subprocesses on this machine) or ray (one Ray task per run)."),
+    max_parallel: int = typer.Option(1, "--max-parallel", help="Runs at once."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --backend ray: auto, local or HOST:PORT (default: a local cluster)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run a grid of runs (`blackbox sweep SPEC.toml --run-dir DIR`), or summarise one as a table and a plot
+    (`blackbox sweep show DIR`). Finished runs are skipped and checkpointed ones resumed. See docs/scaling.md."""
+    from .scale import sweep as sw
+
+    if spec == "show":
+        if directory is None:
+            raise BlackboxError("sweep show: expected a sweep directory, received nothing (blackbox sweep show DIR)")
+        summary = sw.summarize(directory)
+        plot = sw.plot_summary(summary, Path(directory) / "sweep.png")
+        summary["plot"] = None if plot is None else str(plot)
+        if as_json:
+            _emit_json(summary)
+            return
+        _print_sweep(summary)
+        return
+    if directory is not None:
+        raise BlackboxError(f"sweep: expected SPEC.toml --run-dir DIR or show DIR, received an extra argument {directory!r}")
+    if run_dir is None:
+        raise BlackboxError("run_dir: expected --run-dir DIR for the sweep's run directories, received nothing")
+    parsed = sw.load_spec(spec)
+    _check_command(parsed.command)
+
+    def done(run: Any, out: dict[str, Any]) -> None:
+        status = "finished" if out["returncode"] == 0 else f"failed ({out['error'] or 'exit ' + str(out['returncode'])})"
+        typer.echo(f"{run.name}: {status}", err=True)
+
+    summary = sw.run_sweep(parsed, run_dir, backend=backend, max_parallel=max_parallel, address=ray_address, on_done=done)
+    plot = sw.plot_summary(summary, Path(run_dir) / "sweep.png")
+    summary["plot"] = None if plot is None else str(plot)
+    failed = summary["counts"]["failed"]
+    if as_json:
+        _emit_json(summary)
+    else:
+        _print_sweep(summary)
+    if failed:
+        raise BlackboxError(f"sweep: {failed} of {len(summary['runs'])} runs failed (logs under {Path(run_dir) / 'logs'}); "
+                            "run the same command again to retry them")
+
+
+def _check_command(words: tuple[str, ...]) -> None:
+    """Fail before any run when a sweep names a command this CLI does not have."""
+    group = typer.main.get_command(app)
+    cmd: Any = group
+    for word in words:
+        nxt = cmd.get_command(None, word) if hasattr(cmd, "get_command") else None
+        if nxt is None:
+            raise BlackboxError(f"command: expected a blackbox command such as 'optimize' or 'blackvip train', received {' '.join(words)!r}")
+        cmd = nxt
+    if hasattr(cmd, "get_command"):
+        raise BlackboxError(f"command: expected a command of the group {' '.join(words)!r} (e.g. {' '.join(words)} {sorted(cmd.commands)[0]}), received the group")
+
+
+def _print_sweep(summary: dict[str, Any]) -> None:
+    keys, metric = summary["swept"], summary["metric"] or "metric"
+    header = [*keys, "status", metric]
+    rows = [[str(r["settings"][k]) for k in keys] + [r["status"], "-" if r["metric"] is None else f"{r['metric']:.6g}" if isinstance(r["metric"], float) else str(r["metric"])]
+            for r in summary["runs"]]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    counts = ", ".join(f"{n} {k}" for k, n in summary["counts"].items() if n)
+    best = f"; best ({summary['goal']} {metric}): {summary['best']}" if summary["best"] else ""
+    plot = f"; plot {summary['plot']}" if summary.get("plot") else ""
+    typer.echo(f"{summary['command']} sweep in {summary['sweep_dir']}: {counts}{best}{plot}")
+
+
 @optimizers_app.command("list")
 @handle_errors
 def optimizers_list(as_json: bool = JSON_OPT) -> None:

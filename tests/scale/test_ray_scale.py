@@ -61,7 +61,7 @@ X = np.random.default_rng(7).random((11, 12))
 
 # --- no ray needed ------------------------------------------------------------------------------
 def test_import_blackbox_never_imports_ray():
-    code = ("import sys, blackbox, blackbox.scale, blackbox.cli, blackbox.scale.context; "
+    code = ("import sys, blackbox, blackbox.scale, blackbox.cli, blackbox.scale.context, blackbox.scale.sweep; "
             "assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -211,3 +211,18 @@ def test_optimize_and_blackvip_bit_identical_with_1_and_2_replicas(cluster, tmp_
     r1, r2 = out[1][2], out[2][2]
     assert (r1["test_accuracy"], r1["queries"], r1["eval_queries"], r1["steps"]) == (r2["test_accuracy"], r2["queries"], r2["eval_queries"], r2["steps"])
     assert r1["steps"] > 0 and sum(calls) == r2["queries"] + r2["eval_queries"]  # the 2-replica run went through the pool
+
+
+def test_sweep_on_ray_backend(cluster, tmp_path):
+    from blackbox.scale import sweep as sw
+
+    (tmp_path / "spec.toml").write_text('command = "optimize"\n[options]\nobjective = "sphere"\ndim = 3\nbudget = 40\n'
+                                        '[grid]\nseed = [0, 1]\n')
+    res = invoke("sweep", str(tmp_path / "spec.toml"), "--run-dir", str(tmp_path / "sw"), "--backend", "ray", "--max-parallel", "2", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["counts"]["finished"] == 2
+    for row in summary["runs"]:
+        local = json.loads((Path(row["run_dir"]) / "result.json").read_text())
+        assert row["metric"] == local["best_loss"]
+    assert sw.summarize(tmp_path / "sw")["counts"]["finished"] == 2

@@ -1,0 +1,168 @@
+"""`blackbox sweep`: grids of runs, one run directory each; kill and restart; show (table + plot)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from blackbox.cli import app
+from blackbox.errors import ConfigError
+from blackbox.runs import load_tensors
+from blackbox.scale import sweep as sw
+
+runner = CliRunner()
+
+SLOW = '''
+import time
+import numpy as np
+
+def f(x):
+    time.sleep(0.02)
+    return float(np.sum((np.asarray(x) - 0.5) ** 2))
+'''
+
+SPEC = '''
+command = "optimize"
+[options]
+objective = "slow:f"
+dim = 4
+budget = 120
+optimizer = "spsa"
+checkpoint_every = 1
+[grid]
+seed = [0, 1, 2]
+'''
+
+
+def _write(tmp_path: Path) -> Path:
+    (tmp_path / "slow.py").write_text(SLOW)
+    (tmp_path / "spec.toml").write_text(SPEC)
+    return tmp_path / "spec.toml"
+
+
+def _sweep(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "blackbox.cli", "sweep", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_sweep_restarts_skipping_finished_and_resuming_checkpointed(tmp_path):
+    spec = _write(tmp_path)
+    out = tmp_path / "sw"
+    first = _sweep(str(spec), "--run-dir", str(out), "--max-parallel", "1", cwd=tmp_path)
+    r0, r1 = out / "runs" / "seed=0", out / "runs" / "seed=1"
+    deadline = time.monotonic() + 120
+    # Kill the sweep (SIGKILL: no cleanup) while seed=1 is mid-run with a checkpoint.
+    while time.monotonic() < deadline:
+        if (r0 / "result.json").is_file() and (r1 / "state.safetensors").is_file() and not (r1 / "result.json").is_file():
+            break
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    else:
+        pytest.fail("the sweep never reached a state with one run finished and the next checkpointed")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    partial = load_tensors(r1 / "state.safetensors")[1]["history_lines"]
+    finished_at = (r0 / "result.json").stat().st_mtime_ns
+    time.sleep(0.5)  # the killed sweep's child died with it: nothing more is written
+    assert not (r1 / "result.json").exists()
+    mid = sw.summarize(out)
+    assert [r["status"] for r in mid["runs"]] == ["finished", "checkpointed", "pending"]
+
+    second = _sweep(str(spec), "--run-dir", str(out), "--json", cwd=tmp_path)
+    stdout, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["counts"]["finished"] == 3 and Path(summary["plot"]).stat().st_size > 0
+    assert (r0 / "result.json").stat().st_mtime_ns == finished_at  # skipped, not re-run
+    log = (out / "logs" / "seed=1.log").read_text()
+    assert f"$ blackbox runs resume {r1}" in log and partial > 0  # resumed from its checkpoint, not restarted
+    assert sorted(stderr.strip().splitlines()) == ["seed=1: finished", "seed=2: finished"]  # seed=0 was not run again
+
+    # The resumed run ends exactly where an uninterrupted one does.
+    ref = subprocess.run([sys.executable, "-m", "blackbox.cli", "optimize", "--objective", "slow:f", "--dim", "4", "--budget", "120",
+                          "--optimizer", "spsa", "--checkpoint-every", "1", "--seed", "1", "--run-dir", str(tmp_path / "ref"), "--json"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    assert (tmp_path / "ref" / "history.jsonl").read_bytes() == (r1 / "history.jsonl").read_bytes()
+    assert np.array_equal(load_tensors(tmp_path / "ref" / "state.safetensors")[0]["x"], load_tensors(r1 / "state.safetensors")[0]["x"])
+    rows = {r["name"]: r for r in summary["runs"]}
+    assert rows["seed=1"]["metric"] == json.loads((tmp_path / "ref" / "result.json").read_text())["best_loss"]
+
+
+def test_show_prints_a_table_and_writes_a_plot(tmp_path):
+    (tmp_path / "spec.toml").write_text('command = "optimize"\n[options]\nobjective = "sphere"\ndim = 3\nbudget = 40\n'
+                                        '[grid]\noptimizer = ["spsa", "spsa-gc"]\n"set.c" = [0.01, 0.1]\n')
+    res = runner.invoke(app, ["sweep", str(tmp_path / "spec.toml"), "--run-dir", str(tmp_path / "sw"), "--max-parallel", "2"])
+    assert res.exit_code == 0, res.output
+    shown = runner.invoke(app, ["sweep", "show", str(tmp_path / "sw")])
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0].split() == ["optimizer", "set.c", "status", "best_loss"]
+    assert [ln.split()[:3] for ln in lines[1:5]] == [["spsa", "0.01", "finished"], ["spsa", "0.1", "finished"],
+                                                     ["spsa-gc", "0.01", "finished"], ["spsa-gc", "0.1", "finished"]]
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 0
+    data = json.loads(runner.invoke(app, ["sweep", "show", str(tmp_path / "sw"), "--json"]).stdout.strip().splitlines()[-1])
+    cfg = json.loads((tmp_path / "sw" / "runs" / "optimizer=spsa-gc,set.c=0.1" / "config.json").read_text())
+    assert float(cfg["request"]["hyperparameters"]["c"]) == 0.1 and cfg["request"]["optimizer"] == "spsa-gc"
+    best = min(data["runs"], key=lambda r: r["metric"])
+    assert data["best"] == best["name"] and all(isinstance(r["metric"], float) for r in data["runs"])
+
+
+def test_failed_runs_are_reported_and_retried(tmp_path):
+    (tmp_path / "spec.toml").write_text('command = "optimize"\n[options]\nobjective = "sphere"\nbudget = 20\n[grid]\ndim = [2, 0]\n')
+    res = runner.invoke(app, ["sweep", str(tmp_path / "spec.toml"), "--run-dir", str(tmp_path / "sw")])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: sweep: 1 of 2 runs failed")
+    rows = {r["name"]: r for r in sw.summarize(tmp_path / "sw")["runs"]}
+    assert rows["dim=2"]["status"] == "finished" and rows["dim=0"]["status"] == "failed"
+    assert rows["dim=0"]["error"] == "error: dim: expected an integer >= 1, received 0"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('command = "optimize"\n', "grid: expected a table of option = [values...] with at least one option, received {}"),
+    ('command = 3\n[grid]\nseed=[1]\n', "command: expected a command such as 'optimize' or 'blackvip train', received 3"),
+    ('command = "optimize"\n[grid]\nseed = []\n', "grid.seed: expected a non-empty list of strings, numbers or booleans, received []"),
+    ('command = "optimize"\ngoal = "up"\n[grid]\nseed = [1]\n', "goal: expected min or max, received 'up'"),
+    ('command = "optimize"\n[options]\nrun_dir = "x"\n[grid]\nseed = [1]\n', "options.run_dir: expected not set in a sweep (the sweep chooses it), received 'x'"),
+])
+def test_bad_specs_are_one_line(tmp_path, text, message):
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        sw.load_spec(tmp_path / "s.toml")
+    assert str(err.value) == message
+
+
+def test_cli_errors(tmp_path):
+    (tmp_path / "s.toml").write_text('command = "blackvip nope"\n[grid]\nseed = [1]\n')
+    res = runner.invoke(app, ["sweep", str(tmp_path / "s.toml"), "--run-dir", str(tmp_path / "sw")])
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == [
+        "error: command: expected a blackbox command such as 'optimize' or 'blackvip train', received 'blackvip nope'"]
+    assert not (tmp_path / "sw").exists()
+    (tmp_path / "t.toml").write_text('command = "optimize"\n[grid]\nseed = [1]\n')
+    res = runner.invoke(app, ["sweep", str(tmp_path / "t.toml"), "--run-dir", str(tmp_path / "sw"), "--backend", "spark"])
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == ["error: backend: expected local or ray, received 'spark'"]
+    res = runner.invoke(app, ["sweep", "show", str(tmp_path / "nothing")])
+    assert res.exit_code == 1 and "expected a sweep directory containing sweep.json" in res.stderr
+    # A directory of a different sweep is refused, not mixed.
+    (tmp_path / "u.toml").write_text('command = "optimize"\n[options]\nobjective = "sphere"\ndim = 2\nbudget = 40\n[grid]\nseed = [1]\n')
+    assert runner.invoke(app, ["sweep", str(tmp_path / "u.toml"), "--run-dir", str(tmp_path / "sw2")]).exit_code == 0
+    (tmp_path / "u.toml").write_text('command = "optimize"\n[options]\nobjective = "sphere"\ndim = 2\nbudget = 40\n[grid]\nseed = [1, 2]\n')
+    res = runner.invoke(app, ["sweep", str(tmp_path / "u.toml"), "--run-dir", str(tmp_path / "sw2")])
+    assert res.exit_code == 1 and "holds a different sweep" in res.stderr
+
+
+def test_plan_builds_command_lines():
+    spec = sw.spec_from_dict({"command": "blackvip train", "options": {"dataset": "digits", "set": ["q=2", "n_test=50"], "verbose": False},
+                              "grid": {"shots": [4, 8], "set.a": [0.5]}})
+    runs = sw.plan(spec)
+    assert [r.name for r in runs] == ["shots=4,set.a=0.5", "shots=8,set.a=0.5"]
+    assert runs[0].args == ("--dataset", "digits", "--set", "q=2", "--set", "n_test=50", "--no-verbose", "--shots", "4", "--set", "a=0.5")
+    assert spec.metric == "test_accuracy" and spec.goal == "max"
