@@ -1,39 +1,26 @@
-"""Query efficiency: loss reached after 2k / 10k / (20k) / 50k objective evaluations.
+"""Optimizer defaults on a problem suite nobody tuned them on: excess loss at 2k/10k/20k queries.
 
-Problems (both from ``blackbox.testing``, started at x0 = 0):
+Problems: ``blackbox.problems.SUITE`` (12 problems, d = 10..10,000; see docs/optimizers.md),
+instance 0 (the suite the defaults were chosen on) or ``--instance 1`` (the held-out family:
+new optima, rotations and data, and constants moved by up to a decade). Every problem starts
+at x0 = 0 and reports the noise-free excess loss f(x) − f* of the *recommended* point.
 
-* ``logistic``, d = 1000 — reported as excess loss f − f*, where f* comes from L-BFGS
-  (scipy) with the analytic gradient, computed once;
-* ``rosenbrock``, d = 100 — reported as the loss itself (minimum 0).
+Arms, all with their defaults: our ``spsa``, ``spsa-gc``, ``zo-sgd``, ``cma-es``;
+nevergrad ``NGOpt`` and ``SPSA`` (asked and told one candidate at a time,
+``ng.p.Array(init=zeros(d))``); cmaes ``SepCMA`` with sigma = 0.5 (cmaes has no default
+sigma; 0.5 is what our cma-es recipe uses). Protocol: each budget is its own run given that
+many queries (budget-aware defaults plan for it), 5 seeds.
 
-Arms: our ``spsa``, ``spsa-gc``, ``zo-sgd``, ``cma-es`` and nevergrad's ``SPSA`` and
-``NGOpt`` (nevergrad asked and told one candidate at a time, parametrization
-``ng.p.Array(init=zeros(d))``). Every arm runs with its defaults and, for ours, "tuned": the
-best point of a small grid (FD optimizers: ``step0`` ∈ {0.003, 0.03, 0.3}; cma-es:
-``sigma`` ∈ {0.1, 0.5, 2}) chosen by the median over seeds at the selection checkpoint
-(20k queries on logistic, 10k on rosenbrock). Nevergrad arms run with defaults only.
+Each finished run is appended to a JSON-lines log (``--log``, default under /tmp), so an
+interrupted run continues where it stopped and arms can be added later; the summary
+(per-seed excess losses and medians) goes to ``bench/results/optimizers.json`` (parts
+``suite`` and ``heldout``), from which ``--render`` rebuilds the table, the
+performance-profile plot (docs/img/optimizers_profile.png) and the docs section.
 
-Protocol ``--protocol budget`` (default): every checkpoint is its own run, given that many
-queries as its budget, because both our defaults (Spall's stability constant o = 10% of
-the steps the budget allows) and nevergrad's (NGOpt picks its algorithm from the budget)
-plan for the budget they are given; the number is the loss of the *recommended* point when
-the run ends (our optimizers: ``f(opt.recommend())``, evaluated outside the budget;
-nevergrad: ``opt.recommend()``). Grid points run at the selection budget only; the
-selected one then runs at the other budgets too. ``--protocol anytime``: one run with a
-50k budget, read when its query count first reaches each checkpoint; a grid point that is
-not selected stops at the selection checkpoint.
-
-To make the full run affordable on 2 cores, the independent runs of one arm (all seeds and
-grid points) advance in lockstep and the objective is called once per round on all their
-candidates stacked: ``f`` is row-wise, so every run sees exactly its own losses and query
-count (values can differ from one-run-at-a-time evaluation only in the last bits of BLAS
-rounding). Arms run in parallel on ``--workers`` processes, BLAS pinned to one thread each.
-
-    python bench/optimizers.py                 # full run (about 20 minutes on 2 cores)
-    python bench/optimizers.py --quick         # smoke test (budget 1000, 2 seeds)
-    python bench/optimizers.py --write-docs    # also rewrite the `optimizers` section of docs/benchmarks.md
-
-Prints one JSON object per result row on stdout, then a summary line.
+    python bench/optimizers.py                          # full grid (hours on 2 shared cores)
+    python bench/optimizers.py --arms spsa-gc --budgets 20000
+    python bench/optimizers.py --render --write-docs    # table + plot + docs from the JSON
+    python bench/optimizers.py --quick                  # smoke run (2 problems, 1 seed, 500 queries)
 """
 
 from __future__ import annotations
@@ -41,683 +28,448 @@ from __future__ import annotations
 import _common  # noqa: F401  (pins BLAS threads before numpy loads)
 
 import argparse
+import json
 import math
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from _common import command_line, emit, fmt, loadavg, machine, machine_line, today, write_section
+from _common import REPO, command_line, fmt, load_results, loadavg, machine, machine_line, publish_results, save_results, today
 from blackbox.optim import make_optimizer
-from blackbox.testing import logistic, logistic_data, rosenbrock
+from blackbox.problems import EXTRA, SUITE, make_problem
 
-BUDGET = 50_000
-PROBLEMS: dict[str, dict[str, Any]] = {
-    "logistic": {"d": 1000, "checkpoints": (2000, 10_000, 20_000, 50_000), "select_at": 20_000},
-    "rosenbrock": {"d": 100, "checkpoints": (2000, 10_000, 50_000), "select_at": 10_000},
+OUR_ARMS = ("spsa", "spsa-gc", "zo-sgd", "cma-es")
+# The evidence behind the default rule: spsa-gc without adaptation and with other targets.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "spsa-gc:fixed": ("spsa-gc", {"adapt": False}),
+    "spsa-gc:target=0.2": ("spsa-gc", {"adapt_target": 0.2}),
+    "spsa-gc:target=0.5": ("spsa-gc", {"adapt_target": 0.5}),
+    "spsa:fixed": ("spsa", {"adapt": False}),
+    "zo-sgd:fixed": ("zo-sgd", {"adapt": False}),
+    "zo-sgd:grow": ("zo-sgd", {"adapt_grow": True}),
 }
-QUICK_BUDGET = 400
-QUICK_CHECKPOINTS = (100, 200, 400)
-QUICK_SELECT = 200
-OBJECTIVES = {"logistic": logistic, "rosenbrock": rosenbrock}
-
-FD_ARMS = ("spsa", "spsa-gc", "spsa-gc/segmented", "zo-sgd")
-# Variants of a recipe run as arms of their own, defaults only (no grid): BlackVIP's
-# segmented perturbation, which the spsa-gc recipe no longer uses by default.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"spsa-gc/segmented": ("spsa-gc", {"perturbation": "segmented"})}
-GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    **{a: ("step0", (0.003, 0.03, 0.3)) for a in FD_ARMS if a not in VARIANTS},
-    **{a: ("step0", ()) for a in VARIANTS},
-    "cma-es": ("sigma", (0.1, 0.5, 2.0)),
-}
-OUR_ARMS = (*FD_ARMS, "cma-es")
-NG_ARMS = {"ng-SPSA": "SPSA", "ng-NGOpt": "NGOpt"}
+PEER_ARMS = ("ng-NGOpt", "ng-SPSA", "SepCMA")
+ARMS = (*OUR_ARMS, *PEER_ARMS)
+BUDGETS = (2000, 10_000, 20_000)
 SEEDS = 5
-# Measured before the full run (see docs): NGOpt / SPSA in nevergrad cost ~1-3 ms of
-# optimizer time per query in these dimensions, i.e. minutes per 50k-query run, so the
-# nevergrad arms get fewer seeds than ours (--ng-seeds).
-NG_SEEDS = 3
+SEPCMA_SIGMA = 0.5
+RESULTS = REPO / "bench" / "results"
+PLOT = REPO / "docs" / "img" / "optimizers_profile.png"
+TARGET_ARM, TARGET_BUDGET = "spsa-gc", 20_000
+FULL_GRID = "python bench/optimizers.py && python bench/optimizers.py --instance 1"
+
+
+PART = {0: "suite", 1: "heldout"}
+
+
+def _part(instance: int) -> str:
+    return PART.get(instance, f"instance{instance}")
 
 
 # --------------------------------------------------------------------------------------
-# One run: our optimizer or a nevergrad one behind the same small interface.
+# One run.
 # --------------------------------------------------------------------------------------
-class OursRun:
-    def __init__(self, arm: str, d: int, seed: int, budget: int, overrides: dict[str, float]) -> None:
-        arm, fixed = VARIANTS.get(arm, (arm, {}))
-        self.opt = make_optimizer(arm, np.zeros(d), seed=seed, budget=budget, **{**fixed, **overrides})
+def _evaluate(prob: Any, X: np.ndarray, seeds: np.ndarray | None) -> np.ndarray:
+    if not prob.stochastic or seeds is None:
+        return np.asarray(prob.fn(X), dtype=np.float64)
+    out = np.empty(X.shape[0])
+    for s in np.unique(seeds):
+        idx = np.flatnonzero(seeds == s)
+        out[idx] = prob.fn(X[idx], seed=int(s))
+    return out
 
-    @property
-    def queries(self) -> int:
-        return self.opt.queries
 
-    def can_ask(self) -> bool:
-        return self.opt.can_ask()
-
-    def ask(self) -> np.ndarray:
-        return self.opt.ask()
-
-    def tell(self, losses: np.ndarray) -> None:
-        self.opt.tell(losses)
-
-    def recommend(self) -> np.ndarray:
-        return self.opt.recommend()
-
-    def extras(self) -> dict[str, Any]:
-        hp = self.opt.resolved_hyperparameters()
-        out = {k: hp[k] for k in ("a", "c", "step0", "sigma", "popsize", "variant") if k in hp}
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one arm on one problem with one budget and seed; return its record."""
+    arm, name, inst, budget, seed = task["arm"], task["problem"], task["instance"], task["budget"], task["seed"]
+    prob = make_problem(name, inst)
+    d = prob.d
+    t0 = time.perf_counter()
+    opt_s = 0.0
+    extras: dict[str, Any] = {}
+    rs = np.random.default_rng([seed, 12345])
+    if arm in OUR_ARMS or arm in VARIANTS:
+        base, overrides = VARIANTS.get(arm, (arm, {}))
+        opt = make_optimizer(base, np.zeros(d), seed=seed, budget=budget, **overrides)
+        while opt.can_ask():
+            t = time.perf_counter()
+            X = opt.ask()
+            seeds = opt.candidate_seeds()
+            opt_s += time.perf_counter() - t
+            L = _evaluate(prob, X, seeds)
+            t = time.perf_counter()
+            opt.tell(L)
+            opt_s += time.perf_counter() - t
+        x, queries = opt.recommend(), opt.queries
+        hp = opt.resolved_hyperparameters()
+        for k in ("a", "c", "step0", "sigma"):
+            if k in hp and hp[k] is not None:
+                extras[k] = hp[k]
         if "calibrated" in hp:
-            out["backoffs"] = hp["calibrated"]["backoffs"]
-        return out
+            extras["backoffs"] = hp["calibrated"]["backoffs"]
+        if "gain" in hp and hp["gain"] is not None:
+            extras["gain"] = hp["gain"]
+    elif arm == "SepCMA":
+        import cmaes
 
-
-class NevergradRun:
-    def __init__(self, name: str, d: int, seed: int, budget: int) -> None:
+        es = cmaes.SepCMA(mean=np.zeros(d), sigma=SEPCMA_SIGMA, seed=seed)
+        queries = 0
+        while queries + es.population_size <= budget:
+            t = time.perf_counter()
+            X = np.stack([es.ask() for _ in range(es.population_size)])
+            opt_s += time.perf_counter() - t
+            L = _evaluate(prob, X, np.full(len(X), int(rs.integers(2**31))))
+            t = time.perf_counter()
+            es.tell(list(zip(X, L.tolist())))
+            opt_s += time.perf_counter() - t
+            queries += len(X)
+        x = np.asarray(es.mean, dtype=np.float64)
+    else:
         import nevergrad as ng
 
         param = ng.p.Array(init=np.zeros(d))
         param.random_state = np.random.RandomState(seed)
-        self.opt = ng.optimizers.registry[name](parametrization=param, budget=budget)
-        self.budget = budget
-        self.queries = 0
-        self._cand = None
-
-    def can_ask(self) -> bool:
-        return self.queries < self.budget
-
-    def ask(self) -> np.ndarray:
-        self._cand = self.opt.ask()
-        return np.asarray(self._cand.value, dtype=np.float64)[None, :]
-
-    def tell(self, losses: np.ndarray) -> None:
-        self.opt.tell(self._cand, float(losses[0]))
-        self._cand = None
-        self.queries += 1
-
-    def recommend(self) -> np.ndarray:
-        return np.asarray(self.opt.recommend().value, dtype=np.float64)
-
-    def extras(self) -> dict[str, Any]:
-        info = self.opt._info() if hasattr(self.opt, "_info") else {}
-        return {k: str(v) for k, v in info.items()}
-
-
-@dataclass
-class Run:
-    setting: str  # "default" or e.g. "step0=0.03"
-    seed: int
-    impl: Any
-    checkpoints: tuple[int, ...]
-    stop_at: int
-    records: dict[int, dict[str, float]] = field(default_factory=dict)
-    time_s: float = 0.0
-    budget: int = 0
-
-    def active(self) -> bool:
-        return self.impl.queries < self.stop_at and self.impl.can_ask()
-
-    def due(self) -> list[int]:
-        """Checkpoints reached for the first time (or left unreachable by the budget)."""
-        q = self.impl.queries
-        exhausted = not self.impl.can_ask()
-        return [c for c in self.checkpoints if c not in self.records and (q >= c or exhausted)]
-
-
-def drive(runs: list[Run], f: Any) -> None:
-    """Advance all runs in lockstep until none is active; record checkpoints on the way."""
-    while True:
-        act = [r for r in runs if r.active()]
-        if not act:
-            return
-        Xs = []
-        for r in act:
+        opt = ng.optimizers.registry[arm[3:]](parametrization=param, budget=budget)
+        for _ in range(budget):
             t = time.perf_counter()
-            Xs.append(r.impl.ask())
-            r.time_s += time.perf_counter() - t
-        losses = f(np.concatenate(Xs, axis=0))
-        off = 0
-        due: list[tuple[Run, list[int]]] = []
-        for r, X in zip(act, Xs):
+            cand = opt.ask()
+            v = np.asarray(cand.value, dtype=np.float64)[None, :]
+            opt_s += time.perf_counter() - t
+            loss = float(_evaluate(prob, v, np.array([int(rs.integers(2**31))]))[0])
             t = time.perf_counter()
-            r.impl.tell(losses[off:off + X.shape[0]])
-            r.time_s += time.perf_counter() - t
-            off += X.shape[0]
-            cps = r.due()
-            if cps:
-                due.append((r, cps))
-        if due:
-            # Recommended points, evaluated outside every budget, in one batch.
-            P = np.stack([r.impl.recommend() for r, _ in due])
-            vals = f(P)
-            for (r, cps), v in zip(due, vals):
-                for c in cps:
-                    r.records[c] = {"queries": int(r.impl.queries), "loss": float(v)}
+            opt.tell(cand, loss)
+            opt_s += time.perf_counter() - t
+        x, queries = np.asarray(opt.recommend().value, dtype=np.float64), budget
+        info = opt._info() if hasattr(opt, "_info") else {}
+        extras = {k: str(v) for k, v in info.items()}
+    excess = float(prob.excess(x)[0])
+    return {**task, "excess": excess, "queries": int(queries), "optimizer_s": opt_s,
+            "wall_s": time.perf_counter() - t0, "extras": extras}
 
 
 # --------------------------------------------------------------------------------------
-# One arm on one problem (all seeds, all grid points): the unit of work of a worker.
+# Summary, targets, table, profile.
 # --------------------------------------------------------------------------------------
-def run_group(task: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run several arms of one problem in one lockstep (bigger objective batches)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    problem, arms = task["problem"], task["arms"]
-    budget, cps, select_at = task["budget"], tuple(task["checkpoints"]), task["select_at"]
-    per_budget = task.get("protocol", "budget") == "budget"
-    d = PROBLEMS[problem]["d"]
-    f = OBJECTIVES[problem]
-    if problem == "logistic":
-        logistic_data(d)  # build the cached data set once, before anything is timed
-
-    def new_runs(arm: str, setting: str, overrides: dict[str, float], stop: int,
-                 budgets: list[int] | None = None) -> list[Run]:
-        # Per-budget protocol: one run per checkpoint, given that checkpoint as its budget
-        # (budget-aware defaults such as o = 10% of the steps see the real budget); anytime
-        # protocol: one run with the full budget, read at every checkpoint.
-        budgets = budgets if budgets is not None else (list(cps) if per_budget else [budget])
-        out = []
-        for b in budgets:
-            rc = (b,) if per_budget else cps
-            for s in task["seeds"][arm]:
-                impl = NevergradRun(NG_ARMS[arm], d, s, b) if arm in NG_ARMS else OursRun(arm, d, s, b, overrides)
-                out.append(Run(setting, s, impl, rc, min(stop, b), budget=b))
-        return out
-
-    ng_arms = [a for a in arms if a in NG_ARMS]
-    our_arms = [a for a in arms if a not in NG_ARMS]
-    grids: dict[str, dict[str, list[Run]]] = {a: {"default": new_runs(a, "default", {}, budget)} for a in ng_arms}
-    aliases: dict[str, dict[str, str]] = {a: {} for a in arms}
-    # Our defaults first calibrate (a few rounds); a grid point equal to what the default
-    # resolved to (e.g. step0 = 30·c = 0.3) is the same run and is not run twice.
-    defaults = {a: new_runs(a, "default", {}, select_at) for a in our_arms}
-    calib = [r for rs in defaults.values() for r in rs]
-    while any(getattr(r.impl.opt, "phase", "run") != "run" for r in calib):
-        drive([_limit(r, r.impl.queries + 1) for r in calib], f)
-    overrides_of: dict[str, dict[str, float]] = {"default": {}}
-    for a in our_arms:
-        for r in defaults[a]:
-            r.stop_at = min(select_at, r.budget)
-        key, values = GRIDS[a]
-        resolved = {_resolved(r.impl, key) for r in defaults[a]}
-        grids[a] = {"default": defaults[a]}
-        for v in values:
-            name = f"{key}={v:g}"
-            overrides_of[name] = {key: v}
-            if len(resolved) == 1 and next(iter(resolved)) == v:
-                aliases[a][name] = "default"
-            else:
-                grids[a][name] = new_runs(a, name, {key: v}, select_at, [select_at] if per_budget else None)
-    # Phase 1: every run up to the selection checkpoint (nevergrad runs straight to the end).
-    drive([r for a in arms for rs in grids[a].values() for r in rs], f)
-    # Selection by the median at the selection checkpoint; then default + selected go on.
-    selected: dict[str, str | None] = {a: None for a in ng_arms}
-    for a in our_arms:
-        g = grids[a]
-        med = {n: float(np.median([r.records[select_at]["loss"] for r in rs if select_at in r.records]))
-               for n, rs in g.items()}
-        candidates = [n for n in g if n != "default" or aliases[a]]
-        if not candidates:  # a defaults-only variant
-            selected[a] = None
-            for r in g["default"]:
-                r.stop_at = r.budget
+def summarise(records: list[dict[str, Any]], instance: int) -> dict[str, Any]:
+    """Per (problem, arm, budget): per-seed excess losses and the median."""
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: (r["problem"], r["arm"], r["budget"], r["seed"])):
+        c = cells.setdefault(r["problem"], {}).setdefault(r["arm"], {}).setdefault(str(r["budget"]), {"seeds": [], "excess": []})
+        c["seeds"].append(r["seed"])
+        c["excess"].append(r["excess"])
+    for arms in cells.values():
+        for budgets in arms.values():
+            for c in budgets.values():
+                c["median"] = float(np.median(c["excess"]))
+    problems = {}
+    for name in (*SUITE, *EXTRA):
+        if name not in cells:
             continue
-        selected[a] = min(candidates, key=lambda n: med[n])
-        if per_budget and selected[a] != "default":  # the selected point's other budgets
-            g[selected[a]] += new_runs(a, selected[a], overrides_of[selected[a]], budget,
-                                       [b for b in cps if b != select_at])
-        for n in {"default", selected[a]}:
-            for r in g[n]:
-                r.stop_at = r.budget
-    drive([r for a in our_arms for n in {"default", selected[a] or "default"} for r in grids[a][n]], f)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return [
-        {
-            "problem": problem,
-            "arm": a,
-            "group": list(arms),
-            "selected": selected[a],
-            "aliases": aliases[a],
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "runs": [
-                {
-                    "setting": r.setting,
-                    "seed": r.seed,
-                    "records": r.records,
-                    "optimizer_s": r.time_s,
-                    "final_queries": int(r.impl.queries),
-                    "extras": r.impl.extras(),
-                }
-                for rs in grids[a].values()
-                for r in rs
-            ],
-        }
-        for a in arms
-    ]
+        p = make_problem(name, instance)
+        problems[name] = {"d": p.d, "f0": p.f0(), "f_star": p.f_star, "f_star_how": p.f_star_how,
+                          "stresses": p.stresses, "stochastic": p.stochastic}
+    return {"instance": instance, "problems": problems, "cells": cells}
 
 
-def _limit(r: Run, stop: int) -> Run:
-    r.stop_at = stop
-    return r
+def floor_of(f0_excess: float) -> float:
+    """Excess losses below 1e-9 of the start's excess count as solved (ties in the profile)."""
+    return max(1e-9 * f0_excess, 1e-300)
 
 
-def _resolved(impl: OursRun, key: str) -> float | None:
-    hp = impl.opt.resolved_hyperparameters()
-    return hp.get(key)
-
-
-# --------------------------------------------------------------------------------------
-# The optimum of the logistic problem.
-# --------------------------------------------------------------------------------------
-def logistic_optimum(d: int) -> dict[str, float]:
-    from scipy.optimize import minimize
-
-    from blackbox.testing import LOGISTIC_L2
-
-    A, y = logistic_data(d)
-    n = A.shape[0]
-
-    def fg(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = A @ w
-        loss = np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * LOGISTIC_L2 * (w @ w)
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid, overflow-free
-        return float(loss), A.T @ (p - y) / n + LOGISTIC_L2 * w
-
-    t = time.perf_counter()
-    res = minimize(fg, np.zeros(d), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 20_000, "maxcor": 30, "ftol": 1e-15, "gtol": 1e-10})
-    fstar = float(logistic(res.x))  # the benchmark's own objective at the optimum
-    return {
-        "f_star": fstar,
-        "grad_norm": float(np.linalg.norm(fg(res.x)[1])),
-        "iterations": int(res.nit),
-        "message": str(res.message),
-        "time_s": time.perf_counter() - t,
-    }
-
-
-# --------------------------------------------------------------------------------------
-# Aggregation, targets, docs.
-# --------------------------------------------------------------------------------------
-def aggregate(results: list[dict[str, Any]], fstar: float | None, cps_by_problem: dict[str, tuple[int, ...]],
-              select_by_problem: dict[str, int]) -> list[dict[str, Any]]:
-    rows = []
-    for res in results:
-        problem, arm = res["problem"], res["arm"]
-        cps = cps_by_problem[problem]
-        by_setting: dict[str, list[dict[str, Any]]] = {}
-        for r in res["runs"]:
-            by_setting.setdefault(r["setting"], []).append(r)
-
-        def row(kind: str, setting: str, variant: str) -> dict[str, Any]:
-            rs = sorted(by_setting[setting], key=lambda r: r["seed"])
-            out: dict[str, Any] = {
-                "kind": kind,
-                "problem": problem,
-                "arm": arm,
-                "variant": variant,
-                "setting": setting,
-                "seeds": sorted({r["seed"] for r in rs}),
-            }
-            med, per_seed, queries = {}, {}, {}
-            n_seeds = len({r["seed"] for r in rs})
-            for c in cps:
-                vals = [r["records"][c]["loss"] for r in rs if c in r["records"]]
-                if len(vals) < n_seeds:
-                    continue
-                vals_rep = [v - fstar for v in vals] if (problem == "logistic" and fstar is not None) else vals
-                med[str(c)] = float(np.median(vals_rep))
-                per_seed[str(c)] = vals_rep
-                queries[str(c)] = sorted({r["records"][c]["queries"] for r in rs if c in r["records"]})
-            out["metric"] = "excess_loss" if problem == "logistic" and fstar is not None else "loss"
-            out["median"] = med
-            out["per_seed"] = per_seed
-            out["queries_at_checkpoint"] = queries
-            out["optimizer_s_per_run"] = float(np.median([r["optimizer_s"] for r in rs]))
-            ex = [r["extras"] for r in rs]
-            if ex and "backoffs" in ex[0]:
-                out["backoffs"] = [e["backoffs"] for e in ex]
-                out["step0"] = sorted({e["step0"] for e in ex})
-                out["c"] = sorted({e["c"] for e in ex})
-            elif ex and "popsize" in ex[0]:
-                out["popsize"] = ex[0]["popsize"]
-                out["cma_variant"] = ex[0]["variant"]
-            elif ex and ex[0]:
-                out["ng_info"] = ex[0]
-            return out
-
-        if res["selected"] is None:
-            rows.append(row("result", "default", "default"))
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets for default spsa-gc at 20k queries, against the peers."""
+    b = str(TARGET_BUDGET)
+    rows, wins, worst = [], 0, 0.0
+    for name, arms in summary["cells"].items():
+        if name not in SUITE or TARGET_ARM not in arms or b not in arms[TARGET_ARM]:
             continue
-        rows.append(row("result", "default", "default"))
-        tuned = row("result", res["selected"], "tuned")
-        tuned["selected_by"] = f"median at {select_by_problem[problem]} queries"
-        if res["selected"] == "default":
-            alias = next((k for k, v in res["aliases"].items() if v == "default"), None)
-            tuned["setting"] = f"default (= {alias})" if alias else "default"
-        rows.append(tuned)
-        for setting in by_setting:
-            g = row("grid", setting, "grid")
-            if setting == "default":
-                alias = next((k for k, v in res["aliases"].items() if v == "default"), None)
-                g["setting"] = f"{alias} (= default)" if alias else "default"
-            g["selected"] = setting == res["selected"]
-            rows.append(g)
-    return rows
-
-
-def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    res = {(r["problem"], r["arm"], r["variant"]): r for r in rows if r["kind"] == "result"}
-    comps = []
-    for problem in PROBLEMS:
-        a, b = res.get((problem, "spsa-gc", "default")), res.get((problem, "spsa", "default"))
-        if not a or not b:
+        fl = floor_of(summary["problems"][name]["f0"] - summary["problems"][name]["f_star"])
+        ours = max(arms[TARGET_ARM][b]["median"], fl)
+        peers = {a: max(arms[a][b]["median"], fl) for a in PEER_ARMS if a in arms and b in arms[a]}
+        if not peers:
             continue
-        for c, va in a["median"].items():
-            vb = b["median"].get(c)
-            if vb is not None:
-                comps.append({"problem": problem, "queries": int(c), "spsa-gc": va, "spsa": vb, "ok": va <= vb,
-                              "per_seed": {"spsa-gc": a["per_seed"][c], "spsa": b["per_seed"][c]}})
-    ta = {"description": "default spsa-gc no worse than default spsa (median) at every checkpoint",
-          "comparisons": comps, "holds": bool(comps) and all(c["ok"] for c in comps)}
-    tb: dict[str, Any] = {"description": "logistic, 20k queries: default spsa-gc excess loss below nevergrad NGOpt's and SPSA's (medians)"}
-    g = res.get(("logistic", "spsa-gc", "default"))
-    at = "20000"
-    if g and at in g["median"]:
-        vals = {"spsa-gc": g["median"][at]}
-        for ng_arm in NG_ARMS:
-            r = res.get(("logistic", ng_arm, "default"))
-            if r and at in r["median"]:
-                vals[ng_arm] = r["median"][at]
-        tb["values"] = vals
-        others = [v for k, v in vals.items() if k != "spsa-gc"]
-        tb["holds"] = len(others) == len(NG_ARMS) and all(vals["spsa-gc"] < v for v in others)
-    else:
-        tb["holds"] = None
-        tb["note"] = "no 20000-query checkpoint in this mode"
-    return {"a": ta, "b": tb}
+        ng = peers.get("ng-NGOpt")
+        best = min(peers.values())
+        ok_ng = ng is None or ours <= ng
+        ratio = ours / best
+        wins += ok_ng
+        worst = max(worst, ratio)
+        rows.append({"problem": name, "spsa-gc": ours, "ngopt": ng, "best_peer": best, "ratio_to_best_peer": ratio,
+                     "no_worse_than_ngopt": ok_ng, "within_3x": ratio <= 3.0})
+    n = len(rows)
+    return {"problems": n, "no_worse_than_ngopt": wins, "fraction": wins / n if n else float("nan"),
+            "worst_ratio_to_best_peer": worst, "rows": rows,
+            "holds_80pct": n > 0 and wins >= 0.8 * n, "holds_3x": n > 0 and all(r["within_3x"] for r in rows)}
 
 
-def _table(rows: list[dict[str, Any]], problem: str, cps: tuple[int, ...], x0: float) -> list[str]:
-    metric = next((r["metric"] for r in rows if r["problem"] == problem), "loss")
-    head = "excess loss f − f*" if metric == "excess_loss" else "loss"
-    cols = " | ".join(f"{c // 1000}k" if c >= 1000 else str(c) for c in cps)
-    out = [
-        f"| arm | variant | setting | seeds | {cols} |",
-        "|---|---|---|---:|" + "---:|" * len(cps),
-    ]
-    order = {a: i for i, a in enumerate((*OUR_ARMS, *NG_ARMS))}
-    for r in sorted((r for r in rows if r["kind"] == "result" and r["problem"] == problem),
-                    key=lambda r: (order[r["arm"]], r["variant"] != "default")):
-        vals = " | ".join(fmt(r["median"].get(str(c))) for c in cps)
-        out.append(f"| {r['arm']} | {r['variant']} | {r['setting']} | {len(r['seeds'])} | {vals} |")
-    return [f"**{problem}** (d = {PROBLEMS[problem]['d']}): median {head} of the recommended point over seeds "
-            f"(at x0 = 0: {fmt(x0)})", "", *out]
-
-
-def _grid_table(rows: list[dict[str, Any]], select_by_problem: dict[str, int]) -> list[str]:
-    out = ["| problem | arm | grid point | median at selection checkpoint | selected |", "|---|---|---|---:|:---:|"]
-    for r in rows:
-        if r["kind"] != "grid":
+def profile(summary: dict[str, Any], budget: int, arms: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Dolan–Moré profile: for each arm, the fraction of problems within τ of the best arm."""
+    b = str(budget)
+    ratios: dict[str, list[float]] = {a: [] for a in arms}
+    for name, cell in summary["cells"].items():
+        if name not in SUITE or not all(a in cell and b in cell[a] for a in arms):
             continue
-        sel = str(select_by_problem[r["problem"]])
-        out.append(f"| {r['problem']} | {r['arm']} | {r['setting']} | {fmt(r['median'].get(sel))} | {'✓' if r['selected'] else ''} |")
-    return out
+        fl = floor_of(summary["problems"][name]["f0"] - summary["problems"][name]["f_star"])
+        vals = {a: max(cell[a][b]["median"], fl) for a in arms}
+        best = min(vals.values())
+        for a in arms:
+            ratios[a].append(vals[a] / best)
+    taus = np.logspace(0, 6, 400)
+    return taus, {a: np.array([np.mean(np.array(r) <= t) for t in taus]) if r else np.zeros_like(taus) for a, r in ratios.items()}
 
 
-def _ng_note(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    if summary["ng_seeds"] >= summary["seeds"]:
-        return ""
-    cost = ", ".join(
-        f"{r['arm'][3:]} {1e3 * r['optimizer_s_per_run'] / summary['budget']:.1f} ms on {r['problem']}"
-        for r in rows if r["kind"] == "result" and r["arm"] in NG_ARMS
-    )
-    return (
-        f" Fewer nevergrad seeds because nevergrad's own time per ask/tell pair (measured in this run: {cost}; "
-        f"median over seeds) makes {summary['seeds']} seeds of {summary['budget']}-query runs, one candidate at a time, "
-        "the longest part of the benchmark."
-    )
+def plot_profile(summary: dict[str, Any], path: Path) -> None:
+    """Save the 20k-query performance profile as a PNG."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def _flat_note(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
-    """Arms whose recommended point ends (almost) where it started."""
-    notes = []
-    for r in rows:
-        if r["kind"] != "result" or r["variant"] != "default" or not r["median"]:
+    fig, axes = plt.subplots(1, len(BUDGETS), figsize=(4.2 * len(BUDGETS), 3.6), sharey=True)
+    for ax, budget in zip(np.atleast_1d(axes), BUDGETS):
+        cells = [c for n, c in summary["cells"].items() if n in SUITE]
+        arms_b = [a for a in ARMS if all(a in c and str(budget) in c[a] for c in cells)]
+        if len(arms_b) < 2:
+            ax.set_title(f"{budget // 1000}k queries: fewer than two arms on every problem")
             continue
-        x0 = summary["x0_loss"][r["problem"]]
-        if r["metric"] == "excess_loss":
-            x0 -= summary["logistic_optimum"]["f_star"]
-        last = r["median"][max(r["median"], key=int)]
-        if abs(last - x0) <= 0.01 * abs(x0):
-            notes.append(f"{r['arm']} on {r['problem']} ({fmt(last)} vs {fmt(x0)} at x0)")
-    if not notes:
-        return []
-    why = (" (nevergrad's SPSA uses fixed gains a = 1e-5, c = 0.1 and recommends the running average of "
-           "its iterates, so with its defaults it barely moves at these scales.)") if any("ng-SPSA" in n for n in notes) else ""
-    return ["- Still within 1% of the loss at x0 after the full budget: " + "; ".join(notes) + "." + why]
+        taus, prof = profile(summary, budget, arms_b)
+        for a in arms_b:
+            ax.step(taus, prof[a], where="post", label=a, lw=2.2 if a == TARGET_ARM else 1.2,
+                    ls="-" if a in OUR_ARMS else "--")
+        ax.set_xscale("log")
+        ax.set_xlabel("τ (excess loss / best arm's)")
+        ax.set_title(f"{budget // 1000}k queries")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("fraction of problems within τ")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Performance profile, {sum(n in SUITE for n in summary['cells'])} problems, instance {summary['instance']}, median of seeds", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
 
 
-def docs_body(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    quick = summary["quick"]
-    cpsp = summary["checkpoints"]
-    fs = summary.get("logistic_optimum") or {}
-    t = summary["targets"]
+def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
+    """The markdown section for docs/benchmarks.md."""
+    meta = summary["meta"]
+    t = targets(summary)
     lines = [
-        "## Query efficiency (`bench/optimizers.py`)",
+        "## Optimizer defaults on the problem suite (`bench/optimizers.py`)",
         "",
-        f"- Command: `{summary['command']}`" + (" — **smoke run (`--quick`), not representative**" if quick else ""),
-        f"- Date: {summary['date']}; wall time {summary['wall_s'] / 60:.1f} min with {summary['workers']} worker process(es); "
-        f"CPU time of all processes {summary['cpu_s'] / 60:.1f} min",
-        f"- Machine: {machine_line(summary['machine'])}",
-        (f"- Protocol `budget`: each checkpoint is a separate run given that many queries as its budget "
-         f"(budget-aware defaults plan for it), x0 = 0; seeds {summary['seeds']} for our optimizers, "
-         if summary.get("protocol", "anytime") == "budget" else
-         f"- Protocol `anytime`: budget {summary['budget']} queries per run, read at each checkpoint, x0 = 0; "
-         f"seeds {summary['seeds']} for our optimizers, ") +
-        f"{summary['ng_seeds']} for the nevergrad arms (nevergrad {summary.get('nevergrad', '?')})." + _ng_note(rows, summary),
-        f"- Logistic optimum f* = {fs.get('f_star', float('nan')):.12f} (scipy L-BFGS-B with the analytic gradient, "
-        f"{fs.get('iterations', '?')} iterations, final ‖∇f‖ = {fs.get('grad_norm', float('nan')):.1e}).",
-        ("- Numbers are the loss of the *recommended* point (our optimizers: the current iterate / CMA mean; "
-         "nevergrad: `recommend()`) when the run has spent its budget (cma-es stops at the last whole generation "
-         "that fits). Calibration queries of our FD optimizers count against the budget."
-         if summary.get("protocol", "anytime") == "budget" else
-         "- Numbers are the loss of the *recommended* point (our optimizers: the current iterate / CMA mean; "
-         "nevergrad: `recommend()`), recorded when a run's query count first reaches the checkpoint; "
-         "cma-es records at the first generation boundary at or past it (e.g. 2016 for 2000 with popsize 24). "
-         "Calibration queries of our FD optimizers count against the budget."),
-        "- \"tuned\" = best grid point by the median at 20k queries (logistic) / 10k (rosenbrock); grids: "
-        "FD step0 ∈ {0.003, 0.03, 0.3}, cma-es sigma ∈ {0.1, 0.5, 2}. nevergrad SPSA and NGOpt: defaults only (no tuned rows). "
-        "With a deterministic objective, c calibrates to c_min = 0.01 and the default step0 = 30·c = 0.3, i.e. "
-        "the default *is* the grid point step0 = 0.3 (as sigma = 0.5 is cma-es's default); such grid points reuse the default runs. "
-        + ("Grid points run at the selection budget only; the selected one also at the other budgets."
-         if summary.get("protocol", "anytime") == "budget" else
-         "Grid points that are not selected stop at the selection checkpoint."),
-        "- `spsa-gc/segmented` is the spsa-gc recipe with BlackVIP's segmented ±U[0.5, 1] directions "
-        "(the recipe's default before 2026-11-28, and what `blackbox blackvip` uses); defaults only.",
-        "- The runs of one arm advance in lockstep and the objective is called once per round on all their candidates "
-        "stacked (it is row-wise, so each run's losses and query counts are unchanged).",
-        *_flat_note(rows, summary),
+        f"- Commands: {'; '.join(f'`{c}`' for c in meta['commands'])} (the full grid: `{FULL_GRID}`); "
+        "rendered by `python bench/optimizers.py --render --write-docs` from `bench/results/optimizers.json`.",
+        f"- Date: {meta['date']}; machine: {machine_line(meta['machine'])}.",
+        f"- Problems: `blackbox.problems.SUITE`, instance {summary['instance']}; x0 = 0; numbers are medians over seeds "
+        "of the noise-free excess loss f(x) − f* of the recommended point when the run has spent its budget "
+        "(each budget a separate run). nevergrad " + str(meta.get("nevergrad", "?")) + ", cmaes " + str(meta.get("cmaes", "?")) + "; "
+        f"SepCMA sigma = {SEPCMA_SIGMA}.",
+        f"- Seeds per cell: {meta['seeds_note']}",
         "",
     ]
-    for problem in PROBLEMS:
-        if problem not in cpsp:
-            continue
-        x0 = summary["x0_loss"][problem] - (fs.get("f_star", 0.0) if problem == "logistic" else 0.0)
-        lines += _table(rows, problem, tuple(cpsp[problem]), x0) + [""]
-    lines += ["Grid (tuning) results:", "", *_grid_table(rows, summary["select_at"]), ""]
-    a, b = t["a"], t["b"]
-    def _pair(c: dict[str, Any]) -> str:
-        # Enough digits that a miss never prints as two equal numbers.
-        digits = 3
-        while digits < 8 and fmt(c["spsa-gc"], digits) == fmt(c["spsa"], digits):
-            digits += 1
-        return f"{fmt(c['spsa-gc'], digits)} vs {fmt(c['spsa'], digits)}"
-
-    comp = "; ".join(
-        f"{c['problem']} {c['queries'] // 1000 if c['queries'] >= 1000 else c['queries']}{'k' if c['queries'] >= 1000 else ''}: "
-        f"{_pair(c)}{'' if c['ok'] else ' ✗'}"
-        for c in a["comparisons"]
-    )
-    misses = [c for c in a["comparisons"] if not c["ok"] and "per_seed" in c]
-    if misses:
-        comp += ". Per-seed range at each miss: " + "; ".join(
-            f"{c['problem']} {c['queries']}: spsa-gc {fmt(min(c['per_seed']['spsa-gc']), 5)}–{fmt(max(c['per_seed']['spsa-gc']), 5)}, "
-            f"spsa {fmt(min(c['per_seed']['spsa']), 5)}–{fmt(max(c['per_seed']['spsa']), 5)}"
-            for c in misses
-        )
+    budgets = [str(b) for b in BUDGETS]
+    head = "| problem | d | f(x0) − f* | " + " | ".join(ARMS) + " |"
+    for b in budgets:
+        lines += [f"**{int(b) // 1000}k queries** (bold: best arm; ✗ after spsa-gc: worse than NGOpt)", "", head,
+                  "|---|---:|---:|" + "---:|" * len(ARMS)]
+        for name in [n for n in (*SUITE, *EXTRA) if n in summary["cells"]]:
+            cell, p = summary["cells"][name], summary["problems"][name]
+            vals = {a: cell[a][b]["median"] for a in ARMS if a in cell and b in cell[a]}
+            if not vals:
+                continue
+            best = min(vals.values())
+            row = []
+            for a in ARMS:
+                if a not in vals:
+                    row.append("–")
+                    continue
+                s = fmt(vals[a])
+                if vals[a] == best:
+                    s = f"**{s}**"
+                if a == TARGET_ARM and "ng-NGOpt" in vals:
+                    fl = floor_of(p["f0"] - p["f_star"])
+                    if max(vals[a], fl) > max(vals["ng-NGOpt"], fl):
+                        s += " ✗"
+                n = len(cell[a][b]["excess"])
+                if n != SEEDS:
+                    s += f" ({n})"
+                row.append(s)
+            lines.append(f"| {name} | {p['d']} | {fmt(p['f0'] - p['f_star'])} | " + " | ".join(row) + " |")
+        lines.append("")
+    var_arms = [v for v in VARIANTS if any(v in c for c in summary["cells"].values())]
+    if var_arms:
+        b = str(TARGET_BUDGET)
+        cols = [a for a in ("spsa-gc", "spsa", "zo-sgd") if any(a in c for c in summary["cells"].values())]
+        cols += var_arms
+        lines += [f"**The choice of rule** (20k queries; `NAME:fixed` = adaptation off, `target=` = another ρ target; "
+                  "seeds as marked)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for name in [n for n in SUITE if n in summary["cells"]]:
+            cell = summary["cells"][name]
+            row = []
+            for a in cols:
+                if a in cell and b in cell[a]:
+                    n = len(cell[a][b]["excess"])
+                    row.append(fmt(cell[a][b]["median"]) + ("" if n == SEEDS else f" ({n})"))
+                else:
+                    row.append("–")
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+        lines.append("")
     lines += [
-        "Targets:",
+        "![performance profile](img/optimizers_profile.png)",
         "",
-        f"- (a) default spsa-gc no worse than default spsa at equal queries (medians, spsa-gc vs spsa): "
-        f"**{'holds' if a['holds'] else 'does not hold'}** — {comp}.",
+        "Targets (default spsa-gc, 20k queries, medians; excess below 1e-9 of the start's counts as solved):",
+        "",
+        f"- No worse than NGOpt on ≥ 80% of the suite: **{'holds' if t['holds_80pct'] else 'does not hold'}** — "
+        f"{t['no_worse_than_ngopt']} of {t['problems']} problems ({100 * t['fraction']:.0f}%).",
+        f"- Never more than 3× worse than the best peer: **{'holds' if t['holds_3x'] else 'does not hold'}** — worst ratio "
+        f"{t['worst_ratio_to_best_peer']:.3g}" + (" (" + "; ".join(
+            f"{r['problem']} {fmt(r['spsa-gc'])} vs {fmt(r['best_peer'])}" for r in t["rows"] if not r["within_3x"]) + ")"
+            if not t["holds_3x"] else "") + ".",
     ]
-    if b.get("holds") is None:
-        lines.append(f"- (b) logistic at 20k: not measured in this run ({b.get('note', '')}).")
-    else:
-        vals = ", ".join(f"{k} {fmt(v)}" for k, v in b["values"].items())
-        lines.append(
-            f"- (b) logistic at 20k queries, default spsa-gc excess loss below nevergrad NGOpt's and SPSA's: "
-            f"**{'holds' if b['holds'] else 'does not hold'}** — {vals}."
-        )
-    lines += ["", "Wall / CPU time per work unit (all seeds and grid points of its arms, one worker process): " + ", ".join(
-        f"{p}/{a_} {s:.0f} / {summary['group_cpu_s'][(p, a_)]:.0f} s" for (p, a_), s in summary["group_wall_s"].items()) + "."]
+    if heldout is not None:
+        th = targets(heldout)
+        lines += [
+            f"- Held-out family (instance {heldout['instance']}, not used to choose anything; "
+            f"{heldout['meta']['seeds_note']}): no worse than NGOpt on {th['no_worse_than_ngopt']} of {th['problems']} "
+            f"({100 * th['fraction']:.0f}%); worst ratio to the best peer {th['worst_ratio_to_best_peer']:.3g}"
+            + (" (" + "; ".join(f"{r['problem']} {fmt(r['spsa-gc'])} vs {fmt(r['best_peer'])}"
+                                for r in th["rows"] if not r["within_3x"]) + ")" if not th["holds_3x"] else "") + ".",
+        ]
+    lines += ["", "Problems (f* and how it was obtained):", "", "| problem | d | stresses | f* | how |", "|---|---:|---|---:|---|"]
+    for name, p in summary["problems"].items():
+        lines.append(f"| {name} | {p['d']} | {p['stresses']} | {p['f_star']:.6g} | {p['f_star_how']} |")
     return "\n".join(lines)
 
 
-def load_output(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows and summary from a run's stdout (JSON lines), as ``docs_body`` takes them."""
-    import json
-
-    rows, summary = [], None
-    with open(path) as fh:
-        for line in fh:
-            if not line.startswith("{"):
+# --------------------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------------------
+def load_log(path: Path) -> list[dict[str, Any]]:
+    """Records of finished runs (a torn last line is ignored)."""
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
                 continue
-            obj = json.loads(line)
-            if obj.get("kind") == "summary":
-                summary = obj
-            elif obj.get("kind") in ("result", "grid"):
-                rows.append(obj)
-    if summary is None:
-        raise SystemExit(f"--render: expected a summary line in {path}, found none")
-    for k in ("group_wall_s", "group_cpu_s"):  # "problem/arms" keys back to tuples
-        summary[k] = {tuple(key.split("/", 1)): v for key, v in summary[k].items()}
-    return rows, summary
+    return out
+
+
+def render_section(name: str, results: dict[str, Any]) -> str:
+    """The `optimizers` section of docs/benchmarks.md from bench/results/optimizers.json."""
+    return docs_body(results["suite"], results.get("heldout"))
+
+
+def summarise_logs(instances: list[int], commands: list[str] | None = None) -> None:
+    """Rebuild bench/results/optimizers.json from the run logs of these instances."""
+    import cmaes
+    import nevergrad
+
+    try:
+        results = load_results("optimizers")
+    except SystemExit:
+        results = {}
+    for inst in instances:
+        keep = [r for r in load_log(_log_path(inst)) if r["instance"] == inst]
+        if not keep:
+            continue
+        summary = summarise(keep, inst)
+        counts = sorted({len(b["excess"]) for arms_ in summary["cells"].values() for bs in arms_.values() for b in bs.values()})
+        info = machine()
+        old = results.get(_part(inst), {}).get("meta", {})
+        summary["meta"] = {
+            "commands": commands if commands is not None else old.get("commands", []),
+            "date": today(), "machine": info, "nevergrad": nevergrad.__version__, "cmaes": cmaes.__version__,
+            "seeds_note": f"{SEEDS} unless marked (n)" if SEEDS in counts else f"{counts}",
+            "run_wall_s": {a: float(sum(r["wall_s"] for r in keep if r["arm"] == a)) for a in ARMS},
+        }
+        summary["targets"] = targets(summary)
+        results[_part(inst)] = summary
+    results.pop("script", None)
+    results.pop("sections", None)
+    save_results("optimizers", results, {"optimizers": "docs/benchmarks.md"}, script="bench/optimizers.py")
+
+
+def render(write_docs: bool) -> None:
+    """Rebuild the plot and the docs section from the committed JSON."""
+    results = load_results("optimizers")
+    plot_profile(results["suite"], PLOT)
+    publish_results("optimizers", render_section, write_docs)
+
+
+def _log_path(instance: int) -> Path:
+    return Path("/tmp") / f"blackbox_optimizers_runs{instance}.jsonl"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"smoke mode: budget {QUICK_BUDGET}, 2 seeds, 1 nevergrad seed")
+    ap.add_argument("--instance", type=int, default=0, help="0: the tuning suite; 1: the held-out family")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
+    ap.add_argument("--problems", default=",".join(SUITE), help="comma-separated problems")
+    ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    ap.add_argument("--seeds", type=int, default=SEEDS)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--log", default=None, help="JSON-lines log of finished runs (default bench/results/optimizers_runs<instance>.jsonl, not committed)")
+    ap.add_argument("--fresh", action="store_true", help="re-run the selected cells even if the log has them")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 problems, 1 seed, budget 500; nothing saved")
+    ap.add_argument("--render", action="store_true", help="only rebuild table, plot and docs from the JSON")
+    ap.add_argument("--summarise", action="store_true", help="only rebuild bench/results/optimizers.json from the run logs")
+    ap.add_argument("--commands", default=None, help="with --summarise: ';'-separated commands that filled the logs (recorded)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the `optimizers` section of docs/benchmarks.md")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    ap.add_argument("--seeds", type=int, default=None, help=f"seeds for our optimizers (default {SEEDS})")
-    ap.add_argument("--ng-seeds", type=int, default=None, help=f"seeds for the nevergrad arms (default {NG_SEEDS})")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="multiply the budget and every checkpoint by this (for timing probes; not for reporting)")
-    ap.add_argument("--protocol", choices=("budget", "anytime"), default="budget",
-                    help="budget: one run per checkpoint with that budget (default); anytime: one 50k run read at each checkpoint")
-    ap.add_argument("--render", metavar="JSONL", default=None,
-                    help="only rebuild the docs section from a previous run's stdout (with --write-docs)")
-    ap.add_argument("--arms", default=None, help="comma-separated subset of arms (for debugging)")
-    ap.add_argument("--problems", default=None, help="comma-separated subset of problems (for debugging)")
     args = ap.parse_args()
     if args.render:
-        rows, summary = load_output(args.render)
-        summary["targets"] = targets(rows)
-        body = docs_body(rows, summary)
-        if args.write_docs:
-            write_section("optimizers", body)
-        else:
-            print(body)
+        render(args.write_docs)
         return
-
-    info = machine()
-    t_start = time.perf_counter()
-    quick = args.quick
-    budget = QUICK_BUDGET if quick else BUDGET
-    scale = 1.0 if quick else args.scale
-    budget = int(round(budget * scale))
-    seeds = args.seeds or (2 if quick else SEEDS)
-    ng_seeds = args.ng_seeds or (1 if quick else NG_SEEDS)
-    problems = args.problems.split(",") if args.problems else list(PROBLEMS)
-    arms = args.arms.split(",") if args.arms else [*OUR_ARMS, *NG_ARMS]
-    cps = {p: (QUICK_CHECKPOINTS if quick else tuple(int(round(c * scale)) for c in PROBLEMS[p]["checkpoints"]))
-           for p in problems}
-    select_at = {p: (QUICK_SELECT if quick else int(round(PROBLEMS[p]["select_at"] * scale))) for p in problems}
-
-    # Work units: the FD arms of a problem share one lockstep (larger objective batches),
-    # so do the nevergrad arms; cma-es is a unit of its own. Longest first.
-    groups = [[a for a in FD_ARMS if a in arms], [a for a in ("cma-es",) if a in arms], [a for a in NG_ARMS if a in arms]]
-    groups = [g for g in groups if g]
-    tasks = []
+    if args.summarise:
+        summarise_logs([0, 1], args.commands.split(";") if args.commands else None)
+        return
+    arms = args.arms.split(",")
+    problems = args.problems.split(",")
+    budgets = [int(b) for b in args.budgets.split(",")]
+    seeds = args.seeds
+    for a in arms:
+        if a not in ARMS and a not in VARIANTS:
+            raise SystemExit(f"--arms: expected names from {', '.join((*ARMS, *VARIANTS))}, received {a!r}")
     for p in problems:
-        for g in groups:
-            tasks.append({"problem": p, "arms": g, "budget": budget, "checkpoints": cps[p], "select_at": select_at[p],
-                          "protocol": args.protocol,
-                          "seeds": {a: list(range(ng_seeds if a in NG_ARMS else seeds)) for a in g}})
-    cost = {"ng-NGOpt": 4, "ng-SPSA": 3, "cma-es": 2}
-    tasks.sort(key=lambda t: -sum(cost.get(a, 3) for a in t["arms"]) * (2 if t["problem"] == "logistic" else 1))
-
-    results: list[dict[str, Any]] = []
-    optimum = None
+        if p not in SUITE and p not in EXTRA:
+            raise SystemExit(f"--problems: expected names from {', '.join((*SUITE, *EXTRA))}, received {p!r}")
+    if args.quick:
+        problems, budgets, seeds = problems[:2], [500], 1
+    log = Path(args.log) if args.log else _log_path(args.instance)
+    done = [] if args.quick else load_log(log)
+    key = lambda r: (r["arm"], r["problem"], r["instance"], r["budget"], r["seed"])  # noqa: E731
+    tasks = [{"arm": a, "problem": p, "instance": args.instance, "budget": b, "seed": s}
+             for p in problems for a in arms for b in budgets for s in range(seeds)]
+    have = {key(r) for r in done}
+    if args.fresh:
+        done = [r for r in done if key(r) not in {key(t) for t in tasks}]
+        have = {key(r) for r in done}
+    todo = [t for t in tasks if key(t) not in have]
+    cost = {"ng-NGOpt": 20, "ng-SPSA": 3, "SepCMA": 2}
+    todo.sort(key=lambda t: -t["budget"] * cost.get(t["arm"], 1) * (1 + make_problem(t["problem"], t["instance"]).d / 1000))
+    for p in problems:
+        make_problem(p, args.instance).f_star  # optima computed once, before forking
+    t0 = time.perf_counter()
     ctx = mp.get_context("fork")
-    pool = ctx.Pool(max(1, args.workers))
-    try:
-        pending = pool.imap_unordered(run_group, tasks)
-        if "logistic" in problems:
-            optimum = logistic_optimum(PROBLEMS["logistic"]["d"])  # in the parent, while workers run
-        for group in pending:
-            results.extend(group)
-            res = group[0]
-            print(f"# done {res['problem']}/{'+'.join(res['group'])} in {res['wall_s']:.0f} s "
-                  f"(cpu {res['cpu_s']:.0f} s; elapsed {time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-    info["loadavg_at_end"] = loadavg()
-    fstar = optimum["f_star"] if optimum else None
-    rows = aggregate(results, fstar, cps, select_at)
-    for r in rows:
-        emit(r)
-    try:
-        import nevergrad
-
-        ng_version = nevergrad.__version__
-    except Exception:  # pragma: no cover
-        ng_version = None
-    summary = {
-        "kind": "summary",
-        "benchmark": "optimizers",
-        "command": command_line(),
-        "date": today(),
-        "quick": quick,
-        "wall_s": time.perf_counter() - t_start,
-        "cpu_s": time.process_time() + sum({(r["problem"], tuple(r["group"])): r["cpu_s"] for r in results}.values()),
-        "workers": args.workers,
-        "machine": info,
-        "budget": budget,
-        "protocol": args.protocol,
-        "seeds": seeds,
-        "ng_seeds": ng_seeds,
-        "x0_loss": {p: float(OBJECTIVES[p](np.zeros(PROBLEMS[p]["d"]))) for p in problems},
-        "nevergrad": ng_version,
-        "checkpoints": cps,
-        "select_at": select_at,
-        "logistic_optimum": optimum,
-        "targets": targets(rows),
-        "group_wall_s": {(r["problem"], "+".join(r["group"])): r["wall_s"] for r in results},
-        "group_cpu_s": {(r["problem"], "+".join(r["group"])): r["cpu_s"] for r in results},
-    }
-    out = dict(summary)
-    for k in ("group_wall_s", "group_cpu_s"):
-        out[k] = {f"{p}/{a}": s for (p, a), s in summary[k].items()}
-    emit(out)
+    with ctx.Pool(max(1, args.workers)) as pool:
+        for rec in pool.imap_unordered(run_one, todo):
+            done.append(rec)
+            if not args.quick:
+                with open(log, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            print(f"# {rec['arm']} {rec['problem']} {rec['budget']} s{rec['seed']}: excess {rec['excess']:.3g} "
+                  f"({rec['wall_s']:.1f} s; elapsed {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    if args.quick:
+        for r in done:
+            print(json.dumps({k: r[k] for k in ("arm", "problem", "budget", "seed", "excess")}))
+        return
+    summarise_logs([args.instance], None)
     if args.write_docs:
-        write_section("optimizers", docs_body(rows, summary))
+        render(True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ finite-difference optimizers and a few warm-up steps run first and are not timed
     python bench/overhead.py                 # full run (about 1.5 minutes)
     python bench/overhead.py --quick         # smoke test (seconds)
     python bench/overhead.py --write-docs    # also rewrite the `overhead` section of docs/benchmarks.md
+    python bench/overhead.py --render --write-docs          # re-render from bench/results/overhead.json
+    python bench/overhead.py --paired REV --write-docs      # d = 1e4 step time against blackbox/ at git REV
+    python bench/overhead.py --render-paired --write-docs   # re-render that from bench/results/overhead_paired.json
 
 Prints one JSON object per (optimizer, d) on stdout, then a summary line.
 """
@@ -24,7 +27,7 @@ import time
 
 import numpy as np
 
-from _common import command_line, emit, fmt, loadavg, machine, machine_line, today, write_section
+from _common import REPO, command_line, emit, fmt, loadavg, machine, machine_line, publish_results, save_results, today
 from blackbox.optim import make_optimizer
 
 SLEEP_S = 0.010
@@ -257,11 +260,83 @@ def docs_body(rows: list[dict], summary: dict, quick: bool) -> str:
     return "\n".join(lines)
 
 
+_CHILD = """
+import json, statistics, sys
+sys.path.insert(0, {root!r}); sys.path.insert(1, {bench!r})
+import blackbox, overhead
+assert blackbox.__file__.startswith({root!r}), blackbox.__file__
+print(json.dumps(statistics.median(overhead.back_to_back({name!r}, {d}, {steps}))))
+"""
+
+
+def paired(rev: str, d: int = TARGET_DIM, rounds: int = 7, steps: int = 400) -> dict:
+    """Back-to-back step time of the working tree against revision ``rev`` of ``blackbox/``,
+    in alternating fresh processes (same machine, same minutes): medians and paired ratios."""
+    import subprocess
+    import sys
+    import tempfile
+
+    ref_root = tempfile.mkdtemp(prefix="overhead_ref_")
+    subprocess.run(f"git -C {REPO} archive {rev} blackbox | tar -x -C {ref_root}", shell=True, check=True)
+    roots = {"ref": ref_root, "new": str(REPO)}
+    out: dict = {"rev": rev, "d": d, "rounds": rounds, "steps": steps, "arms": {}}
+    for name in FD_ARMS:
+        times: dict[str, list[float]] = {"ref": [], "new": []}
+        for i in range(rounds):
+            for which in (("ref", "new") if i % 2 == 0 else ("new", "ref")):
+                code = _CHILD.format(root=roots[which], bench=str(REPO / "bench"), name=name, d=d, steps=steps)
+                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                times[which].append(1e6 * float(res.stdout.strip().splitlines()[-1]))
+        ratios = [n / r for n, r in zip(times["new"], times["ref"])]
+        out["arms"][name] = {"ref_us": times["ref"], "new_us": times["new"],
+                             "ref_median_us": statistics.median(times["ref"]),
+                             "new_median_us": statistics.median(times["new"]),
+                             "paired_ratio_median": statistics.median(ratios)}
+    return out
+
+
+def paired_body(res: dict) -> str:
+    """The docs section for the paired overhead comparison."""
+    lines = [
+        "## Overhead of the adaptive gain, paired (`bench/overhead.py --paired REV`)",
+        "",
+        f"- Command: `{res['command']}`; rendered from `bench/results/overhead_paired.json` "
+        "by `python bench/overhead.py --render-paired --write-docs`.",
+        f"- Date: {res['date']}; machine: {machine_line(res['machine'])}.",
+        f"- Back-to-back ask + tell per step at d = {res['d']} (no objective pause; median of {res['steps']} steps per "
+        f"process), the working tree against `blackbox/` at {res['rev']} (before the adaptive gain), "
+        f"{res['rounds']} alternating fresh processes each. The 20% target compares with this same-run reference, "
+        "not with a number measured on another day's load.",
+        "",
+        "| optimizer | reference µs/step (median) | now µs/step (median) | paired ratio now/ref (median) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, a in res["arms"].items():
+        lines.append(f"| {name} | {a['ref_median_us']:.0f} | {a['new_median_us']:.0f} | {a['paired_ratio_median']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke mode: d in {10, 1e3, 1e4}, 20 steps (seconds)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the `overhead` section of docs/benchmarks.md")
+    ap.add_argument("--paired", metavar="REV", default=None,
+                    help="only compare back-to-back step time at d = 1e4 with blackbox/ at git revision REV")
+    ap.add_argument("--render-paired", action="store_true", help="rebuild the paired section from its JSON")
+    ap.add_argument("--render", action="store_true", help="rebuild the overhead section from bench/results/overhead.json")
     args = ap.parse_args()
+    if args.paired or args.render_paired:
+        if args.paired:
+            info = machine()
+            res = paired(args.paired)
+            info["loadavg_at_end"] = loadavg()
+            res.update({"command": command_line(), "date": today(), "machine": info})
+            save_results("overhead_paired", res, {"optimizers_overhead": "docs/benchmarks.md"})
+        publish_results("overhead_paired", render_section, args.write_docs)
+        return
+    if args.render:
+        publish_results("overhead", render_section, args.write_docs)
+        return
 
     info = machine()
     t_start = time.perf_counter()
@@ -297,8 +372,18 @@ def main() -> None:
         },
     }
     emit(summary)
-    if args.write_docs:
-        write_section("overhead", docs_body(rows, summary, args.quick))
+    if args.quick:
+        print(docs_body(rows, summary, True))
+        return
+    save_results("overhead", {"rows": rows, "summary": summary}, {"overhead": "docs/benchmarks.md"})
+    publish_results("overhead", render_section, args.write_docs)
+
+
+def render_section(name: str, results: dict) -> str:
+    """A docs section from a results file: `overhead` or the paired `optimizers_overhead`."""
+    if name == "optimizers_overhead":
+        return paired_body(results)
+    return docs_body(results["rows"], results["summary"], results["summary"]["quick"])
 
 
 if __name__ == "__main__":

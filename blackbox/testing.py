@@ -88,6 +88,10 @@ def logistic(x: np.ndarray) -> Any:
 
 OBJECTIVES = {"sphere": sphere, "rosenbrock": rosenbrock, "noisy_quadratic": noisy_quadratic, "logistic": logistic}
 
+# The problem suite that optimizer defaults are benchmarked on (blackbox.problems), public here
+# too so a plugin author can run an optimizer over it: ``for p in suite(): ...``.
+from .problems import SUITE, Problem, make_problem, suite  # noqa: E402
+
 
 # --- provider conformance --------------------------------------------------------------------
 def _probe_requests(provider: Any) -> dict[str, Any]:

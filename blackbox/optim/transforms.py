@@ -40,8 +40,12 @@ def momentum(beta: float) -> Transform:
 def gradient_correction(beta: float) -> Transform:
     """SPSA-GC's Nesterov correction in the reference's rewrite.
 
-    ``m ← βm + ĝ``; the update direction is ``ĝ + βm`` (equivalent to evaluating the estimate
-    at the look-ahead point ``θ + βm`` in the paper's form).
+    ``m ← βm + ĝ``; the update direction is ``ĝ + βm``. The paper's form evaluates the
+    estimate at a look-ahead point (``v ← βv − a_k ĝ(θ + βv)``, ``θ ← θ + v``); with the change
+    of variables ``φ = θ + βv`` the two are the same iteration **only for a constant gain**
+    ``a_k = a`` (then ``v = −a·m``). With a decaying schedule, or the adaptive gain of
+    ``finite_difference``, the momentum here sums unscaled estimates while the paper's sums
+    ``a_j``-scaled steps, so the trajectories differ (not measured against each other).
     """
 
     def init(params: np.ndarray) -> State:
