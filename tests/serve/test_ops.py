@@ -20,7 +20,7 @@ import pytest
 from blackbox.provider import Provider
 from blackbox.serve.app import serving
 from blackbox.serve.backends import PlainBackend, backend_for
-from blackbox.types import Capability, EmbedRequest, EmbedResult, Usage
+from blackbox.types import Capability, EmbedRequest, EmbedResult, GenerateRequest, Usage
 
 from .conftest import WORDS
 
@@ -144,8 +144,6 @@ def test_cli_refuses_public_host_without_key(tiny_dir):
 
 @pytest.mark.subprocess
 def test_cli_sigterm_finishes_in_flight_request(tiny_dir, tiny_lm):
-    from blackbox.types import GenerateRequest
-
     p = _cli(f"hf-causal:{tiny_dir}", "--port", "0", "--served-name", "tiny", "--api-key-env", "BLACKBOX_TEST_KEY",
              "--max-tokens-limit", "200", env={"BLACKBOX_TEST_KEY": KEY})
     err_lines = []
@@ -201,3 +199,27 @@ def test_mounting_serve_keeps_the_cli_light():
     code = "import sys, blackbox.cli, blackbox.serve; print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+class _FailsOnce(PlainBackend):
+    """The tiny model whose first forward pass blows up (a model error inside the loop)."""
+
+    def __init__(self, provider):
+        super().__init__(provider)
+        self.failed = False
+
+    def combine(self, logits):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("boom")
+        return super().combine(logits)
+
+
+def test_a_model_error_is_a_500_and_the_server_keeps_serving(tiny_lm):
+    with serving(_FailsOnce(tiny_lm), model_name="tiny") as srv:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.InternalServerError) as e:
+            c.completions.create(model="tiny", prompt=WORDS[0], max_tokens=4, temperature=0)
+        assert e.value.body["type"] == "server_error" and "boom" not in str(e.value.body)
+        r = c.completions.create(model="tiny", prompt=WORDS[0], max_tokens=4, temperature=0)
+        assert r.choices[0].text == tiny_lm.generate(GenerateRequest((WORDS[0],), max_tokens=4)).texts[0]
