@@ -197,7 +197,7 @@ def test_runs_resume_names_the_methods_own_path_when_it_cannot_resume(tmp_path):
 
 def test_runs_show_of_a_missing_directory_is_one_line(tmp_path):
     res = invoke("runs", "show", str(tmp_path / "nope"))
-    assert res.exit_code == 1 and res.output.strip().splitlines() == [f"error: run_dir: expected an existing run directory, received '{tmp_path / 'nope'}'"]
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [f"error: run_dir: expected a run directory, received '{tmp_path / 'nope'}', which does not exist"]
 
 
 # --- directories --------------------------------------------------------------------------------

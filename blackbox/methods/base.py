@@ -123,5 +123,5 @@ def require_run_dir(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path, refusing a missing folder with one line."""
     path = Path(run_dir)
     if not path.is_dir():
-        raise RunError(f"run_dir: expected an existing run directory, received {str(run_dir)!r}")
+        raise RunError(f"run_dir: expected a run directory, received {str(run_dir)!r}, which does not exist")
     return path
