@@ -136,12 +136,8 @@ class GuardedBackend(PlainBackend):
     def __init__(self, guarded: Any) -> None:
         super().__init__(guarded.base)
         self.guarded = guarded
-        gate = guarded.gate
-        # GuardedProvider keeps its span finder private (``_spans``); it defaults to the
-        # gate's entity matcher, which is what a run loaded from disk uses.
-        self._spans: Callable[[str], list[tuple[int, int]]] = getattr(guarded, "_spans", None) or (
-            gate.spans if gate is not None else (lambda text: [])
-        )
+        # The guarded model's own span finder (by default the gate's entity matcher).
+        self._spans: Callable[[str], list[tuple[int, int]]] = guarded.spans
 
     def flags(self, prompts: Sequence[Prompt]) -> list[bool]:
         """Gate verdict per prompt: flagged when any of its user texts is flagged (one gate call)."""

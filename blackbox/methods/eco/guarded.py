@@ -141,6 +141,10 @@ class GuardedProvider(Provider):
 
         return edit
 
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the forget target in ``text`` (what ``tokens=entity`` corrupts)."""
+        return list(self._spans(text))
+
     def _split(self, prompts: Sequence[str]) -> tuple[list[int], list[int]]:
         flags = self.flags(prompts)
         return [i for i in range(len(prompts)) if not flags[i]], [i for i in range(len(prompts)) if flags[i]]
