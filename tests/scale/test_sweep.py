@@ -166,3 +166,19 @@ def test_plan_builds_command_lines():
     assert [r.name for r in runs] == ["shots=4,set.a=0.5", "shots=8,set.a=0.5"]
     assert runs[0].args == ("--dataset", "digits", "--set", "q=2", "--set", "n_test=50", "--no-verbose", "--shots", "4", "--set", "a=0.5")
     assert spec.metric == "test_accuracy" and spec.goal == "max"
+
+
+def test_docs_scaling_sweep_example_runs(tmp_path, monkeypatch):
+    # docs/scaling.md's sweep spec and its `blackbox sweep` lines, as written.
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text()
+    (tmp_path / "sweep.toml").write_text(re.search(r"```toml\n(.*?)```", text, re.S).group(1))
+    lines = [ln[2:].split("#")[0].strip() for ln in text.splitlines() if ln.startswith("$ blackbox sweep")]
+    assert len(lines) == 2
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        res = runner.invoke(app, shlex.split(line)[1:])
+        assert res.exit_code == 0, (line, res.output)
+    assert "4 finished" in res.stdout and (tmp_path / "sweep1" / "sweep.png").is_file()
