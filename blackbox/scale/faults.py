@@ -3,7 +3,8 @@
 :class:`FaultyClassifier` is a fixed random linear classifier that can, once, stall inside a
 call (so a test can kill its process mid-call, or let the pool's timeout fire): the first call
 that claims the file ``stall_flag`` (by deleting it) writes its pid to ``stall_flag + ".pid"``
-and sleeps ``stall_seconds``. :class:`InstantClassifier` answers at once (driver overhead).
+and sleeps ``stall_seconds``; the first that claims ``error_flag`` raises a retryable 503 (a
+provider error, not a replica fault). :class:`InstantClassifier` answers at once (driver overhead).
 Build them in replicas through a picklable factory, e.g.
 ``functools.partial(FaultyClassifier, stall_flag=path)``.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TransportError
 from ..provider import Provider
 from ..types import Capability, ClassifyRequest, ClassifyResult, Usage
 
@@ -41,11 +43,12 @@ class FaultyClassifier(Provider):
     summary = "deterministic linear classifier that can stall once (tests of replica faults)"
 
     def __init__(self, n_features: int = 12, n_classes: int = 5, *, delay: float = 0.0,
-                 stall_flag: str | None = None, stall_seconds: float = 600.0) -> None:
+                 stall_flag: str | None = None, stall_seconds: float = 600.0, error_flag: str | None = None) -> None:
         super().__init__()
         self.n_features, self.n_classes = n_features, n_classes
         self.W = np.random.default_rng(1234).standard_normal((n_features, n_classes))
         self.delay, self.stall_flag, self.stall_seconds = delay, stall_flag, stall_seconds
+        self.error_flag = error_flag  # the first call that claims it raises a retryable 503
 
     def describe(self) -> dict[str, Any]:
         """Kind and shape (the same in every replica)."""
@@ -61,6 +64,8 @@ class FaultyClassifier(Provider):
             with open(f"{self.stall_flag}.pid", "w") as fh:
                 fh.write(str(os.getpid()))
             time.sleep(self.stall_seconds)
+        if claim(self.error_flag):
+            raise TransportError("injected server error", status=503, retryable=True)
         if self.delay:
             time.sleep(self.delay)
         z = np.asarray(request.inputs, dtype=np.float64).reshape(len(request.inputs), -1) @ self.W

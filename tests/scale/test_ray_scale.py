@@ -165,6 +165,20 @@ def test_hung_replica_times_out_and_is_replaced(cluster, tmp_path):
         assert client.ledger.queries == len(X)
 
 
+def test_provider_error_in_one_shard_keeps_the_other_and_retries_only_the_failed_rows(cluster, tmp_path):
+    from blackbox.client import RetryPolicy
+
+    flag = _stall_flag(tmp_path)  # a file to claim: here it makes one shard raise a 503
+    want = FaultyClassifier().classify(ClassifyRequest(X)).scores
+    with _pool(cluster, provider={"error_flag": flag}) as pool:
+        client = Client(pool, ledger=Ledger(), retry=RetryPolicy(base_delay=0.01, jitter=False))
+        got = client.classify(ClassifyRequest(X))
+        assert np.array_equal(got.scores, want) and pool.replacements == []  # an error is not a fault
+        assert client.stats()["provider_calls"] == 2  # the failed shard's rows were sent again, alone
+        assert client.ledger.queries == len(X)  # the good shard was billed once and not re-run
+        assert not Path(flag).exists()
+
+
 def _read_run(rd: Path) -> tuple[bytes, np.ndarray, dict]:
     from blackbox.runs import load_tensors
 

@@ -182,3 +182,25 @@ def test_docs_scaling_sweep_example_runs(tmp_path, monkeypatch):
         res = runner.invoke(app, shlex.split(line)[1:])
         assert res.exit_code == 0, (line, res.output)
     assert "4 finished" in res.stdout and (tmp_path / "sweep1" / "sweep.png").is_file()
+
+
+def test_blackvip_train_sweep(tmp_path):
+    from needs import need
+
+    need("torch")
+    need("sklearn")
+    (tmp_path / "bv.toml").write_text(
+        'command = "blackvip train"\n[options]\nprovider = "torch:blackbox.testing:tiny_image_classifier"\ndataset = "digits"\n'
+        'shots = 4\nbudget = 200\nset = ["encoder=pixels", "batch_size=8", "n_test=50", "q=2"]\n[grid]\n"set.a" = [0.01]\n')
+    args = ["sweep", str(tmp_path / "bv.toml"), "--run-dir", str(tmp_path / "sw"), "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["metric"] == "test_accuracy" and summary["goal"] == "max" and summary["counts"]["finished"] == 1
+    for row in summary["runs"]:
+        result = json.loads((Path(row["run_dir"]) / "result.json").read_text())
+        assert row["metric"] == result["test_accuracy"] and result["queries"] <= 200
+    cfg = json.loads((tmp_path / "sw" / "runs" / "set.a=0.01" / "config.json").read_text())
+    assert cfg["config"]["a"] == 0.01 and cfg["config"]["shots"] == 4
+    again = runner.invoke(app, args)  # everything finished: nothing runs again
+    assert again.exit_code == 0 and again.stderr == ""
