@@ -141,8 +141,14 @@ def render_section(name: str, r: dict[str, Any]) -> str:
     if len(seeds) > 1:
         med = lambda k: f"{100 * statistics.median(x[k] for x in seeds.values()):.1f}"  # noqa: E731
         lines.append(f"| median | {med('start')} | {med('best')} | {med('final')} | | | | |")
-    machines = sorted({machine_line(x["machine"]) for x in seeds.values()})
-    lines += ["", "Machine: " + "; ".join(machines) + "."]
+    bare = sorted({machine_line({**x["machine"], "loadavg_at_start": None, "loadavg_at_end": None}) for x in seeds.values()})
+
+    def load(x: dict[str, Any]) -> str:
+        a, e = x["machine"].get("loadavg_at_start"), x["machine"].get("loadavg_at_end")
+        return f"{'/'.join(map(str, a))} → {'/'.join(map(str, e))}" if a and e else "not recorded"
+
+    lines += ["", "Machine: " + "; ".join(bare) + ". 1/5/15-min load average at start → end, by seed: "
+              + "; ".join(f"seed {s}: {load(x)}" for s, x in seeds.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
