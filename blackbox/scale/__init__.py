@@ -9,6 +9,7 @@ extra those raise one line naming what to install.
   :class:`~blackbox.client.Client` and the cache and the ledger stay in the driver.
 * :func:`configure` / :func:`client_for` — the process-wide replica setting that
   ``blackbox optimize --replicas N`` sets, and the Client an objective asks for by spec.
+* the ``ray:`` provider kind (:mod:`.spec`) — ``ray:SPEC?replicas=N``, a pool wherever a spec is taken.
 * :mod:`.sweep` — ``blackbox sweep``: a grid of runs, one run directory each, resumable.
 """
 

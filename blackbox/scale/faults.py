@@ -19,9 +19,9 @@ import numpy as np
 
 from ..errors import TransportError
 from ..provider import Provider
-from ..types import Capability, ClassifyRequest, ClassifyResult, Usage
+from ..types import Capability, ClassifyRequest, ClassifyResult, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, Usage
 
-__all__ = ["FaultyClassifier", "InstantClassifier", "claim"]
+__all__ = ["FaultyClassifier", "InstantClassifier", "EchoText", "claim"]
 
 
 def claim(path: str | None) -> bool:
@@ -95,3 +95,25 @@ class InstantClassifier(Provider):
         n = len(request.inputs)
         return ClassifyResult(scores=np.full((n, self.n_classes), 1.0 / self.n_classes), output=request.output,
                               usage=Usage(queries=n))
+
+
+class EchoText(Provider):
+    """Text and embeddings computed from the strings alone (tests of row splitting for text calls)."""
+
+    name = "scale-echo"
+    declared_capabilities = frozenset({Capability.TEXT, Capability.EMBED})
+    summary = "echoes prompts reversed; embeds texts by character codes (tests)"
+
+    def describe(self) -> dict[str, Any]:
+        """Kind only."""
+        return {"provider": self.name}
+
+    def generate(self, request: GenerateRequest) -> GenerateResult:
+        """Each prompt reversed, cut to ``max_tokens`` characters."""
+        texts = tuple(p[::-1][: request.max_tokens] for p in request.prompts)
+        return GenerateResult(texts=texts, finish_reasons=("stop",) * len(texts), usage=Usage(queries=len(texts)))
+
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Four numbers per text: length, sum, min and max of its character codes."""
+        rows = [[len(t), sum(map(ord, t)), min(map(ord, t), default=0), max(map(ord, t), default=0)] for t in request.texts]
+        return EmbedResult(vectors=np.asarray(rows, dtype=np.float64), usage=Usage(queries=len(rows)))

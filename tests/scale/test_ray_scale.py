@@ -186,12 +186,16 @@ def _read_run(rd: Path) -> tuple[bytes, np.ndarray, dict]:
     return (rd / "history.jsonl").read_bytes(), arrays.get("x", arrays.get("theta")), json.loads((rd / "result.json").read_text())
 
 
-def test_optimize_and_blackvip_bit_identical_with_1_and_2_replicas(cluster, tmp_path, monkeypatch):
-    need("torch")
+def test_optimize_and_blackvip_bit_identical_with_1_and_2_replicas(cluster, tmp_path, monkeypatch, request):
+    torch = need("torch")
     need("sklearn")
     from blackbox.scale import client_for, reset
 
+    # The single-process runs use one torch thread, as Ray's workers do (docs/scaling.md, "What is exact").
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     opt = ["optimize", "--objective", "blackbox.scale.demo:digits_prompt_loss", "--dim", "64", "--optimizer", "spsa",
            "--budget", "40", "--seed", "3", "--no-progress", "--json"]
     runs = {}
@@ -240,3 +244,48 @@ def test_sweep_on_ray_backend(cluster, tmp_path):
         local = json.loads((Path(row["run_dir"]) / "result.json").read_text())
         assert row["metric"] == local["best_loss"]
     assert sw.summarize(tmp_path / "sw")["counts"]["finished"] == 2
+
+
+def test_text_rows_split_and_join_in_order(cluster):
+    from blackbox.scale import ReplicaPool
+    from blackbox.scale.faults import EchoText
+    from blackbox.types import EmbedRequest, GenerateRequest
+
+    prompts = tuple(f"prompt number {i}" for i in range(7))
+    local = EchoText()
+    with ReplicaPool(EchoText, 3, num_cpus=0.5) as pool:
+        client = Client(pool, ledger=Ledger())
+        gen = client.generate(GenerateRequest(prompts=prompts, max_tokens=8))
+        assert gen.texts == local.generate(GenerateRequest(prompts=prompts, max_tokens=8)).texts
+        assert gen.finish_reasons == ("stop",) * 7
+        emb = client.embed(EmbedRequest(texts=prompts))
+        assert np.array_equal(emb.vectors, local.embed(EmbedRequest(texts=prompts)).vectors)
+        assert client.ledger.queries == 14
+
+
+def test_ray_spec_kind_serves_any_spec_from_replicas(cluster):
+    torch = need("torch")
+    from blackbox.errors import SpecError
+    from blackbox.provider import load_provider
+    from blackbox.scale.pool import ReplicaPool
+
+    images = np.random.default_rng(0).random((9, 8, 8, 3))
+    # Ray's workers run torch with one thread; the reference must too (with two threads this
+    # conv net's rows depend on the batch, see docs/scaling.md "What is exact").
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = load_provider(TINY).classify(ClassifyRequest(images)).scores
+    finally:
+        torch.set_num_threads(threads)
+    pool = load_provider(f"ray:{TINY}?replicas=2&replica_timeout=120")
+    try:
+        assert isinstance(pool, ReplicaPool) and pool.size == 2 and pool.timeout == 120 and pool.name == "torch"
+        assert np.array_equal(Client(pool).classify(ClassifyRequest(images)).scores, want)
+        assert pool.cache_identity() == load_provider(TINY).cache_identity()  # shares the single process's cache
+    finally:
+        pool.close()
+    with pytest.raises(SpecError, match=r"expected a provider spec after 'ray:'"):
+        load_provider("ray")
+    with pytest.raises(BlackboxError, match=r"replicas: expected an integer >= 1, received 0"):
+        load_provider(f"ray:{TINY}?replicas=0")
