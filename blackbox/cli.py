@@ -57,6 +57,14 @@ def main_callback(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Black-box and zeroth-order adaptation of pretrained models."""
+    import sys
+
+    from ._cli_util import quiet_third_party
+
+    # Other libraries' loading bars and info logs (transformers, hub) only on an interactive
+    # terminal, and never with --json or --no-progress: every command, with or without a bar.
+    argv = sys.argv[1:]
+    quiet_third_party(sys.stderr.isatty() and "--json" not in argv and "--no-progress" not in argv)
 
 
 class _Progress(ProgressBar):
