@@ -3,7 +3,7 @@
 Shapes: ``zl``, ``zs`` are ``(V,)`` rows of the large and small base's logits, ``ze`` is
 ``(T, V)`` (one row per expert). Everything is computed in float64.
 
-Dynamic objective (``../shared/METHODS.md`` §4). With ``d_t = ze_t − zs`` and the fused
+Dynamic objective (the dynamic logit fusion paper; see docs/fusion.md). With ``d_t = ze_t − zs`` and the fused
 distribution ``P̃ = softmax(zl + α d_t)`` (one expert active, the others at 0)::
 
     J(t, α) = Σ_t' [(KL(P̃‖P) − KL(Q_t'‖Q))² + (KL(P‖P̃) − KL(Q‖Q_t'))²]
