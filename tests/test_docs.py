@@ -244,6 +244,7 @@ def _write_inputs(d: Path, lm) -> None:
     jsonl("general.jsonl", [{"prompt": p} for p in GENERAL_PROMPTS])
     jsonl("paraphrases.jsonl", known([("Q: Which city is the capital of France?\nA:", "France")]))
     jsonl("retain_test.jsonl", known([("Q: Which city is the capital of Germany?\nA:", "Germany")]))
+    jsonl("same_entity.jsonl", known([("Q: What is the currency of France?\nA:", "France")]))
     # fusion
     (d / "prompts.txt").write_text("The capital of France is\nOne, two, three,\n")
 
