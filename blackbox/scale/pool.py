@@ -40,9 +40,17 @@ Source = "str | Callable[[], Provider]"
 class _Replica:
     """The actor body: one provider instance built in the replica's own process."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, threads: int = 1) -> None:
+        import sys
+
         from ..provider import load_provider
 
+        # Thread pools sized to the CPUs reserved, the same in every replica (Ray reuses worker
+        # processes and sets OMP_NUM_THREADS only for whole CPUs): a CPU torch model's rows can
+        # change in the last bits with the thread count. A provider's own setting still wins.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
         self.provider = source() if callable(source) else load_provider(source)
 
     def info(self) -> dict[str, Any]:
@@ -80,7 +88,8 @@ class ReplicaPool(Provider):
     ``address``: ``None``/``"local"`` (a local cluster sized to the machine), ``"auto"``, or
     ``HOST:PORT`` (see :func:`blackbox.scale.connect`). ``timeout``: seconds a shard may take
     before its replica counts as hung (None: no limit). ``max_replacements``: replicas replaced
-    within one call before the call fails. ``num_cpus``: CPUs Ray reserves per replica.
+    within one call before the call fails. ``num_cpus``: CPUs Ray reserves per replica; each
+    replica runs ``max(1, int(num_cpus))`` OpenMP/torch threads unless its provider sets its own.
     """
 
     def __init__(self, source: Any, replicas: int, *, address: str | None = None, timeout: float | None = None,
@@ -101,11 +110,17 @@ class ReplicaPool(Provider):
         self.start_timeout = float(start_timeout)
         self.max_replacements = max_replacements
         self.ray = connect(address)
+        total = float(self.ray.cluster_resources().get("CPU", 0.0))
+        if replicas * num_cpus > total:
+            raise BlackboxError(f"replicas: {replicas} replicas x {num_cpus:g} CPU need {replicas * num_cpus:g} CPUs, but the Ray "
+                                f"cluster has {total:g}; use fewer replicas, a bigger cluster, or fewer CPUs per replica "
+                                "(num_cpus=, or cpus_per_replica= in a ray: spec) for a provider that mostly waits")
         self._actor_cls = self.ray.remote(num_cpus=num_cpus, max_restarts=0, max_task_retries=0)(_Replica)
         self._lock = threading.Lock()
         self.replacements: list[dict[str, Any]] = []  # one entry per replaced replica: slot, reason, pids
         self._closed = False
-        self._actors: list[Any] = [self._actor_cls.remote(source) for _ in range(replicas)]
+        self.threads = max(1, int(num_cpus))  # torch/OpenMP threads per replica
+        self._actors: list[Any] = [self._actor_cls.remote(source, self.threads) for _ in range(replicas)]
         self._infos: list[dict[str, Any]] = self._wait_ready(self._actors)
         info = self._infos[0]
         super().__init__()
@@ -149,7 +164,7 @@ class ReplicaPool(Provider):
         with self._lock:
             old, old_pid = self._actors[slot], self._infos[slot]["pid"]
             self._kill([old])
-            fresh = self._actor_cls.remote(self.source)
+            fresh = self._actor_cls.remote(self.source, self.threads)
             info = self._wait_ready([fresh])[0]
             self._actors[slot], self._infos[slot] = fresh, info
             self.replacements.append({"slot": slot, "reason": reason, "old_pid": old_pid, "new_pid": info["pid"]})

@@ -9,7 +9,8 @@ the options that are not the pool's own, e.g.::
 so every command or method that loads its model from a spec (``--provider``, CrossTune's
 encoder, ...) can spread its batched calls over replicas without a change of its own. The pool
 options: ``replicas`` (default 2), ``ray_address`` (auto, local or HOST:PORT; default: a local
-cluster), ``replica_timeout`` (seconds; default none). Registered as an entry point of this
+cluster), ``replica_timeout`` (seconds; default none), ``cpus_per_replica`` (CPUs Ray reserves
+for each; default 1, less for a provider that mostly waits on a server). Registered as an entry point of this
 distribution; importing this module does not import ray.
 """
 
@@ -24,7 +25,7 @@ from ..types import Capability
 
 __all__ = ["RayProvider", "POOL_OPTIONS"]
 
-POOL_OPTIONS = ("replicas", "ray_address", "replica_timeout")
+POOL_OPTIONS = ("replicas", "ray_address", "replica_timeout", "cpus_per_replica")
 
 
 class RayProvider(Provider):
@@ -53,6 +54,10 @@ class RayProvider(Provider):
             timeout_s = None if timeout is None else float(timeout)
         except ValueError:
             raise SpecError(f"provider ray: replica_timeout: expected seconds > 0, received {timeout!r}") from None
+        try:
+            cpus = float(options.get("cpus_per_replica", "1"))
+        except ValueError:
+            raise SpecError(f"provider ray: cpus_per_replica: expected a number >= 0, received {options['cpus_per_replica']!r}") from None
         settings = check_replicas(replicas, options.get("ray_address"), timeout_s)
         inner = target + ("?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in inner_opts.items()) if inner_opts else "")
-        return ReplicaPool(inner, settings.replicas, address=settings.address, timeout=settings.timeout)
+        return ReplicaPool(inner, settings.replicas, address=settings.address, timeout=settings.timeout, num_cpus=cpus)

@@ -269,9 +269,10 @@ def test_ray_spec_kind_serves_any_spec_from_replicas(cluster):
     from blackbox.provider import load_provider
     from blackbox.scale.pool import ReplicaPool
 
-    images = np.random.default_rng(0).random((9, 8, 8, 3))
-    # Ray's workers run torch with one thread; the reference must too (with two threads this
-    # conv net's rows depend on the batch, see docs/scaling.md "What is exact").
+    # 12 rows: shards of 6 and of 4. The replicas run torch with one thread; the reference must
+    # too. (This conv net's rows change in the last bits with the batch size under 4 rows, or with
+    # two threads: see docs/scaling.md, "What is exact".)
+    images = np.random.default_rng(0).random((12, 8, 8, 3))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -289,3 +290,11 @@ def test_ray_spec_kind_serves_any_spec_from_replicas(cluster):
         load_provider("ray")
     with pytest.raises(BlackboxError, match=r"replicas: expected an integer >= 1, received 0"):
         load_provider(f"ray:{TINY}?replicas=0")
+    # More CPUs than the cluster has: one line at once, not a wait for actors that never start.
+    with pytest.raises(BlackboxError, match=r"replicas: 3 replicas x 1 CPU need 3 CPUs, but the Ray cluster has 2"):
+        load_provider(f"ray:{TINY}?replicas=3")
+    pool = load_provider(f"ray:{TINY}?replicas=3&cpus_per_replica=0.5")
+    try:
+        assert pool.size == 3 and np.array_equal(Client(pool).classify(ClassifyRequest(images)).scores, want)
+    finally:
+        pool.close()
