@@ -166,6 +166,8 @@ def test_plan_builds_command_lines():
     assert [r.name for r in runs] == ["shots=4,set.a=0.5", "shots=8,set.a=0.5"]
     assert runs[0].args == ("--dataset", "digits", "--set", "q=2", "--set", "n_test=50", "--no-verbose", "--shots", "4", "--set", "a=0.5")
     assert spec.metric == "test_accuracy" and spec.goal == "max"
+    other = sw.spec_from_dict({"command": "crosstune fit", "grid": {"shots": [4]}})
+    assert other.metric is None  # no default headline: the spec names one with `metric`
 
 
 def test_docs_scaling_sweep_example_runs(tmp_path, monkeypatch):
