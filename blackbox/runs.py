@@ -281,7 +281,7 @@ class Run:
             changed = [k for k in now if k not in _NO_EFFECT and started is not None and started.get(k) != now[k]]
             if changed:
                 changed = ", ".join(f"{k}: {started.get(k)!r} -> {now[k]!r}" for k in changed)
-                raise RunError(f"run_dir: {CONFIG} in {str(path)!r} was edited after the run started ({changed}); "
+                raise RunError(f"run_dir: {CONFIG} in {str(path)!r} does not match the checkpoint: it was edited after the run started ({changed}); "
                                "restore it, or start a new run with the new settings")
             try:
                 opt.load_state_dict(arrays, meta["optimizer_state"])
