@@ -161,9 +161,10 @@ def test_cli_sigterm_finishes_in_flight_request(tiny_dir, tiny_lm):
         base = f"http://127.0.0.1:{port}/v1"
         c = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=120)
         stream = c.completions.create(model="tiny", prompt=WORDS[4], max_tokens=200, temperature=0, stream=True)
-        first = next(iter(stream))
-        p.send_signal(signal.SIGTERM)  # mid-request
-        text = first.choices[0].text + "".join(ch.choices[0].text for ch in stream)
+        # The response headers are in: the request is in flight. Signal before reading a chunk,
+        # so that a loaded machine cannot finish the whole stream before SIGTERM lands.
+        p.send_signal(signal.SIGTERM)
+        text = "".join(ch.choices[0].text for ch in stream)
         assert text == tiny_lm.generate(GenerateRequest((WORDS[4],), max_tokens=200)).texts[0]  # finished, and exact
         # uvicorn re-raises the captured SIGTERM once shutdown is complete
         assert p.wait(timeout=60) in (0, -signal.SIGTERM)
