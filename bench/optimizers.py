@@ -135,9 +135,13 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         param = ng.p.Array(init=np.zeros(d))
         param.random_state = np.random.RandomState(seed)
         opt = ng.optimizers.registry[arm[3:]](parametrization=param, budget=budget)
-        for _ in range(budget):
+        for i in range(budget):
             t = time.perf_counter()
-            cand = opt.ask()
+            try:
+                cand = opt.ask()
+            except Exception as exc:  # noqa: BLE001 - a peer's own failure is a result, recorded as such
+                return {**task, "excess": None, "error": f"{type(exc).__name__}: {exc} (ask {i + 1} of {budget})",
+                        "queries": i, "optimizer_s": opt_s, "wall_s": time.perf_counter() - t0, "extras": {}}
             v = np.asarray(cand.value, dtype=np.float64)[None, :]
             opt_s += time.perf_counter() - t
             loss = float(_evaluate(prob, v, np.array([int(rs.integers(2**31))]))[0])
@@ -158,14 +162,23 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 def summarise(records: list[dict[str, Any]], instance: int) -> dict[str, Any]:
     """Per (problem, arm, budget): per-seed excess losses and the median."""
     cells: dict[str, dict[str, dict[str, Any]]] = {}
+    seen: set[tuple[Any, ...]] = set()
     for r in sorted(records, key=lambda r: (r["problem"], r["arm"], r["budget"], r["seed"])):
+        key = (r["problem"], r["arm"], r["budget"], r["seed"])
+        if r.get("excess") is None:
+            c = cells.setdefault(r["problem"], {}).setdefault(r["arm"], {}).setdefault(str(r["budget"]), {"seeds": [], "excess": []})
+            c.setdefault("errors", []).append({"seed": r["seed"], "error": r.get("error", "")})
+            continue
+        if key in seen:  # a cell run twice (e.g. by overlapping invocations): the first record counts
+            continue
+        seen.add(key)
         c = cells.setdefault(r["problem"], {}).setdefault(r["arm"], {}).setdefault(str(r["budget"]), {"seeds": [], "excess": []})
         c["seeds"].append(r["seed"])
         c["excess"].append(r["excess"])
     for arms in cells.values():
         for budgets in arms.values():
             for c in budgets.values():
-                c["median"] = float(np.median(c["excess"]))
+                c["median"] = float(np.median(c["excess"])) if c["excess"] else None
     problems = {}
     for name in (*SUITE, *EXTRA):
         if name not in cells:
@@ -174,6 +187,11 @@ def summarise(records: list[dict[str, Any]], instance: int) -> dict[str, Any]:
         problems[name] = {"d": p.d, "f0": p.f0(), "f_star": p.f_star, "f_star_how": p.f_star_how,
                           "stresses": p.stresses, "stochastic": p.stochastic}
     return {"instance": instance, "problems": problems, "cells": cells}
+
+
+def _has(cell: dict[str, Any], arm: str, b: str) -> bool:
+    """True when the arm has at least one finished (not failed) run at budget ``b``."""
+    return arm in cell and b in cell[arm] and cell[arm][b].get("median") is not None
 
 
 def floor_of(f0_excess: float) -> float:
@@ -186,68 +204,76 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
     b = str(TARGET_BUDGET)
     rows, wins, worst = [], 0, 0.0
     for name, arms in summary["cells"].items():
-        if name not in SUITE or TARGET_ARM not in arms or b not in arms[TARGET_ARM]:
+        if name not in SUITE or not _has(arms, TARGET_ARM, b):
             continue
         fl = floor_of(summary["problems"][name]["f0"] - summary["problems"][name]["f_star"])
         ours = max(arms[TARGET_ARM][b]["median"], fl)
-        peers = {a: max(arms[a][b]["median"], fl) for a in PEER_ARMS if a in arms and b in arms[a]}
+        peers = {a: max(arms[a][b]["median"], fl) for a in PEER_ARMS if _has(arms, a, b)}
         if not peers:
             continue
         ng = peers.get("ng-NGOpt")
         best = min(peers.values())
-        ok_ng = ng is None or ours <= ng
+        ok_ng = ng is not None and ours <= ng
         ratio = ours / best
         wins += ok_ng
         worst = max(worst, ratio)
         rows.append({"problem": name, "spsa-gc": ours, "ngopt": ng, "best_peer": best, "ratio_to_best_peer": ratio,
                      "no_worse_than_ngopt": ok_ng, "within_3x": ratio <= 3.0})
+    n_ng = sum(r["ngopt"] is not None for r in rows)
     n = len(rows)
-    return {"problems": n, "no_worse_than_ngopt": wins, "fraction": wins / n if n else float("nan"),
+    return {"problems": n, "problems_with_ngopt": n_ng, "no_worse_than_ngopt": wins,
+            "ngopt_missing": [r["problem"] for r in rows if r["ngopt"] is None],
+            "fraction": wins / n_ng if n_ng else float("nan"),
             "worst_ratio_to_best_peer": worst, "rows": rows,
-            "holds_80pct": n > 0 and wins >= 0.8 * n, "holds_3x": n > 0 and all(r["within_3x"] for r in rows)}
+            "holds_80pct": n_ng > 0 and wins >= 0.8 * n_ng, "holds_3x": n > 0 and all(r["within_3x"] for r in rows)}
 
 
-def profile(summary: dict[str, Any], budget: int, arms: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Dolan–Moré profile: for each arm, the fraction of problems within τ of the best arm."""
+def profile(summary: dict[str, Any], budget: int, arms: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """Dolan–Moré profile over the suite problems where the target arm has a result: for each
+    arm, the fraction of those problems on which its excess is within τ of the best arm's. An
+    arm without a result on a problem (not run, or failed) never counts as within τ there."""
     b = str(budget)
     ratios: dict[str, list[float]] = {a: [] for a in arms}
     for name, cell in summary["cells"].items():
-        if name not in SUITE or not all(a in cell and b in cell[a] for a in arms):
+        if name not in SUITE or not _has(cell, TARGET_ARM, b):
             continue
         fl = floor_of(summary["problems"][name]["f0"] - summary["problems"][name]["f_star"])
-        vals = {a: max(cell[a][b]["median"], fl) for a in arms}
+        vals = {a: max(cell[a][b]["median"], fl) for a in arms if _has(cell, a, b)}
         best = min(vals.values())
         for a in arms:
-            ratios[a].append(vals[a] / best)
-    taus = np.logspace(0, 6, 400)
-    return taus, {a: np.array([np.mean(np.array(r) <= t) for t in taus]) if r else np.zeros_like(taus) for a, r in ratios.items()}
+            ratios[a].append(vals[a] / best if a in vals else math.inf)
+    taus = np.logspace(0, 8, 600)
+    n = len(ratios[arms[0]]) if arms else 0
+    return taus, {a: np.array([np.mean(np.array(r) <= t) for t in taus]) for a, r in ratios.items()}, n
 
 
 def plot_profile(summary: dict[str, Any], path: Path) -> None:
-    """Save the 20k-query performance profile as a PNG."""
+    """Save the performance profile at each budget with at least two arms as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(BUDGETS), figsize=(4.2 * len(BUDGETS), 3.6), sharey=True)
-    for ax, budget in zip(np.atleast_1d(axes), BUDGETS):
-        cells = [c for n, c in summary["cells"].items() if n in SUITE]
-        arms_b = [a for a in ARMS if all(a in c and str(budget) in c[a] for c in cells)]
-        if len(arms_b) < 2:
-            ax.set_title(f"{budget // 1000}k queries: fewer than two arms on every problem")
-            continue
-        taus, prof = profile(summary, budget, arms_b)
+    cells = [c for n, c in summary["cells"].items() if n in SUITE]
+    panels = []
+    for budget in BUDGETS:
+        arms_b = [a for a in ARMS if any(_has(c, a, str(budget)) for c in cells)]
+        if TARGET_ARM in arms_b and len(arms_b) >= 2:
+            panels.append((budget, arms_b))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.2), squeeze=False)
+    for ax, (budget, arms_b) in zip(axes[0], panels):
+        taus, prof, n = profile(summary, budget, arms_b)
         for a in arms_b:
-            ax.step(taus, prof[a], where="post", label=a, lw=2.2 if a == TARGET_ARM else 1.2,
-                    ls="-" if a in OUR_ARMS else "--")
+            ran = sum(_has(c, a, str(budget)) for c in cells if _has(c, TARGET_ARM, str(budget)))
+            ax.step(taus, prof[a], where="post", label=f"{a} ({ran}/{n} problems)",
+                    lw=2.4 if a == TARGET_ARM else 1.3, ls="-" if a in OUR_ARMS else "--")
         ax.set_xscale("log")
-        ax.set_xlabel("τ (excess loss / best arm's)")
-        ax.set_title(f"{budget // 1000}k queries")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("τ (excess loss / best arm's excess loss)")
+        ax.set_ylabel("fraction of problems within τ")
+        ax.set_title(f"{budget // 1000}k queries, instance {summary['instance']}, median over seeds", fontsize=9)
         ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("fraction of problems within τ")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Performance profile, {sum(n in SUITE for n in summary['cells'])} problems, instance {summary['instance']}, median of seeds", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Software": None})
@@ -278,14 +304,15 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
                   "|---|---:|---:|" + "---:|" * len(ARMS)]
         for name in [n for n in (*SUITE, *EXTRA) if n in summary["cells"]]:
             cell, p = summary["cells"][name], summary["problems"][name]
-            vals = {a: cell[a][b]["median"] for a in ARMS if a in cell and b in cell[a]}
-            if not vals:
+            vals = {a: cell[a][b]["median"] for a in ARMS if _has(cell, a, b)}
+            failed = {a: len(cell[a][b].get("errors", [])) for a in ARMS if a in cell and b in cell[a]}
+            if not vals and not any(failed.values()):
                 continue
-            best = min(vals.values())
+            best = min(vals.values()) if vals else None
             row = []
             for a in ARMS:
                 if a not in vals:
-                    row.append("–")
+                    row.append(f"failed ({failed[a]})" if failed.get(a) else "–")
                     continue
                 s = fmt(vals[a])
                 if vals[a] == best:
@@ -297,6 +324,8 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
                 n = len(cell[a][b]["excess"])
                 if n != SEEDS:
                     s += f" ({n})"
+                if failed.get(a):
+                    s += f", failed {failed[a]}"
                 row.append(s)
             lines.append(f"| {name} | {p['d']} | {fmt(p['f0'] - p['f_star'])} | " + " | ".join(row) + " |")
         lines.append("")
@@ -311,20 +340,27 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
             cell = summary["cells"][name]
             row = []
             for a in cols:
-                if a in cell and b in cell[a]:
+                if _has(cell, a, b):
                     n = len(cell[a][b]["excess"])
                     row.append(fmt(cell[a][b]["median"]) + ("" if n == SEEDS else f" ({n})"))
                 else:
                     row.append("–")
             lines.append(f"| {name} | " + " | ".join(row) + " |")
         lines.append("")
+    errs = sorted({(a, e["error"].split(" (ask")[0]) for c in summary["cells"].values() for a, bs in c.items()
+                   for bc in bs.values() for e in bc.get("errors", [])})
+    if errs:
+        lines += ["Failed runs (the peer raised; such a run has no result and is left out of its cell's median): "
+                  + "; ".join(f"{a}: `{e}`" for a, e in errs) + ".", ""]
     lines += [
         "![performance profile](img/optimizers_profile.png)",
         "",
         "Targets (default spsa-gc, 20k queries, medians; excess below 1e-9 of the start's counts as solved):",
         "",
         f"- No worse than NGOpt on ≥ 80% of the suite: **{'holds' if t['holds_80pct'] else 'does not hold'}** — "
-        f"{t['no_worse_than_ngopt']} of {t['problems']} problems ({100 * t['fraction']:.0f}%).",
+        f"{t['no_worse_than_ngopt']} of the {t['problems_with_ngopt']} problems where NGOpt has a result "
+        f"({100 * t['fraction']:.0f}%)" + (f"; NGOpt has none on {', '.join(t['ngopt_missing'])} (it raised)"
+                                          if t["ngopt_missing"] else "") + ".",
         f"- Never more than 3× worse than the best peer: **{'holds' if t['holds_3x'] else 'does not hold'}** — worst ratio "
         f"{t['worst_ratio_to_best_peer']:.3g}" + (" (" + "; ".join(
             f"{r['problem']} {fmt(r['spsa-gc'])} vs {fmt(r['best_peer'])}" for r in t["rows"] if not r["within_3x"]) + ")"
@@ -341,7 +377,7 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
         th = targets(heldout)
         lines += [
             f"- Held-out family (instance {heldout['instance']}, not used to choose anything; "
-            f"{heldout['meta']['seeds_note']}): no worse than NGOpt on {th['no_worse_than_ngopt']} of {th['problems']} "
+            f"{heldout['meta']['seeds_note']}): no worse than NGOpt on {th['no_worse_than_ngopt']} of {th['problems_with_ngopt']} "
             f"({100 * th['fraction']:.0f}%); worst ratio to the best peer {th['worst_ratio_to_best_peer']:.3g}"
             + (" (" + "; ".join(f"{r['problem']} {fmt(r['spsa-gc'])} vs {fmt(r['best_peer'])}"
                                 for r in th["rows"] if not r["within_3x"]) + ")" if not th["holds_3x"] else "") + ".",
@@ -470,7 +506,8 @@ def main() -> None:
             if not args.quick:
                 with open(log, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
-            print(f"# {rec['arm']} {rec['problem']} {rec['budget']} s{rec['seed']}: excess {rec['excess']:.3g} "
+            result = f"excess {rec['excess']:.3g}" if rec["excess"] is not None else f"failed: {rec.get('error')}"
+            print(f"# {rec['arm']} {rec['problem']} {rec['budget']} s{rec['seed']}: {result} "
                   f"({rec['wall_s']:.1f} s; elapsed {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     if args.quick:
         for r in done:
