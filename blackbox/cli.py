@@ -93,7 +93,7 @@ def _print_result(result: Any, as_json: bool) -> None:
 @app.command()
 @handle_errors
 def optimize(
-    objective: str = typer.Option(..., "--objective", help="Built-in (sphere, rosenbrock, noisy_quadratic, logistic) or MODULE:FUNCTION."),
+    objective: str = typer.Option(..., "--objective", help="Built-in (sphere, rosenbrock, noisy_quadratic, logistic), a problem of the suite (blackbox.problems.SUITE, e.g. logistic_far, mlp_digits; see docs/optimizers.md) or MODULE:FUNCTION."),
     dim: int = typer.Option(..., "--dim", help="Number of parameters."),
     optimizer: str = typer.Option("spsa-gc", "--optimizer", help="Optimizer name (see `blackbox optimizers list`)."),
     budget: int = typer.Option(..., "--budget", help="Total objective evaluations allowed, calibration included."),

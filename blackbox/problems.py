@@ -414,7 +414,7 @@ SUITE: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def _p_logistic_builtin(instance: int) -> Problem:
-    from .testing import LOGISTIC_L2, logistic, logistic_data
+    from .objectives_builtin import LOGISTIC_L2, logistic, logistic_data
 
     name, d = "logistic", 1000
     if instance != 0:
