@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BudgetError, bad_value
+from ..errors import BudgetError, ConfigError, bad_value
 from . import estimators as est
 from . import transforms as tx
 from .base import Optimizer, OptimizerConfig, RoundRNG, StepInfo, check_positive, check_range, round_seed
@@ -569,6 +569,11 @@ class FiniteDifferenceOptimizer(Optimizer):
         theta = arrays["theta"]
         if theta.shape != (self.dim,):
             raise bad_value("state theta", f"shape ({self.dim},)", theta.shape)
+        if "gain" not in meta or "c_index" not in meta:
+            # Written before the gains adapted: resuming would follow another path than the run
+            # that wrote it, so exact resume cannot hold.
+            raise ConfigError("state: expected a checkpoint with the adaptive-gain state, received one written by an "
+                              "earlier version of blackbox (no 'gain'); start a new run")
         self.theta = np.array(theta, dtype=np.float64)
         self.step = int(meta["step"])
         self.a, self.c, self.o, self.step0 = meta["a"], meta["c"], meta["o"], meta["step0"]
