@@ -186,8 +186,28 @@ def _sigterm_during_a_stream(tiny_dir: Any, tiny_lm: Any) -> str:
     return "".join(err_lines) + rest
 
 
+@pytest.fixture(scope="module")
+def slow_lm_dir(tmp_path_factory):
+    """A wider, deeper random Llama than the shared tiny one: its 200-token streams take long
+    enough to still be running when a signal lands (the tiny one could finish first)."""
+    from .conftest import make_tokenizer
+    from tiny_lm import tiny_llama
+
+    from blackbox.providers.hf_causal import HFCausalProvider
+
+    tok = make_tokenizer()
+    lm = HFCausalProvider.from_model(tiny_llama(tok, seed=2, hidden=192, layers=4), tok, max_batch=16, name="tiny")
+    d = tmp_path_factory.mktemp("slow_llama")
+    lm.model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d, lm
+
+
 @pytest.mark.subprocess
-def test_cli_sigterm_finishes_in_flight_request(tiny_dir, tiny_lm):
+def test_cli_sigterm_finishes_in_flight_request(slow_lm_dir):
+    tiny_dir, tiny_lm = slow_lm_dir
+    ref = tiny_lm.generate(GenerateRequest((WORDS[4],), max_tokens=200))
+    assert ref.finish_reasons[0] == "length"  # no early end of text: the stream runs all 200 tokens
     # On a loaded machine the tiny model may finish all 200 tokens before the signal is handled;
     # that attempt proves nothing about draining, so the scenario is repeated (at most 3 times)
     # until uvicorn reports a connection still open at shutdown. Every attempt must be exact.
@@ -198,7 +218,7 @@ def test_cli_sigterm_finishes_in_flight_request(tiny_dir, tiny_lm):
         if "Waiting for connections to close" in log_text:
             break
     else:
-        raise AssertionError("in 3 attempts the request never was in flight when the server shut down")
+        raise AssertionError(f"in 3 attempts the request never was in flight when the server shut down; last log:\n{log_text}")
 
 
 def test_cli_argument_errors_are_one_line():
