@@ -12,6 +12,8 @@ call              request → result                             capability
 ``embed``         EmbedRequest → EmbedResult                   embed
 ``hidden_states`` HiddenStatesRequest → HiddenStatesResult     hidden_states
 ``score``         ScoreRequest → ScoreResult                   score
+``decode_start``  token ids → (DecodeState, logits (B, V))     step_decode
+``decode_step``   DecodeState, one id per row → logits (B, V)  step_decode
 ================  ===========================================  =========================
 
 Results are numpy arrays plus :class:`~blackbox.types.Usage` accounting; no gradients ever
@@ -35,7 +37,7 @@ from __future__ import annotations
 import re
 from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Sequence
 from urllib.parse import unquote
 
 from .errors import CapabilityError, SpecError
@@ -44,6 +46,7 @@ from .types import (
     Capability,
     ClassifyRequest,
     ClassifyResult,
+    DecodeState,
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
@@ -174,6 +177,22 @@ class Provider(ABC):
     def score(self, request: ScoreRequest) -> ScoreResult:
         """Log-likelihood of continuations."""
         raise self._missing("score")
+
+    # step-by-step decoding (capability step_decode) ------------------------------------
+    def decode_width(self) -> int:
+        """Logits per row that ``decode_start``/``decode_step`` return (the output vocabulary)."""
+        raise self._missing("decode_width")
+
+    def decode_start(self, seqs: Sequence[Sequence[int]], *, use_cache: bool = True) -> tuple[DecodeState, Any]:
+        """Read a batch of token-id sequences: ``(state, logits (B, V) float64)`` of each next token.
+
+        ``use_cache=False`` recomputes every step from all the ids (the reference for the cache).
+        """
+        raise self._missing("decode_start")
+
+    def decode_step(self, state: DecodeState, next_ids: Sequence[int]) -> Any:
+        """Append one token id per row to ``state``; the next logits ``(B, V)`` float64."""
+        raise self._missing("decode_step")
 
     def call(self, request: Any) -> Any:
         """Dispatch a typed request to the matching call."""

@@ -45,6 +45,7 @@ class Capability(str, Enum):
     HIDDEN_STATES = "hidden_states"    # token-level hidden states
     INPUTS_EMBEDS = "inputs_embeds"    # accepts input embeddings instead of token ids
     SCORE = "score"                    # log-likelihood of a continuation given a prompt
+    STEP_DECODE = "step_decode"        # token-by-token decoding with the provider's own KV cache
 
     def __str__(self) -> str:
         return self.value
@@ -159,6 +160,24 @@ class ScoreResult:
     logprobs: np.ndarray  # (n,) summed log-probability per continuation
     n_tokens: np.ndarray  # (n,) continuation length in tokens
     usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class DecodeState:
+    """A batch of token-id sequences decoded step by step (:attr:`Capability.STEP_DECODE`).
+
+    Made by ``decode_start`` and advanced by ``decode_step``; ``handle`` is the provider's
+    own (KV cache, masks) and opaque to callers. ``width`` is the logits per row.
+    """
+
+    seqs: list[list[int]]
+    width: int
+    steps: int = 0
+    handle: Any = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.seqs)
 
 
 Callback = Callable[[Any], None]

@@ -31,6 +31,7 @@ from blackbox.provider import Provider, check_options
 from blackbox.registry import providers as provider_registry
 from blackbox.types import (
     Capability,
+    DecodeState,
     GenerateRequest,
     GenerateResult,
     HiddenStatesRequest,
@@ -102,7 +103,8 @@ class HFCausalProvider(Provider):
 
     name = NAME
     declared_capabilities = frozenset(
-        {Capability.LOGITS, Capability.TOP_LOGPROBS, Capability.TEXT, Capability.SCORE, Capability.HIDDEN_STATES, Capability.INPUTS_EMBEDS}
+        {Capability.LOGITS, Capability.TOP_LOGPROBS, Capability.TEXT, Capability.SCORE, Capability.HIDDEN_STATES, Capability.INPUTS_EMBEDS,
+         Capability.STEP_DECODE}
     )
     summary = "a local transformers causal LM (directory or GGUF), with input-embedding edits"
 
@@ -504,6 +506,44 @@ class HFCausalProvider(Provider):
     def cache_of(self, out: Any) -> Any:
         """The KV cache a forward pass returned, to pass back as ``**{self.cache_kwarg: cache}``."""
         return getattr(out, "cache", None) if self.cache_kwarg == "cache" else out.past_key_values
+
+    # step-by-step decoding (capability step_decode) --------------------------------------
+    def decode_width(self) -> int:
+        """Logits per row of a step: the output-embedding rows (may exceed the tokenizer's length)."""
+        head = self.model.get_output_embeddings()
+        if head is not None and getattr(head, "weight", None) is not None:
+            return int(head.weight.shape[0])
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        return int(cfg.vocab_size)
+
+    def decode_start(self, seqs: Sequence[Sequence[int]], *, use_cache: bool = True) -> tuple[DecodeState, Any]:
+        """Prefill a left-padded batch: ``(state, logits (B, V) float64)``; the KV cache stays in ``state``."""
+        if not seqs or any(not s for s in seqs):
+            raise bad_value("seqs", "a non-empty list of non-empty token-id lists", [len(s) for s in seqs])
+        state = DecodeState(seqs=[[int(t) for t in s] for s in seqs], width=self.decode_width())
+        inputs = self.model_inputs(state.seqs)
+        out = self.model_forward(inputs, keep=1, use_cache=use_cache)
+        state.handle = {"mask": inputs["attention_mask"], "pos": inputs["position_ids"][:, -1:],
+                        "cache": self.cache_of(out) if use_cache else None, "use_cache": use_cache}
+        return state, out.logits[:, -1].to(self._torch.float64)
+
+    def decode_step(self, state: DecodeState, next_ids: Sequence[int]) -> Any:
+        """Feed one id per row (a finished row may be fed any id, e.g. a pad); the next logits."""
+        torch, h = self._torch, state.handle
+        if h is None or len(next_ids) != state.rows:
+            raise bad_value("next_ids", f"one token id per row of a started state ({state.rows} rows)", len(next_ids))
+        for s, t in zip(state.seqs, next_ids):
+            s.append(int(t))
+        state.steps += 1
+        if not h["use_cache"]:  # recompute everything: the reference for the cache
+            return self.model_forward(self.model_inputs(state.seqs), keep=1, use_cache=False).logits[:, -1].to(torch.float64)
+        mask = h["mask"]
+        h["mask"] = torch.cat([mask, torch.ones((state.rows, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        h["pos"] = h["pos"] + 1
+        inputs = {"input_ids": torch.tensor([int(t) for t in next_ids], device=self.device)[:, None], "attention_mask": h["mask"], "position_ids": h["pos"]}
+        out = self.model_forward(inputs, use_cache=True, **{self.cache_kwarg: h["cache"]})
+        h["cache"] = self.cache_of(out)
+        return out.logits[:, -1].to(torch.float64)
 
     def advance_row(self, row: dict[str, Any], tok: int, stops: tuple[str, ...], last: bool) -> None:
         """Update one row's text and finish reason after it produced ``tok``."""

@@ -201,6 +201,37 @@ class Client(Provider):
         """Continuation log-likelihoods, through cache, ledger and retries."""
         return self.call(request)
 
+    # step-by-step decoding: no cache (each step extends a KV cache), billed step by step ----
+    def decode_width(self) -> int:
+        """The wrapped provider's logits per decode step."""
+        require(self.provider, [Capability.STEP_DECODE], "decode_width()")
+        return self.provider.decode_width()
+
+    def decode_start(self, seqs: Any, *, use_cache: bool = True) -> Any:
+        """The wrapped provider's ``decode_start``, billed as one query per row and the ids read."""
+        return self._decode_call("decode_start", len(seqs), sum(len(s) for s in seqs), lambda: self.provider.decode_start(seqs, use_cache=use_cache))
+
+    def decode_step(self, state: Any, next_ids: Any) -> Any:
+        """The wrapped provider's ``decode_step``, billed as one query and one token read per row."""
+        return self._decode_call("decode_step", len(next_ids), len(next_ids), lambda: self.provider.decode_step(state, next_ids))
+
+    def _decode_call(self, method: str, rows: int, tokens: int, run: Callable[[], Any]) -> Any:
+        if self._closed:
+            raise ProviderError(f"client for provider {self.name}: closed; create a new Client")
+        require(self.provider, [Capability.STEP_DECODE], f"{method}()")
+        with self._stats_lock:
+            self._stats["calls"] += 1
+            self._stats["provider_calls"] += 1
+            self._stats["items"] += rows
+        reservation = None if self.ledger is None else self.ledger.reserve(rows, tokens, 0, model=self._model, what=f"{method}() of {rows} rows")
+        try:
+            out = run()
+        except BaseException:
+            self._settle(reservation, [])
+            raise
+        self._settle(reservation, [Usage(queries=rows, prompt_tokens=tokens)])
+        return out
+
     def call(self, request: Any, *, use_cache: bool | None = None) -> Any:
         """Serve one typed request: cache, then budget, then the provider with retries."""
         try:

@@ -516,6 +516,58 @@ def test_bad_inputs_are_refused_with_clear_messages(models):
         fusion.generate([])
 
 
+class LogitsNoSteps(Provider):
+    """Full logits of a text prompt, but no step decoding (e.g. a remote scorer)."""
+
+    name = "logits-no-steps"
+    declared_capabilities = frozenset({Capability.LOGITS})
+
+    def __init__(self, inner):
+        super().__init__()
+        self.tokenizer, self.encode = inner.tokenizer, inner.encode
+
+
+def test_step_decoding_is_a_declared_capability(models):
+    m = models
+    assert Capability.STEP_DECODE in m["small"].capabilities
+    for role in ("small", "expert 1", "large"):
+        args = [m["large"], m["small"], [m["expert"]]]
+        if role == "small":
+            args[1] = LogitsNoSteps(m["small"])
+        elif role == "expert 1":
+            args[2] = [LogitsNoSteps(m["expert"])]
+        else:
+            args[0] = LogitsNoSteps(m["large"])
+        with pytest.raises(CapabilityError) as err:
+            LogitFusion(*args)
+        msg = str(err.value)
+        assert "\n" not in msg and f"fusion ({role} model" in msg and "step_decode" in msg and "hf-causal" in msg, msg
+    with pytest.raises(CapabilityError, match=r"provider text-only: does not support decode_start\(\)"):
+        TextOnly().decode_start([[1]])
+
+
+def test_fusion_through_clients_bills_every_step(models):
+    from blackbox.client import Client, Ledger
+
+    m = models
+    cfg = _cfg(mode="dynamic", max_tokens=6)
+    plain = LogitFusion(m["large"], m["small"], [m["expert"], m["expert2"]], cfg).generate(PROMPTS)
+    ledgers = {r: Ledger() for r in ("large", "small", "e1", "e2")}
+    wrapped = [Client(m[k], ledger=ledgers[r]) for k, r in (("large", "large"), ("small", "small"), ("expert", "e1"), ("expert2", "e2"))]
+    res = LogitFusion(wrapped[0], wrapped[1], wrapped[2:], cfg).generate(PROMPTS)
+    assert res.tokens == plain.tokens and res.weights == plain.weights
+    steps = max(len(t) for t in res.tokens) - 1  # steps after the prefill (one batch of 4 rows)
+    prompt_ids = sum(len(m["small"].encode(p)) for p in PROMPTS)
+    for led in ledgers.values():  # the prefill: one query per row and every prompt id; each step: one per row
+        assert led.queries == len(PROMPTS) * (1 + steps)
+        assert led.prompt_tokens == prompt_ids + len(PROMPTS) * steps
+    small_budget = Client(m["small"], ledger=Ledger(max_queries=len(PROMPTS) * 2))
+    from blackbox.errors import BudgetExceededError
+
+    with pytest.raises(BudgetExceededError, match="decode_step"):
+        LogitFusion(m["large"], small_budget, [m["expert"]], cfg).generate(PROMPTS)
+
+
 # --- CLI --------------------------------------------------------------------------------
 def test_cli_generate_json(models, tmp_path):
     from typer.testing import CliRunner

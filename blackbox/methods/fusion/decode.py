@@ -56,13 +56,8 @@ class FusionResult:
 
 # --- vocabularies ---------------------------------------------------------------------
 def logits_width(provider: Provider) -> int:
-    """Number of logits a local model returns per step (its output-embedding rows)."""
-    model = provider.model  # type: ignore[attr-defined]
-    head = model.get_output_embeddings()
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(cfg.vocab_size)
+    """Number of logits a step-decoding model returns per step (its output-embedding rows)."""
+    return int(provider.decode_width())
 
 
 def shared_vocab(tokenizers: dict[str, Any], widths: dict[str, int]) -> int:
@@ -94,40 +89,18 @@ def shared_vocab(tokenizers: dict[str, Any], widths: dict[str, int]) -> int:
 
 # --- per-model stepping ---------------------------------------------------------------
 class _LocalStepper:
-    """Incremental forward passes of one local model over a left-padded batch, with its KV cache."""
+    """One model's incremental forward passes over a left-padded batch, through the declared
+    step-decode capability (``decode_start`` / ``decode_step``; the provider keeps its KV cache)."""
 
     def __init__(self, provider: Provider, width: int, use_cache: bool) -> None:
         self.p, self.width, self.use_cache = provider, width, use_cache
 
-    def _logits(self, out: Any) -> torch.Tensor:
-        return out.logits[:, -1, : self.width].to(torch.float64)
-
     def start(self, seqs: list[list[int]]) -> torch.Tensor:
-        self.seqs = [list(s) for s in seqs]
-        inputs = self.p.model_inputs(self.seqs)  # type: ignore[attr-defined]
-        self.mask, self.pos = inputs["attention_mask"], inputs["position_ids"][:, -1:]
-        out = self.p.model_forward(inputs, keep=1, use_cache=self.use_cache)  # type: ignore[attr-defined]
-        self.cache = self._cache(out)
-        return self._logits(out)
-
-    def _cache(self, out: Any) -> Any:
-        if not self.use_cache:
-            return None
-        return self.p.cache_of(out)  # type: ignore[attr-defined]
+        self.state, logits = self.p.decode_start(seqs, use_cache=self.use_cache)
+        return logits[:, : self.width]
 
     def step(self, next_ids: list[int]) -> torch.Tensor:
-        for s, t in zip(self.seqs, next_ids):
-            s.append(int(t))
-        if not self.use_cache:  # recompute everything: the reference for the cache test
-            out = self.p.model_forward(self.p.model_inputs(self.seqs), keep=1, use_cache=False)  # type: ignore[attr-defined]
-            return self._logits(out)
-        dev = self.p.device  # type: ignore[attr-defined]
-        self.mask = torch.cat([self.mask, torch.ones((len(next_ids), 1), dtype=self.mask.dtype, device=self.mask.device)], dim=1)
-        self.pos = self.pos + 1
-        inputs = {"input_ids": torch.tensor(next_ids, device=dev)[:, None], "attention_mask": self.mask, "position_ids": self.pos}
-        out = self.p.model_forward(inputs, use_cache=True, **{self.p.cache_kwarg: self.cache})  # type: ignore[attr-defined]
-        self.cache = self._cache(out)
-        return self._logits(out)
+        return self.p.decode_step(self.state, next_ids)[:, : self.width]
 
 
 class _ApiTopK:
@@ -165,8 +138,17 @@ def _chat_mode(p: Any) -> bool:
     return False
 
 
+def _base(p: Any) -> Any:
+    """The provider under any wrappers (a Client): its tokenizer does the text bookkeeping,
+    while the queries (decode steps, top-k calls) go through the wrapper and its ledger."""
+    while isinstance(getattr(p, "provider", None), Provider):
+        p = p.provider
+    return p
+
+
 def _is_local(p: Provider) -> bool:
-    return all(hasattr(p, a) for a in ("model", "tokenizer", "model_inputs", "model_forward", "encode"))
+    """A model fusion can step itself: declared step decoding and a tokenizer to share."""
+    return Capability.STEP_DECODE in p.capabilities and all(hasattr(_base(p), a) for a in ("tokenizer", "encode"))
 
 
 # --- the fusion ------------------------------------------------------------------------
@@ -183,14 +165,15 @@ class LogitFusion:
         roles = {"small": small, **{f"expert {i + 1}": e for i, e in enumerate(self.experts)}}
         for role, p in roles.items():
             require(p, [Capability.LOGITS], f"fusion ({role} model)")
+            require(p, [Capability.STEP_DECODE], f"fusion ({role} model; steps every model with its own KV cache)")
             if not _is_local(p):
-                raise CapabilityError(f"fusion ({role} model): needs a local model with per-token KV caches (hf-causal); provider {p.name} is not one")
+                raise CapabilityError(f"fusion ({role} model): needs a tokenizer shared with the other models; provider {p.name} exposes none")
         self.api_large = False
         if self.config.large_top_k is None:
             require(large, [Capability.LOGITS], "fusion (large model; for an API that returns top-k logprobs pass --large-top-k K, large_top_k=K in Python)")
             if not _is_local(large):
-                raise CapabilityError(f"fusion (large model): full-vocabulary fusion needs a local hf-causal model; provider {large.name} is not one "
-                                      "(for an API pass --large-top-k K, large_top_k=K in Python)")
+                raise CapabilityError(f"fusion (large model): full-vocabulary fusion needs step decoding (step_decode, e.g. hf-causal) and a tokenizer; "
+                                      f"provider {large.name} lacks them (for an API pass --large-top-k K, large_top_k=K in Python)")
             roles = {"large": large, **roles}
         else:
             require(large, [Capability.LOGITS, Capability.TOP_LOGPROBS], "fusion (large model)", any_of=True)
@@ -208,11 +191,12 @@ class LogitFusion:
                 self.api_large = True
         self.roles = roles
         widths = {r: logits_width(p) for r, p in roles.items()}
-        self.n_vocab = shared_vocab({r: p.tokenizer for r, p in roles.items()}, widths)  # type: ignore[attr-defined]
-        self.tokenizer = small.tokenizer  # type: ignore[attr-defined]
-        ref = large if not self.api_large else small
+        self.n_vocab = shared_vocab({r: _base(p).tokenizer for r, p in roles.items()}, widths)
+        self._small = _base(small)  # tokenizer, sampler and text bookkeeping (no queries)
+        self.tokenizer = self._small.tokenizer
+        ref = _base(large if not self.api_large else small)
         self._ref = ref
-        self.eos_ids = frozenset(i for i in ref.eos_ids if i < self.n_vocab)  # type: ignore[attr-defined]
+        self.eos_ids = frozenset(i for i in ref.eos_ids if i < self.n_vocab)
         self._grid = self.config.grid()
         c = self.config
         self._sampling = GenerateRequest(prompts=("",), temperature=c.temperature, top_p=c.top_p, seed=c.seed)
@@ -248,7 +232,7 @@ class LogitFusion:
 
     def _pick(self, logits: torch.Tensor, gen: Any) -> int:
         # the hf-causal provider's sampler: greedy without a generator, else temperature + top-p
-        return self.small.pick_token(logits, gen, self._sampling)  # type: ignore[attr-defined]
+        return self._small.pick_token(logits, gen, self._sampling)
 
     # generation ------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -259,11 +243,11 @@ class LogitFusion:
         for p in prompts:
             if not isinstance(p, str):
                 raise bad_value("prompts", "strings", type(p).__name__)
-            ids = self.small.encode(p)  # type: ignore[attr-defined]
+            ids = self._small.encode(p)
             if not ids:
                 raise bad_value("prompts", "texts that encode to at least one token", p)
             for role, prov in self.roles.items():
-                limit = getattr(prov, "context_length", None)
+                limit = getattr(_base(prov), "context_length", None)
                 if limit is not None and len(ids) + self.config.max_tokens > limit:
                     raise bad_value(
                         "prompts", f"at most {limit} tokens including max_tokens={self.config.max_tokens} (context length of the {role} model {prov.describe().get('model', prov.name)})",
@@ -276,7 +260,7 @@ class LogitFusion:
         """Decode every prompt; ``on_batch(done)`` after each batch, ``on_step(info)`` after each step and row."""
         seqs = self.encode(prompts)
         n = len(seqs)
-        gens = self.small.sampling_generators(self._sampling, n)  # type: ignore[attr-defined]  # one per prompt, seeded (seed, index)
+        gens = self._small.sampling_generators(self._sampling, n)  # one per prompt, seeded (seed, index)
         order = sorted(range(n), key=lambda i: len(seqs[i]))  # similar lengths share a batch
         rows: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
         t0 = time.perf_counter()
@@ -339,7 +323,7 @@ class LogitFusion:
 
     def _advance(self, row: dict[str, Any], tok: int, last: bool) -> None:
         # the reference provider's bookkeeping: end-of-sequence ids, stop strings, text
-        self._ref.advance_row(row, tok, self.config.stop, last)  # type: ignore[attr-defined]
+        self._ref.advance_row(row, tok, self.config.stop, last)
 
 
 def fuse_generate(
