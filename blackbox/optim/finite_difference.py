@@ -41,6 +41,7 @@ from .perturbations import get_perturbation
 from .schedules import Constant, PowerDecay, Schedule
 
 _MOMENTUM = ("none", "heavy-ball", "gc")
+_TESTS = ("slope", "ends")
 _EMA = 0.9  # smoothing of the per-step mean loss watched by the guard (~10-step horizon)
 _EMA_WARMUP = 20  # steps after a (re)start before "no progress" can fire
 MAX_BACKOFFS = 40  # past this the guard stands down (a = a0 * 0.25^40 is negligible anyway)
@@ -81,6 +82,7 @@ class FDConfig(OptimizerConfig):
     adapt_rate: float = field(default=1.0, metadata={"help": "log-gain change per unit of ratio error at each test (> 0)"})
     adapt_grow: bool = field(default=True, metadata={"help": "grow the gain when a test window stays below the noise for 20 windows' length (steps too small to measure)"})
     adapt_window: int = field(default=5, metadata={"help": "steps per loss-decrease test at least (longer while the predicted decrease is below 3x the loss noise)"})
+    adapt_test: str = field(default="slope", metadata={"help": "how a test window measures the loss decrease: slope (least squares over every level in the window) or ends (first and last level)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +115,8 @@ class FDConfig(OptimizerConfig):
         check_positive("adapt_rate", self.adapt_rate, allow_none=False)
         if not isinstance(self.adapt_window, int) or isinstance(self.adapt_window, bool) or self.adapt_window < 1:
             raise bad_value("adapt_window", "an integer >= 1", self.adapt_window)
+        if self.adapt_test not in _TESTS:
+            raise bad_value("adapt_test", f"one of {_TESTS}", self.adapt_test)
 
 
 class FiniteDifferenceOptimizer(Optimizer):
@@ -158,6 +162,7 @@ class FiniteDifferenceOptimizer(Optimizer):
         self.win_steps = 0
         self.win_pred = 0.0
         self.win_noise = 0.0
+        self.win_fit = [0.0, 0.0, 0.0, 0.0, 0.0]  # levels in the window: n, mean x, mean y, Sxx, Sxy
         self.pred_m = 0.0
         self.tests = 0
         self.c_index = 1  # the step whose c_k the probes use while adapting
@@ -455,16 +460,38 @@ class FiniteDifferenceOptimizer(Optimizer):
             # the running estimate and must not hide behind it.
             self.win_start, self.win_steps, self.win_pred = level, 0, 0.0
             self.win_noise = math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
-            return
+            self.win_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
+        slope = cfg.adapt_test == "slope"
+        if slope:
+            # Least squares of the level on the cumulative predicted decrease x (Welford
+            # updates): ρ = −slope uses every level of the window, so its noise falls like
+            # 1/sqrt(window) where the two ends alone stay at sqrt(2)·σ. Over a long window
+            # this tells a noise floor (ρ ≈ 0: shrink) from steps too small to see (ρ ≈ 1).
+            fit = self.win_fit
+            fit[0] += 1.0
+            dx = self.win_pred - fit[1]
+            fit[1] += dx / fit[0]
+            fit[2] += (level - fit[2]) / fit[0]
+            fit[3] += dx * (self.win_pred - fit[1])
+            fit[4] += dx * (level - fit[2])
         if self.win_steps < cfg.adapt_window:
             return
-        gate = _NOISE_Z * math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
+        sigma = math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
         # A divergence (the loss more than doubles beyond the noise read at the window's
         # start) is a test too, whatever the running noise estimate has become since.
         rise = level - self.win_start
         diverging = rise > max(_NOISE_Z * self.win_noise, abs(self.win_start))
-        if (self.win_pred > gate and self.win_pred > 0.0) or diverging:
-            rho = (self.win_start - level) / self.win_pred if self.win_pred > 0.0 else -1.0
+        if slope:
+            # Resolved once ρ's standard error σ/sqrt(Sxx) is below sqrt(2)/_NOISE_Z, the
+            # error of the two-ends ratio at its gate (a predicted drop of _NOISE_Z·σ).
+            resolved = self.win_fit[3] > 0.0 and self.win_pred > 0.0 and self.win_fit[3] * 2.0 > (_NOISE_Z * sigma) ** 2
+        else:
+            resolved = self.win_pred > _NOISE_Z * sigma and self.win_pred > 0.0
+        if resolved or diverging:
+            if slope and resolved and not diverging:
+                rho = -self.win_fit[4] / self.win_fit[3]
+            else:
+                rho = (self.win_start - level) / self.win_pred if self.win_pred > 0.0 else -1.0
             rho = min(max(rho, -1.0), 1.0)
             self.gain = float(min(max(self.gain * math.exp(cfg.adapt_rate * (rho - cfg.adapt_target)), _GAIN_RANGE[0]), _GAIN_RANGE[1]))
             self.tests += 1
@@ -501,8 +528,11 @@ class FiniteDifferenceOptimizer(Optimizer):
             return "overflow"
         if mean_loss > ref + max(abs(ref), 1e-12):
             return "blow-up"
-        # Sustained lack of progress: on average worse than the start for a while.
-        tol = self.noise_std or 0.0
+        # Sustained lack of progress: on average worse than the start for a while. The
+        # tolerance is the loss noise measured now, not only at x0: a minibatch loss can be
+        # noise-free at x0 (logistic at w = 0) and noisy everywhere else, and a zero
+        # tolerance then reads every unlucky minibatch as "no progress" and cuts a to 0.
+        tol = math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
         if self.loss_ema is not None and self.ema_steps >= _EMA_WARMUP and self.loss_ema > ref + tol:
             return "no-progress"
         return ""
@@ -555,6 +585,7 @@ class FiniteDifferenceOptimizer(Optimizer):
             "win_steps": self.win_steps,
             "win_pred": self.win_pred,
             "win_noise": self.win_noise,
+            "win_fit": list(self.win_fit),
             "pred_m": self.pred_m,
             "tests": self.tests,
             "c_index": self.c_index,
@@ -584,6 +615,7 @@ class FiniteDifferenceOptimizer(Optimizer):
         self.gain, self.win_start = float(meta["gain"]), meta["win_start"]
         self.win_steps, self.win_pred = int(meta["win_steps"]), float(meta["win_pred"])
         self.win_noise = float(meta["win_noise"])
+        self.win_fit = [float(v) for v in meta.get("win_fit", [0.0] * 5)]
         self.pred_m, self.tests = float(meta["pred_m"]), int(meta["tests"])
         self.c_index = int(meta["c_index"])
         self.levels = [float(v) for v in meta["levels"]]

@@ -246,7 +246,10 @@ def logistic_optimum() -> float:
     return min(fstar, float(res.fun))
 
 
-SPHERE_BUDGET = {"spsa": 1000, "spsa-gc": 2000, "zo-sgd": 3000, "cma-es": 2000}
+# spsa at 1000 queries sat at the 1e-3 line under either adaptive test (seeds 0-5: the
+# two-ends test ended above it on 2 of 6, the slope test on 3 of 6); at 2000 every seed of
+# the slope test ends below 5e-7.
+SPHERE_BUDGET = {"spsa": 2000, "spsa-gc": 2000, "zo-sgd": 3000, "cma-es": 2000}
 LOGISTIC_BUDGET = {"spsa": 4000, "spsa-gc": 4000, "zo-sgd": 8000, "cma-es": 4000}
 
 
