@@ -33,24 +33,25 @@ import math
 import multiprocessing as mp
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from _common import REPO, command_line, fmt, load_results, loadavg, machine, machine_line, publish_results, save_results, today
+from _common import REPO, fmt, load_results, machine, machine_line, publish_results, save_results, today
 from blackbox.optim import make_optimizer
 from blackbox.problems import EXTRA, SUITE, make_problem
 
 OUR_ARMS = ("spsa", "spsa-gc", "zo-sgd", "cma-es")
-# The evidence behind the default rule: spsa-gc without adaptation and with other targets.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+# The evidence behind the default rule: spsa-gc with the adaptive test measured between the
+# two ends of a window (the rule before the least-squares slope), without adaptation, and
+# as it was before the guard used the run's own noise (records kept from that code, commit
+# fcb43bd; they cannot be re-run from this tree).
+VARIANTS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "spsa-gc:before": None,
+    "spsa-gc:ends": ("spsa-gc", {"adapt_test": "ends"}),
     "spsa-gc:fixed": ("spsa-gc", {"adapt": False}),
-    "spsa-gc:target=0.2": ("spsa-gc", {"adapt_target": 0.2}),
-    "spsa-gc:target=0.5": ("spsa-gc", {"adapt_target": 0.5}),
-    "spsa:fixed": ("spsa", {"adapt": False}),
-    "zo-sgd:fixed": ("zo-sgd", {"adapt": False}),
-    "zo-sgd:grow": ("zo-sgd", {"adapt_grow": True}),
 }
 PEER_ARMS = ("ng-NGOpt", "ng-SPSA", "SepCMA")
 ARMS = (*OUR_ARMS, *PEER_ARMS)
@@ -84,17 +85,19 @@ def _evaluate(prob: Any, X: np.ndarray, seeds: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def run_one(task: dict[str, Any]) -> dict[str, Any]:
-    """Run one arm on one problem with one budget and seed; return its record."""
+def run_one(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run one arm on one problem with one budget and seed; return its record (SepCMA: also
+    the records of the smaller budgets listed in ``task["also"]``, read off the same run)."""
     arm, name, inst, budget, seed = task["arm"], task["problem"], task["instance"], task["budget"], task["seed"]
     prob = make_problem(name, inst)
     d = prob.d
     t0 = time.perf_counter()
     opt_s = 0.0
     extras: dict[str, Any] = {}
+    early: list[dict[str, Any]] = []
     rs = np.random.default_rng([seed, 12345])
     if arm in OUR_ARMS or arm in VARIANTS:
-        base, overrides = VARIANTS.get(arm, (arm, {}))
+        base, overrides = VARIANTS.get(arm) or (arm, {})
         opt = make_optimizer(base, np.zeros(d), seed=seed, budget=budget, **overrides)
         while opt.can_ask():
             t = time.perf_counter()
@@ -119,7 +122,17 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
         es = cmaes.SepCMA(mean=np.zeros(d), sigma=SEPCMA_SIGMA, seed=seed)
         queries = 0
+        # SepCMA does not know its budget: a run given B queries is the first generations of
+        # a longer run, so the smaller budgets (task "also") are read off this run where a
+        # run of that budget would stop (the mean then), not run again.
+        also = sorted(task.get("also", ()))
+        early: list[dict[str, Any]] = []
         while queries + es.population_size <= budget:
+            while also and queries + es.population_size > also[0]:
+                b = also.pop(0)
+                early.append({**task, "budget": b, "excess": float(prob.excess(np.asarray(es.mean, dtype=np.float64))[0]),
+                              "queries": int(queries), "optimizer_s": opt_s, "wall_s": time.perf_counter() - t0,
+                              "extras": {"read_from_budget": budget}})
             t = time.perf_counter()
             X = np.stack([es.ask() for _ in range(es.population_size)])
             opt_s += time.perf_counter() - t
@@ -129,9 +142,16 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
             opt_s += time.perf_counter() - t
             queries += len(X)
         x = np.asarray(es.mean, dtype=np.float64)
+        for b in also:  # budgets too large for even one more generation end where this run does
+            early.append({**task, "budget": b, "excess": float(prob.excess(x)[0]), "queries": int(queries),
+                          "optimizer_s": opt_s, "wall_s": time.perf_counter() - t0, "extras": {"read_from_budget": budget}})
+        extras["also"] = [r["budget"] for r in early]
     else:
         import nevergrad as ng
 
+        _numpy2_shim()
+        # The metamodel's inner Powell overflows on rosenbrock_10 and warns on every step.
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="scipy")
         param = ng.p.Array(init=np.zeros(d))
         param.random_state = np.random.RandomState(seed)
         opt = ng.optimizers.registry[arm[3:]](parametrization=param, budget=budget)
@@ -140,8 +160,8 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
             try:
                 cand = opt.ask()
             except Exception as exc:  # noqa: BLE001 - a peer's own failure is a result, recorded as such
-                return {**task, "excess": None, "error": f"{type(exc).__name__}: {exc} (ask {i + 1} of {budget})",
-                        "queries": i, "optimizer_s": opt_s, "wall_s": time.perf_counter() - t0, "extras": {}}
+                return [{**task, "excess": None, "error": f"{type(exc).__name__}: {exc} (ask {i + 1} of {budget})",
+                         "queries": i, "optimizer_s": opt_s, "wall_s": time.perf_counter() - t0, "extras": {}}]
             v = np.asarray(cand.value, dtype=np.float64)[None, :]
             opt_s += time.perf_counter() - t
             loss = float(_evaluate(prob, v, np.array([int(rs.integers(2**31))]))[0])
@@ -152,8 +172,30 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         info = opt._info() if hasattr(opt, "_info") else {}
         extras = {k: str(v) for k, v in info.items()}
     excess = float(prob.excess(x)[0])
-    return {**task, "excess": excess, "queries": int(queries), "optimizer_s": opt_s,
-            "wall_s": time.perf_counter() - t0, "extras": extras}
+    rec = {**task, "excess": excess, "queries": int(queries), "optimizer_s": opt_s,
+           "wall_s": time.perf_counter() - t0, "extras": extras}
+    rec.pop("also", None)
+    for r in early if arm == "SepCMA" else []:
+        r.pop("also", None)
+    return [rec, *early] if arm == "SepCMA" else [rec]
+
+
+def _numpy2_shim() -> None:
+    """Let nevergrad 1.0.12's metamodel run under numpy >= 2.4.
+
+    NGOpt's metamodel step (``nevergrad.optimization.metamodel``) calls ``float()`` on the
+    1-element array that scikit-learn's ``predict`` returns; numpy 2.4 made that a TypeError
+    (a deprecation since 1.25), so NGOpt raised on rosenbrock_10 after ~118 asks. The module's
+    own ``float`` is shadowed by one that takes the single element, which is what the call
+    meant under older numpy; nothing else in nevergrad changes.
+    """
+    from nevergrad.optimization import metamodel
+
+    def _float(x: Any) -> float:
+        a = np.asarray(x)
+        return float(a.reshape(-1)[0]) if a.size == 1 else float(x)
+
+    metamodel.float = _float  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------
@@ -334,8 +376,9 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
         b = str(TARGET_BUDGET)
         cols = [a for a in ("spsa-gc", "spsa", "zo-sgd") if any(a in c for c in summary["cells"].values())]
         cols += var_arms
-        lines += [f"**The choice of rule** (20k queries; `NAME:fixed` = adaptation off, `target=` = another ρ target; "
-                  "seeds as marked)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        lines += ["**The choice of rule** (20k queries; `spsa-gc:before` = the code before the guard used the run's "
+                  "own noise and before the slope test (records from commit fcb43bd); `spsa-gc:ends` = the test between the "
+                  "two ends of a window (`adapt_test=ends`); `spsa-gc:fixed` = adaptation off; seeds as marked)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for name in [n for n in SUITE if n in summary["cells"]]:
             cell = summary["cells"][name]
             row = []
@@ -476,9 +519,10 @@ def main() -> None:
     problems = args.problems.split(",")
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = args.seeds
+    runnable = (*ARMS, *(v for v, spec in VARIANTS.items() if spec is not None))
     for a in arms:
-        if a not in ARMS and a not in VARIANTS:
-            raise SystemExit(f"--arms: expected names from {', '.join((*ARMS, *VARIANTS))}, received {a!r}")
+        if a not in runnable:
+            raise SystemExit(f"--arms: expected names from {', '.join(runnable)}, received {a!r}")
     for p in problems:
         if p not in SUITE and p not in EXTRA:
             raise SystemExit(f"--problems: expected names from {', '.join((*SUITE, *EXTRA))}, received {p!r}")
@@ -494,6 +538,16 @@ def main() -> None:
         done = [r for r in done if key(r) not in {key(t) for t in tasks}]
         have = {key(r) for r in done}
     todo = [t for t in tasks if key(t) not in have]
+    # SepCMA: one run per (problem, seed) at the largest budget it still needs; the smaller
+    # budgets it needs are read off that run (see run_one).
+    sep: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for t in todo:
+        if t["arm"] == "SepCMA":
+            sep.setdefault((t["problem"], t["seed"]), []).append(t)
+    todo = [t for t in todo if t["arm"] != "SepCMA"]
+    for ts in sep.values():
+        ts.sort(key=lambda t: t["budget"])
+        todo.append({**ts[-1], "also": [t["budget"] for t in ts[:-1]]})
     cost = {"ng-NGOpt": 20, "ng-SPSA": 3, "SepCMA": 2}
     todo.sort(key=lambda t: -t["budget"] * cost.get(t["arm"], 1) * (1 + make_problem(t["problem"], t["instance"]).d / 1000))
     for p in problems:
@@ -501,14 +555,15 @@ def main() -> None:
     t0 = time.perf_counter()
     ctx = mp.get_context("fork")
     with ctx.Pool(max(1, args.workers)) as pool:
-        for rec in pool.imap_unordered(run_one, todo):
-            done.append(rec)
-            if not args.quick:
-                with open(log, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-            result = f"excess {rec['excess']:.3g}" if rec["excess"] is not None else f"failed: {rec.get('error')}"
-            print(f"# {rec['arm']} {rec['problem']} {rec['budget']} s{rec['seed']}: {result} "
-                  f"({rec['wall_s']:.1f} s; elapsed {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        for recs in pool.imap_unordered(run_one, todo):
+            for rec in recs:
+                done.append(rec)
+                if not args.quick:
+                    with open(log, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                result = f"excess {rec['excess']:.3g}" if rec["excess"] is not None else f"failed: {rec.get('error')}"
+                print(f"# {rec['arm']} {rec['problem']} {rec['budget']} s{rec['seed']}: {result} "
+                      f"({rec['wall_s']:.1f} s; elapsed {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     if args.quick:
         for r in done:
             print(json.dumps({k: r[k] for k in ("arm", "problem", "budget", "seed", "excess")}))
