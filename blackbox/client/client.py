@@ -13,6 +13,7 @@ provider as *one* batch and the results are merged back in the original order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -63,6 +64,13 @@ from .retry import RetryPolicy
 __all__ = ["Client"]
 
 log = logging.getLogger("blackbox.client")
+
+# Calls that take ``(request, edit)`` (a provider with inputs_embeds): the request type each
+# serves, and the read-only token helpers a caller of them needs. A Client (and a ReplicaPool)
+# offers each only when its provider does.
+EMBED_CALLS: dict[str, type] = {"generate_with_embeds": GenerateRequest, "next_token_with_embeds": NextTokenRequest,
+                                "score_with_embeds": ScoreRequest}
+TOKEN_HELPERS = ("token_embeddings", "prompt_text", "encode", "tokenizer")
 
 
 def _cacheable(request: Any) -> bool:
@@ -322,14 +330,17 @@ class Client(Provider):
             # The call is paid for already: failing it because the cache is full would waste it.
             log.warning("%s", redact(f"cache {self.cache.path}: could not store a result ({exc})"))
 
-    def _send(self, request: Any, method: str, handler: ItemOps, n: int, keep: Callable[[int, Any], None] | None = None) -> Any:
+    def _send(self, request: Any, method: str, handler: ItemOps, n: int, keep: Callable[[int, Any], None] | None = None,
+              fn: Callable[[Any], Any] | None = None) -> Any:
         """Serve ``request`` (n items) from the provider, with retries at the unit that failed.
 
         Each attempt reserves budget for the items still pending (so the ledger's limits are
         checked before every call, retries included), bills what the server did — also in a
         failed attempt — and keeps the items that succeeded (``keep(position, item)``); only
-        the failed items are sent again.
+        the failed items are sent again. ``fn(sub)`` serves a sub-request (default: the
+        provider's ``method``).
         """
+        fn = fn if fn is not None else getattr(self.provider, method)
         what = f"provider {self.name}: {method}()"
         deadline_at = None if self.deadline is None else time.monotonic() + self.deadline
         pending = list(range(n))  # positions in ``request`` still to be served
@@ -359,7 +370,7 @@ class Client(Provider):
             failure: BaseException | None = None
             try:
                 with call_deadline(deadline_at):
-                    result = getattr(self.provider, method)(sub)
+                    result = fn(sub)
             except TransportError as exc:  # PartialResultError included
                 failure = exc
             except BlackboxError:
@@ -452,6 +463,39 @@ class Client(Provider):
             self.ledger.release(reservation)
             return 0.0
         return self.ledger.commit(reservation, billed)
+
+    # input-embedding edits (capability inputs_embeds, e.g. ECO's corrupted prefill) ----------
+    def __getattr__(self, name: str) -> Any:
+        # Only what the wrapped provider has: ``hasattr(client, "encode")`` answers as for it.
+        provider = self.__dict__.get("provider")
+        if provider is not None and name in EMBED_CALLS:
+            getattr(provider, name)  # AttributeError when the provider has no such call
+            return functools.partial(self._call_with_embeds, name)
+        if provider is not None and name in TOKEN_HELPERS:
+            return getattr(provider, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _call_with_embeds(self, method: str, request: Any, edit: Any) -> Any:
+        """``provider.METHOD(request, edit)`` through the ledger and retries; never cached (an
+        edit is code, not part of a cache key), so every row is a billed query."""
+        if self._closed:
+            raise ProviderError(f"client for provider {self.name}: closed; create a new Client")
+        plain = EMBED_CALLS[method]
+        if not isinstance(request, plain):
+            raise bad_value("request", f"a {plain.__name__}", type(request).__name__)
+        self._method_for(request)
+        require(self.provider, [Capability.INPUTS_EMBEDS], f"{method}()")
+        handler = ITEM_OPS[type(request)]
+        n = handler.count(request)
+        with self._stats_lock:
+            self._stats["calls"] += 1
+            self._stats["items"] += n
+        call = getattr(self.provider, method)
+        try:
+            return self._send(request, method, handler, n, fn=lambda sub: call(sub, edit))
+        except BaseException as exc:
+            scrub_exception(exc)
+            raise
 
     # many requests -----------------------------------------------------------------------
     def map(self, requests: Iterable[Any], concurrency: int | None = None, *, return_exceptions: bool = False) -> list[Any]:

@@ -24,13 +24,14 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
+from ..client.client import EMBED_CALLS, TOKEN_HELPERS
 from ..errors import BlackboxError, CapabilityError, PartialResultError, ProviderError, TransportError, bad_value
 from ..items import ITEM_OPS, merge_usage
 from ..provider import CALLS, Provider
 from ..types import Capability, Usage
-from ._ray import connect, require_ray
+from ._ray import connect
 
 __all__ = ["ReplicaPool", "shard_bounds"]
 
@@ -58,13 +59,20 @@ class _Replica:
         names = getattr(p, "class_names", None)
         return {"name": p.name, "summary": getattr(p, "summary", ""), "capabilities": sorted(str(c) for c in p.capabilities),
                 "describe": p.describe(), "cache_identity": p.cache_identity(), "pid": os.getpid(),
-                "class_names": None if names is None else list(names)}
+                "class_names": None if names is None else list(names),
+                "extras": [n for n in (*EMBED_CALLS, *TOKEN_HELPERS) if hasattr(p, n)]}
 
     def example_inputs(self) -> Any:
         return self.provider.example_inputs()
 
-    def call(self, request: Any) -> Any:
-        return self.provider.call(request)
+    def call(self, request: Any, method: str | None = None, *args: Any) -> Any:
+        # ``method``: a call taking extra arguments, e.g. generate_with_embeds(request, edit).
+        return self.provider.call(request) if method is None else getattr(self.provider, method)(request, *args)
+
+    def invoke(self, name: str, *args: Any) -> Any:
+        """A token helper (prompt_text, encode, token_embeddings) or, without args, an attribute."""
+        value = getattr(self.provider, name)
+        return value(*args) if callable(value) and name != "tokenizer" else value
 
     def close(self) -> None:
         self.provider.close()
@@ -129,6 +137,8 @@ class ReplicaPool(Provider):
         self.capabilities = frozenset(Capability(c) for c in info["capabilities"])
         self._describe, self._identity = info["describe"], info["cache_identity"]
         self.class_names = None if info["class_names"] is None else tuple(info["class_names"])
+        self._extras = frozenset(info.get("extras", ()))
+        self._memo: dict[tuple[Any, ...], Any] = {}
 
     # -- replicas -----------------------------------------------------------------------------
     def _wait_ready(self, actors: list[Any]) -> list[dict[str, Any]]:
@@ -220,8 +230,47 @@ class ReplicaPool(Provider):
         """Log-likelihoods, pairs split across replicas."""
         return self.call(request)
 
-    def call(self, request: Any) -> Any:
-        """Serve ``request``: split by rows over the replicas, gather in order, replace faulty replicas."""
+    # inputs_embeds calls and token helpers, offered when the replicated provider has them ----
+    def __getattr__(self, name: str) -> Any:
+        extras = self.__dict__.get("_extras", frozenset())
+        if name in extras and name in EMBED_CALLS:
+            return lambda request, edit: self.call(request, name, edit)
+        if name in extras and name == "tokenizer":
+            return self.invoke("tokenizer")
+        if name in extras:
+            return lambda *args: self.invoke(name, *args)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def invoke(self, name: str, *args: Any) -> Any:
+        """``provider.NAME(*args)`` (an attribute when it is not callable, or the tokenizer) on replica 0:
+        every replica holds the same provider. prompt_text, encode and the tokenizer are memoised; a
+        dead or hung replica 0 is replaced once."""
+        key = (name, *args)
+        if name in ("prompt_text", "encode", "tokenizer") and key in self._memo:
+            value = self._memo[key]
+            return list(value) if isinstance(value, list) else value
+        for attempt in (0, 1):
+            try:
+                value = self.ray.get(self._actors[0].invoke.remote(name, *args), timeout=self.timeout)
+                break
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as exc:
+                if attempt:
+                    raise TransportError(f"replica pool for {self._source_name()}: {name}() failed twice ({type(exc).__name__})") from None
+                self._replace(0, f"{name}() failed ({type(exc).__name__})")
+            except self.ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                raise cause if isinstance(cause, BaseException) else ProviderError(str(exc).splitlines()[0]) from None
+        if name in ("prompt_text", "encode", "tokenizer") and len(self._memo) < 65536:
+            self._memo[key] = value
+        return list(value) if isinstance(value, list) else value
+
+    def call(self, request: Any, method: str | None = None, *args: Any) -> Any:
+        """Serve ``request``: split by rows over the replicas, gather in order, replace faulty replicas.
+
+        ``method`` names a call taking extra ``args`` after the request (``generate_with_embeds``,
+        ...: the edit function travels to every replica with its shard)."""
+        if method is not None and method not in self._extras:
+            raise CapabilityError(f"provider {self.name}: has no {method}()")
         if self._closed:
             raise ProviderError(f"replica pool for {self._source_name()}: closed")
         if type(request) not in CALLS:
@@ -234,7 +283,7 @@ class ReplicaPool(Provider):
         else:
             items = handler.split(request)
             shards = [handler.join(items[a:b]) for a, b in bounds]
-        results, errors = self._run(shards)
+        results, errors = self._run(shards, method, args)
         if errors:
             raise self._partial(handler, bounds, results, errors, n)
         if len(results) == 1:
@@ -242,6 +291,28 @@ class ReplicaPool(Provider):
         parts = [results[i] for i in range(len(shards))]
         rows = [row for r in parts for row in handler.split_result(r)]
         return handler.join_results(rows, merge_usage([self._usage(r, b - a) for r, (a, b) in zip(parts, bounds)]))
+
+    def map_rows(self, method: str, rows: Any) -> list[Any]:
+        """``provider.METHOD(shard)`` on contiguous shards of ``rows``, one per replica, each returning
+        one entry per row; the entries joined in order. For work that is not one typed call (e.g.
+        fusion's whole decode of a prompt set, :mod:`blackbox.scale.fused`); faults are handled as
+        for typed calls, and an error the method raises goes up as it is."""
+        if self._closed:
+            raise ProviderError(f"replica pool for {self._source_name()}: closed")
+        rows = list(rows)
+        if not rows:
+            return []
+        bounds = shard_bounds(len(rows), self.size)
+        results, errors = self._run([rows[a:b] for a, b in bounds], method, ())
+        if errors:
+            raise errors[min(errors)]
+        out: list[Any] = []
+        for i, (a, b) in enumerate(bounds):
+            part = list(results[i])
+            if len(part) != b - a:
+                raise ProviderError(f"replica pool for {self._source_name()}: {method}() returned {len(part)} entries for {b - a} rows")
+            out += part
+        return out
 
     @staticmethod
     def _usage(result: Any, n: int) -> Usage:
@@ -262,14 +333,14 @@ class ReplicaPool(Provider):
             return next(iter(errors.values()))
         return PartialResultError(kept, failed, n)
 
-    def _run(self, shards: list[Any]) -> tuple[dict[int, Any], dict[int, BaseException]]:
+    def _run(self, shards: list[Any], method: str | None = None, args: tuple[Any, ...] = ()) -> tuple[dict[int, Any], dict[int, BaseException]]:
         """Send shard i to replica i; gather; replace dead or hung replicas and resend their shard."""
         ray = self.ray
         actors = list(self._actors)
         pending: dict[Any, int] = {}
         started: dict[int, float] = {}
         for i, shard in enumerate(shards):
-            pending[actors[i].call.remote(shard)] = i
+            pending[actors[i].call.remote(shard, method, *args)] = i
             started[i] = time.monotonic()
         results: dict[int, Any] = {}
         errors: dict[int, BaseException] = {}
@@ -282,7 +353,7 @@ class ReplicaPool(Provider):
                 raise TransportError(f"replica pool for {self._source_name()}: gave up after replacing {replaced - 1} "
                                      f"replica(s) in one call (last: {reason})", retryable=False)
             fresh = self._replace(i, reason)
-            pending[fresh.call.remote(shards[i])] = i
+            pending[fresh.call.remote(shards[i], method, *args)] = i
             started[i] = time.monotonic()
 
         try:

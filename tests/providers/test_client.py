@@ -951,3 +951,75 @@ def test_retry_policy_run_alone_retries_and_chains_the_last_error(sleeps):
     with pytest.raises(InvalidResponseError, match=r"job failed: cut short \(max_attempts=2 reached\)") as info:
         RetryPolicy(max_attempts=2, sleep=sleeps).run(lambda: (_ for _ in ()).throw(always_bad), what="job")
     assert info.value.__cause__ is always_bad and info.value.endpoint == "POST /x" and info.value.attempts == 2
+
+
+# --- input-embedding edits (inputs_embeds: ECO's corrupted prefill) through the Client ----------
+class _Embeds(Provider):
+    """A fake local model: a prompt's 'embeddings' are its character codes; the text it generates
+    is their sum after the edit, so an edit is visible in the output."""
+
+    name = "fake-embeds"
+    declared_capabilities = frozenset({Capability.TEXT, Capability.INPUTS_EMBEDS})
+
+    def __init__(self, fail_first: int = 0) -> None:
+        super().__init__()
+        self.calls, self.fail_first = 0, fail_first
+        self.tokenizer = type("Tok", (), {"chat_template": "{{ m }}"})()
+
+    def prompt_text(self, prompt, chat=False):
+        return f"<user>{prompt}" if chat else prompt
+
+    def encode(self, prompt, chat=False):
+        return [ord(c) for c in self.prompt_text(prompt, chat)]
+
+    def token_embeddings(self, text, chat=False):
+        ids = np.array(self.encode(text, chat))
+        return ids, ids[:, None].astype(np.float32), [(i, i + 1) for i in range(len(ids))]
+
+    def generate_with_embeds(self, request, edit):
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise TransportError("flaky", retryable=True)
+        texts = []
+        for p in request.prompts:
+            ids, emb, offsets = self.token_embeddings(p, request.chat)
+            out = emb if edit is None else edit(ids, emb, offsets)
+            texts.append(str(float(np.sum(out))))
+        return GenerateResult(texts=tuple(texts), usage=Usage(queries=len(texts)))
+
+    def generate(self, request):
+        return self.generate_with_embeds(request, None)
+
+
+def test_client_forwards_embed_edits_through_ledger_and_retries_never_the_cache(tmp_path):
+    base = _Embeds(fail_first=1)
+    client = Client(base, cache=tmp_path / "c.sqlite", ledger=Ledger(), retry=RetryPolicy(base_delay=0.0, jitter=False))
+    req = GenerateRequest(prompts=("ab", "c"), max_tokens=1)
+    double = lambda ids, emb, offsets: emb * 2  # noqa: E731
+    got = client.generate_with_embeds(req, double)
+    assert got.texts == (str(float(2 * (97 + 98))), str(float(2 * 99)))
+    assert base.calls == 2 and client.ledger.queries == 2  # retried once; billed once
+    again = client.generate_with_embeds(req, double)
+    assert again.texts == got.texts and base.calls == 3 and client.ledger.queries == 4  # an edit is never served from the cache
+    assert client.generate(req).texts == (str(float(97 + 98)), str(float(99)))  # a plain call is cached as usual
+    assert client.generate(req).usage.cached and client.ledger.queries == 6
+    # the token helpers are the provider's own
+    assert client.prompt_text("x", True) == "<user>x" and client.encode("x") == [120] and client.tokenizer is base.tokenizer
+    with pytest.raises(ConfigError, match="request: expected a GenerateRequest, received 'ScoreRequest'"):
+        client.generate_with_embeds(ScoreRequest(("a",), ("b",)), double)
+
+
+def test_client_offers_embed_calls_only_when_its_provider_does():
+    from blackbox.methods.eco.guarded import require_embeds
+
+    class TextOnly(Provider):
+        name = "text-only"
+        declared_capabilities = frozenset({Capability.TEXT})
+
+    client = Client(TextOnly())
+    assert not hasattr(client, "generate_with_embeds") and not hasattr(client, "encode") and not hasattr(client, "tokenizer")
+    with pytest.raises(CapabilityError, match=r"provider text-only lacks token_embeddings, generate_with_embeds"):
+        require_embeds(client)  # ECO's check reads a Client as it reads the provider
+    assert hasattr(Client(_Embeds()), "score_with_embeds") is False  # the fake has no scoring
+    with pytest.raises(AttributeError):
+        Client(_Embeds()).model_forward  # noqa: B018 - internals are not forwarded
