@@ -24,6 +24,9 @@ PROGRESS_OPT = typer.Option(None, "--progress/--no-progress", help="Show a progr
 
 SEED_OPT = typer.Option(0, "--seed", help="Seed; the same seed gives the same run.")
 SET_OPT = typer.Option([], "--set", help="Any other setting as key=value (repeatable; `options` lists them).")
+# Scale-out (docs/scaling.md): the model a command queries served by Ray replicas; results do not change.
+REPLICAS_OPT = typer.Option(1, "--replicas", help="Ray replicas of the model; the rows of each batched call are split across them (needs the [ray] extra when > 1).")
+RAY_ADDRESS_OPT = typer.Option(None, "--ray-address", help="Ray cluster for the replicas: auto, local or HOST:PORT (default: a local cluster).")
 
 
 def _fail(message: str) -> None:

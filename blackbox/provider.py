@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 from urllib.parse import unquote
 
 from .errors import CapabilityError, SpecError
@@ -247,9 +247,18 @@ def require(provider: Provider, needed: Iterable[Capability | str], component: s
     )
 
 
+# Hooks asked first by load_provider (``hook(spec) -> Provider | None``); blackbox.scale.served()
+# installs one for a block so that a method loading its model by spec gets a replica pool.
+LOAD_HOOKS: list[Callable[[Spec], "Provider | None"]] = []
+
+
 def load_provider(spec: str | Spec, **overrides: str) -> Provider:
     """Instantiate a provider from a spec string (``overrides`` add/replace options)."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    for hook in reversed(LOAD_HOOKS if not overrides else []):
+        served = hook(parsed)
+        if served is not None:
+            return served
     cls = provider_registry.get(parsed.kind)
     options = {**parsed.options, **{k: str(v) for k, v in overrides.items()}}
     return cls.from_spec(parsed.target, options)

@@ -9,6 +9,8 @@ extra those raise one line naming what to install.
   :class:`~blackbox.client.Client` and the cache and the ledger stay in the driver.
 * :func:`configure` / :func:`client_for` — the process-wide replica setting that
   ``blackbox optimize --replicas N`` sets, and the Client an objective asks for by spec.
+* :func:`served` — a block in which a method that loads its model by spec gets it from
+  replicas (``unlearn``, ``crosstune`` and ``fuse eval`` with ``--replicas N``).
 * the ``ray:`` provider kind (:mod:`.spec`) — ``ray:SPEC?replicas=N``, a pool wherever a spec is taken.
 * :mod:`.sweep` — ``blackbox sweep``: a grid of runs, one run directory each, resumable.
 """
@@ -18,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._ray import RAY_PIN, connect, require_ray
-from .context import client_for, configure, current, reset
+from .context import client_for, configure, current, reset, served
 
-__all__ = ["ReplicaPool", "RAY_PIN", "connect", "require_ray", "configure", "client_for", "current", "reset"]
+__all__ = ["ReplicaPool", "RAY_PIN", "connect", "require_ray", "configure", "client_for", "current", "reset", "served"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ..errors import bad_value
 
-__all__ = ["Settings", "configure", "current", "client_for", "reset"]
+__all__ = ["Settings", "configure", "current", "client_for", "reset", "served"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,67 @@ def make_provider(spec: str, settings: Settings | None = None) -> Any:
     from .pool import ReplicaPool
 
     return ReplicaPool(spec, settings.replicas, address=settings.address, timeout=settings.timeout)
+
+
+@contextmanager
+def served(specs: Iterable[str | None], replicas: int = 1, address: str | None = None, timeout: float | None = None, *,
+           client: bool = False) -> Iterator[list[Any]]:
+    """Within the block, ``load_provider(spec)`` for each of ``specs`` gives that provider served by
+    ``replicas`` Ray replicas (a :class:`~blackbox.scale.ReplicaPool`; with one replica and no
+    address, the provider itself), wrapped in a :class:`~blackbox.client.Client` with its own
+    ledger when ``client``. Only the first load of each spec is served so; other loads and other
+    specs load as usual. Everything made here is closed at exit. Yields the list of what was
+    served (filled as the block loads: a Client's ledger can be read after the block).
+
+    This is how ``--replicas`` reaches a method that loads its model by spec (``unlearn fit``,
+    ``crosstune fit``, ...) without a change to the method or to the spec stored in its run:
+    replicas do not change results, so they are not part of a run's settings.
+    """
+    from ..client import Client, Ledger
+    from ..provider import LOAD_HOOKS, parse_spec
+    from ..registry import providers as provider_registry
+
+    settings = check_replicas(replicas, address, timeout)
+    wanted = {str(parse_spec(s)) for s in specs if s}
+    if not wanted or not (settings.scaled or client):
+        yield []
+        return
+    if settings.scaled:
+        from ._ray import connect
+
+        connect(settings.address)  # a missing extra or an unreachable address fails before any work
+    made: list[Any] = []  # pools and clients, closed at exit
+    served_now: list[Any] = []  # what load_provider returned, for the caller
+
+    def hook(spec: Any) -> Any:
+        # Only the first load of each named spec: a method that loads the same spec again for
+        # another role (CrossTune's generator after its feature model) gets its own copy, as without replicas.
+        if str(spec) not in wanted:
+            return None
+        wanted.discard(str(spec))
+        if settings.scaled:
+            from .pool import ReplicaPool
+
+            provider = ReplicaPool(str(spec), settings.replicas, address=settings.address, timeout=settings.timeout)
+        else:
+            provider = provider_registry.get(spec.kind).from_spec(spec.target, dict(spec.options))
+        made.append(provider)
+        if client:
+            provider = Client(provider, ledger=Ledger())
+            made.append(provider)
+        served_now.append(provider)
+        return provider
+
+    LOAD_HOOKS.append(hook)
+    try:
+        yield served_now
+    finally:
+        LOAD_HOOKS.remove(hook)
+        for p in reversed(made):
+            try:
+                p.close()
+            except Exception:  # noqa: BLE001 - closing is best effort (the method may have closed it)
+                pass
 
 
 def _close_all() -> None:

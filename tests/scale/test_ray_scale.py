@@ -27,6 +27,7 @@ from blackbox.errors import BlackboxError
 from blackbox.scale.faults import FaultyClassifier
 from blackbox.scale.pool import shard_bounds
 from blackbox.types import ClassifyRequest
+from scale_helpers import COUNTRIES, ECO_ARGS, GENERAL, TEMPLATES, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -298,3 +299,111 @@ def test_ray_spec_kind_serves_any_spec_from_replicas(cluster):
         assert pool.size == 3 and np.array_equal(Client(pool).classify(ClassifyRequest(images)).scores, want)
     finally:
         pool.close()
+
+
+# --- methods that load their model by spec: unlearn (ECO) and crosstune ------------------------
+@pytest.fixture
+def one_thread(monkeypatch, request):
+    """The single-process baseline runs torch with one thread, as each replica does."""
+    torch = need("torch")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+
+
+def test_unlearn_fit_and_eval_identical_with_1_and_2_replicas(cluster, tiny_lm_dir, eco_files, one_thread, tmp_path):
+    """ECO's knowledge check, strength search (generate_with_embeds with the corruption travelling to
+    the replicas) and evaluation: the same artifact and report from 2 replicas as from one process,
+    and the Client's ledger bills exactly the queries the run records."""
+    from blackbox.methods.eco.config import EcoConfig
+    from blackbox.methods.eco.method import EcoMethod
+    from blackbox.scale import served
+    from blackbox.scale.pool import ReplicaPool
+
+    spec = f"hf-causal:{tiny_lm_dir}"
+    files = eco_files
+    res = invoke("unlearn", "fit", "--model", spec, "--forget", files["forget"], "--retain", files["retain"], "--general",
+                 files["general"], "--run-dir", str(tmp_path / "one"), *ECO_ARGS, "--replicas", "1", "--json")
+    assert res.exit_code == 0, res.output
+    # The 2-replica fit through the library entry the CLI uses, to read the driver's ledger after it.
+    cfg = EcoConfig.from_overrides(["calibration_fraction=0.5", "max_new_tokens=3", "bisect_steps=2"], fpr=0.2)
+    with served([spec], 2, client=True) as loaded:
+        EcoMethod().fit(cfg, tmp_path / "two", model=spec, forget=files["forget"], retain=files["retain"], general=files["general"])
+    client = loaded[0]
+    assert isinstance(client, Client) and isinstance(client.provider, ReplicaPool) and client.provider.replacements == []
+    art = {n: json.loads((tmp_path / n / "artifact.json").read_text()) for n in ("one", "two")}
+    for a in art.values():
+        a.pop("timing")
+    assert art["one"] == art["two"] and art["one"]["config"]["chat"] is True  # chat resolved through the replicas' tokenizer
+    assert art["one"]["metrics"]["forget_accuracy_before"] > 0 and art["one"]["search"]["evaluations"]
+    assert (tmp_path / "one" / "artifact.safetensors").read_bytes() == (tmp_path / "two" / "artifact.safetensors").read_bytes()
+    assert (tmp_path / "one" / "evals.jsonl").read_bytes() == (tmp_path / "two" / "evals.jsonl").read_bytes()
+    recorded = sum(json.loads(line)["value"]["queries"] for line in (tmp_path / "two" / "evals.jsonl").read_text().splitlines())
+    assert client.ledger.queries == recorded > 0  # every generation of the run billed once, in the driver
+
+    reports = {}
+    for n in (1, 2):
+        res = invoke("unlearn", "eval", str(tmp_path / "one"), "--forget", files["forget"], "--retain", files["retain"],
+                     "--general", files["general"], "--replicas", str(n), "--json")
+        assert res.exit_code == 0, res.output
+        reports[n] = json.loads(res.stdout.strip().splitlines()[-1])
+        reports[n].pop("gate_ms_per_prompt")
+    assert reports[1] == reports[2] and reports[1]["forget_accuracy_after"] < reports[1]["forget_accuracy_before"]
+
+
+def test_crosstune_fit_and_predict_identical_with_1_and_2_replicas(cluster, tiny_lm_dir, one_thread, tmp_path):
+    """CrossTune's feature extraction (hidden_states of a local LM) from 2 replicas: the same model
+    file and the same predictions as from one process; queries counted once."""
+    texts = [(f"{t.format(c=c)}", "question") for c in COUNTRIES[:8] for t in TEMPLATES[:2]]
+    texts += [(f"{g} {k}", "chat") for k in range(2) for g in GENERAL]
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": t, "label": y} for t, y in texts])
+    # max_batch=1: each text's hidden states computed alone on both sides. With batches, the
+    # left padding differs between a batch of 14 and shards of 7, which moves the last bits
+    # (docs/scaling.md, "What is exact").
+    args = ["--features", f"hf-causal:{tiny_lm_dir}?max_batch=1", "--train", train, "--shots", "6", "--set", "max_epochs=20",
+            "--set", "dim=8", "--set", "heads=2", "--set", "rank=8", "--json"]
+    fits = {}
+    for n in (1, 2):
+        res = invoke("crosstune", "fit", *args, "--run-dir", str(tmp_path / f"ct{n}"), "--replicas", str(n))
+        assert res.exit_code == 0, res.output
+        fits[n] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert fits[1]["queries"] == fits[2]["queries"] == 6 * 2 + 2  # 6 shots x 2 classes and 2 label descriptions, each once
+    from blackbox.runs import load_tensors
+
+    (a1, m1), (a2, m2) = (load_tensors(tmp_path / f"ct{n}" / "model.safetensors") for n in (1, 2))
+    assert sorted(a1) == sorted(a2) and all(np.array_equal(a1[k], a2[k]) for k in a1)  # every tensor, bit for bit
+    for meta in (m1, m2):
+        for key in ("train_seconds", "train_cpu_seconds"):  # wall-clock measurements
+            meta["train_info"].pop(key)
+    assert m1 == m2
+    preds = {}
+    for n in (1, 2):
+        res = invoke("crosstune", "predict", str(tmp_path / "ct1"), "--input", train, "--cache", str(tmp_path / f"c{n}.sqlite"),
+                     "--replicas", str(n), "--json")
+        assert res.exit_code == 0, res.output
+        preds[n] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert preds[1] == preds[2] and preds[1]["queries"] == len(texts)  # a fresh cache: every text queried once
+
+
+def test_fuse_generate_prompt_set_identical_with_1_and_2_replicas(cluster, fusion_specs, one_thread, tmp_path):
+    """Fusion's evaluation of a prompt set: each replica decodes a share of the prompts with the
+    whole fused model; outputs, tokens and per-step expert weights as from one process."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(t.format(c=c) for c in COUNTRIES[:3] for t in TEMPLATES[:2]) + "\n")
+    # batch_size=1: each prompt decoded alone on both sides (padding moves the last bits; docs/scaling.md)
+    args = ["fuse", "generate", "--large", fusion_specs["large"], "--small", fusion_specs["small"], "--expert", fusion_specs["expert"],
+            "--mode", "dynamic", "--max-tokens", "4", "--batch-size", "1", "--prompts", str(prompts), "--json", "--no-progress"]
+    outs = {}
+    for n in (1, 2):
+        res = invoke(*args, "--replicas", str(n), "--weights-out", str(tmp_path / f"w{n}.jsonl"))
+        assert res.exit_code == 0, res.output
+        outs[n] = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("outputs", "tokens", "weights", "finish_reasons", "n_tokens", "n_vocab", "mode"):
+        assert outs[1][key] == outs[2][key], key
+    assert len(outs[2]["outputs"]) == 6 and outs[2]["n_tokens"] > 0
+    assert (tmp_path / "w1.jsonl").read_bytes() == (tmp_path / "w2.jsonl").read_bytes()
+    res = invoke(*args, "--replicas", "2", "--temperature", "0.7")
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == [
+        "error: replicas: sampled fusion (temperature > 0) seeds each prompt from its position in the set, so a share of the set "
+        "would draw other samples; use --replicas 1, or --temperature 0 (greedy)"]

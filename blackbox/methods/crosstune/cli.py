@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, on_interrupt
+from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, RAY_ADDRESS_OPT, REPLICAS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, on_interrupt
 
 app = typer.Typer(
     help="CrossTune: label-enhanced cross-attention heads over black-box LM features, with LLM augmentation and a switch.",
@@ -47,6 +47,13 @@ class _Bars:
             self.current = None
 
 
+def _features_spec(run_dir: str) -> Optional[str]:
+    """The feature provider spec a fitted run stores (None when it is not a run: its command says so)."""
+    from blackbox.methods.base import read_config
+
+    return (read_config(Path(run_dir)) or {}).get("features")
+
+
 def _with_bars(progress: Optional[bool], as_json: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn(*args, progress=bars, **kwargs)`` with progress bars on stderr when enabled."""
     bars = _Bars(_show_progress(progress, as_json))
@@ -73,10 +80,13 @@ def fit(
     text_field: str = TEXT_FIELD,
     label_field: str = LABEL_FIELD,
     cache: Optional[str] = CACHE_OPT,
+    replicas: int = REPLICAS_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Sample SHOTS per class, optionally generate and filter more, train the head, save it."""
+    from blackbox.scale import served
     from .config import CrossTuneConfig
     from .run import fit_run
 
@@ -86,8 +96,9 @@ def fit(
     hint = CrossTuneMethod().resume_hint(Path(run_dir))
     on_interrupt(lambda: f"generated examples so far are kept ({hint} to continue)"
                  if (Path(run_dir) / "augment.jsonl").is_file() else "nothing was saved")
-    out = _with_bars(progress, as_json, fit_run, run_dir, features=features, train=train, shots=shots, config=config, text_field=text_field,
-                     label_field=label_field, descriptions_file=labels, augment_with=augment_with, cache=cache)
+    with served([features], replicas, ray_address):  # feature extraction from Ray replicas with --replicas N
+        out = _with_bars(progress, as_json, fit_run, run_dir, features=features, train=train, shots=shots, config=config, text_field=text_field,
+                         label_field=label_field, descriptions_file=labels, augment_with=augment_with, cache=cache)
     row = {k: out[k] for k in ("method", "classes", "n_train", "queries", "feature_queries", "train_seconds", "augment") if k in out}
     row["run_dir"] = run_dir
     if as_json:
@@ -110,13 +121,18 @@ def eval_cmd(
     text_field: Optional[str] = typer.Option(None, "--text-field", help="Text column (default: the one used by fit)."),
     label_field: Optional[str] = typer.Option(None, "--label-field", help="Label column (default: the one used by fit)."),
     cache: Optional[str] = CACHE_OPT,
+    replicas: int = REPLICAS_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Accuracy and macro-F1 of a fitted run on a labelled file."""
+    from blackbox.scale import served
+
     from .run import eval_run
 
-    out = _with_bars(progress, as_json, eval_run, run_dir, test, allow_unseen=allow_unseen, text_field=text_field, label_field=label_field, cache=cache)
+    with served([_features_spec(run_dir)], replicas, ray_address):
+        out = _with_bars(progress, as_json, eval_run, run_dir, test, allow_unseen=allow_unseen, text_field=text_field, label_field=label_field, cache=cache)
     row = {k: out[k] for k in ("accuracy", "macro_f1", "n_test", "n_unseen", "queries")}
     if as_json:
         _emit_json(row)
@@ -133,13 +149,18 @@ def predict(
     output: Optional[str] = typer.Option(None, "--output", help="Write JSONL predictions here instead of stdout."),
     text_field: Optional[str] = typer.Option(None, "--text-field", help="Text column (default: the one used by fit)."),
     cache: Optional[str] = CACHE_OPT,
+    replicas: int = REPLICAS_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Predicted label and class probabilities for each text (JSONL)."""
+    from blackbox.scale import served
+
     from .run import predict_run
 
-    out = _with_bars(progress, as_json, predict_run, run_dir, input_file, text_field=text_field, cache=cache)
+    with served([_features_spec(run_dir)], replicas, ray_address):
+        out = _with_bars(progress, as_json, predict_run, run_dir, input_file, text_field=text_field, cache=cache)
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in out["predictions"]]
     if output:
         from pathlib import Path

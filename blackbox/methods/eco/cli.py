@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, SEED_OPT, ProgressBar, _emit_json, _show_progress, handle_errors, on_interrupt
+from blackbox._cli_util import (JSON_OPT, PROGRESS_OPT, RAY_ADDRESS_OPT, REPLICAS_OPT, SEED_OPT, ProgressBar, _emit_json, _show_progress,
+                                handle_errors, on_interrupt)
 
 app = typer.Typer(
     help="Unlearning with ECO: a gate + embedding-corrupted prompts in front of a local model (no weight changes).",
@@ -46,10 +47,13 @@ def fit_cmd(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Ask through the model's chat template (default: when the model has one)."),
     seed: int = SEED_OPT,
     sets: List[str] = SET_OPT,
+    replicas: int = REPLICAS_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
     """Fit a guard: gate, knowledge before, strength search, metrics after; writes an artifact."""
+    from blackbox.scale import served
     from .config import EcoConfig
     from .job import load_jsonl
     from .method import EcoMethod
@@ -71,7 +75,9 @@ def fit_cmd(
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            art = method.fit(config, run_dir, model=model, forget=f_items, retain=r_items, general=g_items, progress=on_event)
+            # The model's queries go through a Client (ledger, retries), from Ray replicas with --replicas N.
+            with served([model], replicas, ray_address, client=True):
+                art = method.fit(config, run_dir, model=model, forget=f_items, retain=r_items, general=g_items, progress=on_event)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     resumed = art.pop("resumed")
@@ -97,17 +103,23 @@ def eval_cmd(
     general: Optional[Path] = typer.Option(None, "--general", help="JSONL of general prompts (outputs compared, gate false positives)."),
     same_entity: Optional[Path] = typer.Option(None, "--same-entity", help="JSONL of other facts about the forgotten entities (same-entity collateral)."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the model spec stored in the artifact."),
+    replicas: int = REPLICAS_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Report accuracy before/after, the gate's recall and false-positive rate, and same-entity collateral."""
+    from blackbox.scale import served
+
+    from .artifact import load_artifact
     from .job import evaluate, load_guarded, load_jsonl
 
     f_items = load_jsonl(forget, "forget")
     r_items = load_jsonl(retain, "retain")
     g_items = load_jsonl(general, "general") if general else []
     s_items = load_jsonl(same_entity, "same_entity") if same_entity else []
-    guarded = load_guarded(run_dir, model=model)
-    report = evaluate(guarded, f_items, r_items, g_items, s_items)
+    with served([model or load_artifact(run_dir)[0].get("model")], replicas, ray_address, client=True):
+        guarded = load_guarded(run_dir, model=model)
+        report = evaluate(guarded, f_items, r_items, g_items, s_items)
     if as_json:
         _emit_json(report)
         return
@@ -138,14 +150,17 @@ def generate_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Answer through the guarded model (flagged prompts are corrupted)."""
+    from blackbox.scale import served
     from blackbox.types import GenerateRequest
 
+    from .artifact import load_artifact
     from .job import load_guarded
 
-    guarded = load_guarded(run_dir, model=model)
-    if chat is None:
-        chat = bool(guarded.artifact["config"].get("chat"))
-    res = guarded.generate(GenerateRequest(tuple(prompt), max_tokens=max_tokens, chat=chat))
+    with served([model or load_artifact(run_dir)[0].get("model")], client=True):
+        guarded = load_guarded(run_dir, model=model)
+        if chat is None:
+            chat = bool(guarded.artifact["config"].get("chat"))
+        res = guarded.generate(GenerateRequest(tuple(prompt), max_tokens=max_tokens, chat=chat))
     flags = [bool(f) for f in guarded.last_flags]
     if as_json:
         _emit_json({"texts": list(res.texts), "flagged": flags, "queries": res.usage.queries})

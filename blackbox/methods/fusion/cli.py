@@ -9,7 +9,7 @@ from typing import Any, List, Optional, Sequence
 
 import typer
 
-from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors
+from blackbox._cli_util import JSON_OPT, PROGRESS_OPT, RAY_ADDRESS_OPT, REPLICAS_OPT, ProgressBar, _emit_json, _show_progress, handle_errors
 from blackbox.errors import BlackboxError, ConfigError, bad_value
 
 app = typer.Typer(help="Logit fusion: proxy-tuning and dynamic weak-to-strong fusion at decode time.", no_args_is_help=True)
@@ -88,6 +88,8 @@ def generate(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line (\\n inside a line is a newline)."),
     stream: bool = typer.Option(False, "--stream", help="Print the text as it is decoded (one prompt)."),
     weights_out: Optional[Path] = typer.Option(None, "--weights-out", help="Write the per-step expert weights as JSONL (prompt, step, token, text, weights)."),
+    replicas: int = REPLICAS_OPT,
+    ray_address: Optional[str] = RAY_ADDRESS_OPT,
     as_json: bool = JSON_OPT,
     progress: Optional[bool] = PROGRESS_OPT,
 ) -> None:
@@ -103,23 +105,33 @@ def generate(
         mode=mode, alpha=alpha, refine=refine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k, precision=precision,
     )
-    loaded = []
-    try:
-        for spec in [large, small, *expert]:
-            loaded.append(load_provider(spec))
-        fusion = LogitFusion(loaded[0], loaded[1], loaded[2:], config)
+    if replicas != 1 or ray_address is not None:
+        # The prompt set split across Ray replicas, each decoding its share with the whole fused
+        # model (the token-by-token loop stays in one process per prompt).
+        from blackbox.scale.fused import fused_generate
+
         if stream:
-            printer = _StreamPrinter(fusion.tokenizer, config.stop)
-            result = fusion.generate(texts, on_step=printer.step)
-            printer.finish(result.texts[0])
-        else:
-            with ProgressBar(len(texts), "prompts", _show_progress(progress, as_json)) as bar:
-                result = fusion.generate(texts, on_batch=lambda done: bar.update(done))
-    finally:
-        for p in loaded:
-            p.close()
+            raise BlackboxError("--stream: expected one process, received --replicas/--ray-address")
+        result, tokenizer = fused_generate([large, small, *expert], config, texts, replicas, address=ray_address)
+    else:
+        loaded = []
+        try:
+            for spec in [large, small, *expert]:
+                loaded.append(load_provider(spec))
+            fusion = LogitFusion(loaded[0], loaded[1], loaded[2:], config)
+            if stream:
+                printer = _StreamPrinter(fusion.tokenizer, config.stop)
+                result = fusion.generate(texts, on_step=printer.step)
+                printer.finish(result.texts[0])
+            else:
+                with ProgressBar(len(texts), "prompts", _show_progress(progress, as_json)) as bar:
+                    result = fusion.generate(texts, on_batch=lambda done: bar.update(done))
+        finally:
+            for p in loaded:
+                p.close()
+        tokenizer = fusion.tokenizer
     if weights_out is not None:
-        _write_weights(weights_out, result, fusion.tokenizer)
+        _write_weights(weights_out, result, tokenizer)
     if stream:
         return
     if as_json:

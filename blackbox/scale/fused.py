@@ -1,0 +1,93 @@
+"""Fusion's evaluation of a prompt set on Ray replicas (``blackbox fuse generate --replicas N``).
+
+Logit fusion steps the large model, the small one and the experts token by token, each with its
+own KV cache: that loop cannot be split across processes step by step, and stays in one. What
+spreads is the prompt set: each replica builds the whole fused model (every role loaded from its
+spec in the replica's own process) and decodes a contiguous share of the prompts; the driver
+joins the outputs, tokens and per-step expert weights in prompt order. Greedy decoding gives
+every prompt the same result as the single-process run as long as the models' rows do not depend
+on their batch-mates (see docs/scaling.md, "What is exact"); sampled decoding seeds each prompt
+from its position in the set, so it is refused with more than one replica.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Sequence
+
+from ..errors import BlackboxError
+from ..provider import Provider
+from ..types import Capability
+
+__all__ = ["FusedRows", "fused_generate"]
+
+
+class FusedRows(Provider):
+    """A fused model built from provider specs, decoding whole prompt sets (a replica's body)."""
+
+    name = "fusion"
+    declared_capabilities = frozenset({Capability.TEXT})
+    summary = "logit fusion of a large model, a small one and experts, decoding a share of a prompt set"
+
+    def __init__(self, specs: Sequence[str], config: dict[str, Any]) -> None:
+        from ..methods.fusion.decode import FusionConfig, LogitFusion
+        from ..provider import load_provider
+
+        super().__init__()
+        self.specs = list(specs)
+        self.loaded: list[Provider] = []
+        try:
+            for spec in self.specs:
+                self.loaded.append(load_provider(spec))
+            self.fusion = LogitFusion(self.loaded[0], self.loaded[1], self.loaded[2:], FusionConfig.from_dict(config))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def tokenizer(self) -> Any:
+        """The fused model's tokenizer (the small model's)."""
+        return self.fusion.tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        """The roles' specs."""
+        return {"provider": self.name, "large": self.specs[0], "small": self.specs[1], "experts": self.specs[2:]}
+
+    def decode(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
+        """One row per prompt: text, token ids, per-step expert weights, finish reason."""
+        r = self.fusion.generate(list(prompts))
+        return [{"text": t, "tokens": k, "weights": w, "finish": f} for t, k, w, f in zip(r.texts, r.tokens, r.weights, r.finish_reasons)]
+
+    def result_info(self) -> dict[str, Any]:
+        """What FusionResult.info reports (the fused vocabulary, whether top-k is approximate)."""
+        c = self.fusion.config
+        return {"n_vocab": self.fusion.n_vocab, "approximate": c.large_top_k is not None}
+
+    def close(self) -> None:
+        for p in self.loaded:
+            p.close()
+
+
+def fused_generate(specs: Sequence[str], config: Any, prompts: Sequence[str], replicas: int, *, address: str | None = None,
+                   timeout: float | None = None) -> tuple[Any, Any]:
+    """Decode ``prompts`` with the fused model of ``specs`` (large, small, experts...) on
+    ``replicas`` Ray replicas; returns a :class:`~blackbox.methods.fusion.decode.FusionResult` and
+    the fused model's tokenizer (a copy, for the driver's text bookkeeping)."""
+    from ..methods.fusion.decode import FusionResult
+    from .context import check_replicas
+    from .pool import ReplicaPool
+
+    settings = check_replicas(replicas, address, timeout)
+    if settings.replicas > 1 and config.temperature > 0:
+        raise BlackboxError("replicas: sampled fusion (temperature > 0) seeds each prompt from its position in the set, so a "
+                            "share of the set would draw other samples; use --replicas 1, or --temperature 0 (greedy)")
+    with ReplicaPool(functools.partial(FusedRows, list(specs), config.to_dict()), settings.replicas, address=settings.address,
+                     timeout=settings.timeout) as pool:
+        t0 = time.perf_counter()  # decoding time, as the single-process result reports it
+        rows = pool.map_rows("decode", prompts)
+        seconds = time.perf_counter() - t0
+        info = pool.invoke("result_info")
+        tokenizer = pool.invoke("tokenizer")
+    return FusionResult(texts=[r["text"] for r in rows], tokens=[r["tokens"] for r in rows], weights=[r["weights"] for r in rows],
+                        finish_reasons=[r["finish"] for r in rows], seconds=seconds, mode=config.mode, info=info), tokenizer
