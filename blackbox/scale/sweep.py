@@ -3,7 +3,7 @@
 A sweep spec (TOML)::
 
     command = "optimize"              # any command: "optimize", "blackvip train", "unlearn fit", ...
-    metric = "best_loss"              # the result key reported (default for optimize and blackvip train)
+    metric = "best_loss"              # the result key reported (each built-in group has a default)
     goal = "min"                      # optional: min or max (defaults per command)
 
     [options]                         # fixed options, named as on the command line without "--"
@@ -19,9 +19,11 @@ A sweep spec (TOML)::
 
 ``DIR/sweep.json`` records the spec and the run names; ``DIR/runs/NAME/`` is each run's own
 directory, ``DIR/logs/NAME.log`` its output and ``DIR/logs/NAME.json`` its last exit and JSON
-result. Started again on the same DIR, a sweep skips finished runs (``result.json``), resumes
-runs that have a checkpoint (``blackbox runs resume`` for ``optimize``; the command itself for
-methods, which resume a run directory with the same settings) and starts the rest.
+result. Started again on the same DIR, a sweep skips finished runs, resumes the others that
+kept progress (``blackbox runs resume`` for an ``optimize`` checkpoint; the command itself for
+a method's run, which resumes a run directory of the same settings) and starts the rest. What
+"finished" means is each method's own (``Method.show``, :mod:`blackbox.methods.base`): ECO's
+artifact, CrossTune's model, BlackVIP's result; for ``optimize`` its ``result.json``.
 
 Each run is a ``blackbox`` subprocess: with ``backend="local"`` on this machine, at most
 ``max_parallel`` at once; with ``backend="ray"`` each is a Ray task (one CPU each), so the runs
@@ -39,24 +41,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, RunError, bad_value
+from ..errors import BlackboxError, ConfigError, RunError, bad_value
 from ..runs import atomic_write_json
 
 __all__ = ["SweepSpec", "load_spec", "plan", "run_sweep", "summarize", "plot_summary", "HEADLINES"]
 
 SWEEP = "sweep.json"
-# The headline metric of each command's result (key in its JSON result, and which way is better).
-# Other commands (crosstune fit, unlearn fit, ...) name theirs with `metric` in the spec.
+# The headline metric of each command's result (a key of its JSON result, dotted for a nested
+# one, and which way is better). Other commands name theirs with `metric` in the spec.
 HEADLINES: dict[str, tuple[str, str]] = {
     "optimize": ("best_loss", "min"),
     "blackvip train": ("test_accuracy", "max"),
+    "unlearn fit": ("forget_accuracy_after", "min"),  # the guard's job; retain_accuracy_after shows the collateral
+    "crosstune fit": ("train_info.val_acc", "max"),  # accuracy on held-out shots (out of fold), never a test split
 }
 BACKENDS = ("local", "ray")
 
@@ -184,15 +187,41 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     return out
 
 
+def _owner(rd: Path) -> Any:
+    """The method whose run ``rd`` is (None for an ``optimize`` run or a folder nothing owns yet)."""
+    if not rd.is_dir():
+        return None
+    from ..methods.base import method_of
+
+    return method_of(rd)
+
+
+def _finished(rd: Path, owner: Any) -> bool:
+    """A method's run by its own word (``Method.show``); an ``optimize`` run by its result.json."""
+    if owner is None:
+        return (rd / "result.json").is_file()
+    try:
+        return bool(owner.show(rd).get("finished"))
+    except (OSError, ValueError, KeyError, BlackboxError):
+        return False  # half-written or unreadable: not finished, resumed by its command
+
+
 def status_of(sweep_dir: Path, run: PlannedRun) -> str:
-    """finished (result.json), failed (last exit non-zero), checkpointed, started, or pending."""
+    """finished, failed (last exit non-zero), checkpointed (progress kept: resumable), started, or pending.
+
+    Any command group: a method's run directory says through the method protocol
+    (:meth:`~blackbox.methods.base.Method.show`) whether it is finished (ECO: its artifact;
+    CrossTune: its model; BlackVIP: its result), and one that holds its settings resumes;
+    an ``optimize`` run is finished with its result.json and resumable with its checkpoint.
+    """
     rd = sweep_dir / "runs" / run.name
-    if (rd / "result.json").is_file():
+    owner = _owner(rd)
+    if _finished(rd, owner):
         return "finished"
     record = _read_json(sweep_dir / "logs" / f"{run.name}.json")
     if record and record.get("returncode") not in (0, None):
         return "failed"
-    if (rd / "state.safetensors").is_file():
+    if owner is not None or (rd / "state.safetensors").is_file():
         return "checkpointed"
     return "started" if rd.exists() else "pending"
 
@@ -214,9 +243,10 @@ def command_for(spec: SweepSpec, run: PlannedRun, sweep_dir: Path) -> list[str]:
         if rd.exists():
             shutil.rmtree(rd)  # killed before it wrote its config: nothing to keep
         return ["optimize", *run.args, "--run-dir", str(rd), *tail]
-    if rd.exists() and not (rd / "state.safetensors").is_file() and not (rd / "result.json").is_file():
-        shutil.rmtree(rd)  # killed before its first checkpoint: start clean
-    # Methods resume a run directory holding a checkpoint of the same settings.
+    if rd.exists() and _owner(rd) is None:
+        shutil.rmtree(rd)  # killed before it wrote its settings: nothing to keep, start clean
+    # Methods resume a run directory of the same settings (ECO replays its evaluations, CrossTune
+    # its generations, BlackVIP its checkpoint) when given the same command again.
     return [*spec.command, *run.args, "--run-dir", str(rd), *tail]
 
 
@@ -342,15 +372,33 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _lookup(data: Any, metric: str) -> Any:
+    """``data[metric]``, or ``data[a][b]`` for ``metric = "a.b"`` (None when absent)."""
+    if isinstance(data, dict) and metric in data:
+        return data[metric]
+    head, dot, rest = metric.partition(".")
+    if dot and isinstance(data, dict) and isinstance(data.get(head), dict):
+        return _lookup(data[head], rest)
+    return None
+
+
 def _metric(sweep_dir: Path, run: PlannedRun, metric: str | None) -> Any:
+    """The headline from the run's result.json, its command's JSON output, or its method's ``show``
+    (a finished run the sweep skipped has no output of this sweep's, e.g. an ECO artifact)."""
     if metric is None:
         return None
-    for source in (sweep_dir / "runs" / run.name / "result.json", sweep_dir / "logs" / f"{run.name}.json"):
-        data = _read_json(source)
-        if data and source.name.endswith(".json") and source.parent.name == "logs":
-            data = data.get("result") or {}
-        if data and metric in data:
-            return data[metric]
+    rd = sweep_dir / "runs" / run.name
+    log = _read_json(sweep_dir / "logs" / f"{run.name}.json") or {}
+    for data in (_read_json(rd / "result.json"), log.get("result")):
+        value = _lookup(data, metric)
+        if value is not None:
+            return value
+    owner = _owner(rd)
+    if owner is not None:
+        try:
+            return _lookup(owner.show(rd).get("metrics"), metric)
+        except (OSError, ValueError, KeyError, BlackboxError):
+            return None
     return None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -54,22 +53,27 @@ def _sweep(*args: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float) -> None:
+    """SIGKILL (no cleanup) the sweep ``proc`` as soon as ``ready()``; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    pytest.fail(f"the sweep never reached a state with {what}")
+
+
 def test_killed_sweep_restarts_skipping_finished_and_resuming_checkpointed(tmp_path):
     spec = _write(tmp_path)
     out = tmp_path / "sw"
     first = _sweep(str(spec), "--run-dir", str(out), "--max-parallel", "1", cwd=tmp_path)
     r0, r1 = out / "runs" / "seed=0", out / "runs" / "seed=1"
-    deadline = time.monotonic() + 120
-    # Kill the sweep (SIGKILL: no cleanup) while seed=1 is mid-run with a checkpoint.
-    while time.monotonic() < deadline:
-        if (r0 / "result.json").is_file() and (r1 / "state.safetensors").is_file() and not (r1 / "result.json").is_file():
-            break
-        assert first.poll() is None, first.communicate()
-        time.sleep(0.02)
-    else:
-        pytest.fail("the sweep never reached a state with one run finished and the next checkpointed")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    # Kill the sweep while seed=1 is mid-run with a checkpoint.
+    _kill_when(first, lambda: (r0 / "result.json").is_file() and (r1 / "state.safetensors").is_file() and not (r1 / "result.json").is_file(),
+               "one run finished and the next checkpointed", 120)
     partial = load_tensors(r1 / "state.safetensors")[1]["history_lines"]
     finished_at = (r0 / "result.json").stat().st_mtime_ns
     time.sleep(0.5)  # the killed sweep's child died with it: nothing more is written
@@ -167,7 +171,8 @@ def test_plan_builds_command_lines():
     assert runs[0].args == ("--dataset", "digits", "--set", "q=2", "--set", "n_test=50", "--no-verbose", "--shots", "4", "--set", "a=0.5")
     assert spec.metric == "test_accuracy" and spec.goal == "max"
     other = sw.spec_from_dict({"command": "crosstune fit", "grid": {"shots": [4]}})
-    assert other.metric is None  # no default headline: the spec names one with `metric`
+    assert (other.metric, other.goal) == ("train_info.val_acc", "max")  # every built-in group has a default headline
+    assert sw.spec_from_dict({"command": "serve", "grid": {"port": [1]}}).metric is None  # others name theirs with `metric`
 
 
 def test_docs_scaling_sweep_example_runs(tmp_path, monkeypatch):
@@ -206,3 +211,85 @@ def test_blackvip_train_sweep(tmp_path):
     assert cfg["config"]["a"] == 0.01 and cfg["config"]["shots"] == 4
     again = runner.invoke(app, args)  # everything finished: nothing runs again
     assert again.exit_code == 0 and again.stderr == ""
+
+
+def test_killed_unlearn_sweep_resumes_from_its_evaluations_and_then_skips_it(tmp_path, tiny_lm_dir, eco_files):
+    """A non-optimize group: `unlearn fit` has no result.json; the sweep asks ECO (through the
+    method protocol) whether a run is finished, and a killed run resumes from its memoised
+    evaluations to the same artifact as an uninterrupted fit."""
+    from blackbox.methods.eco.config import EcoConfig
+    from blackbox.methods.eco.method import EcoMethod
+
+    spec_text = (f'command = "unlearn fit"\n[options]\nmodel = "hf-causal:{tiny_lm_dir}"\nforget = "{eco_files["forget"]}"\n'
+                 f'retain = "{eco_files["retain"]}"\ngeneral = "{eco_files["general"]}"\nfpr = 0.2\n'
+                 'set = ["calibration_fraction=0.5", "max_new_tokens=3"]\n[grid]\n"set.bisect_steps" = [2]\n')
+    (tmp_path / "eco.toml").write_text(spec_text)
+    out = tmp_path / "sw"
+    args = (str(tmp_path / "eco.toml"), "--run-dir", str(out))
+    first = _sweep(*args, cwd=tmp_path)
+    rd = out / "runs" / "set.bisect_steps=2"
+    evals = rd / "evals.jsonl"  # kill while the fit is part-way, with some evaluations kept
+    _kill_when(first, lambda: evals.is_file() and len(evals.read_text().splitlines()) >= 2 and not (rd / "artifact.json").is_file(),
+               "the fit part-way", 240)
+    time.sleep(0.5)  # its child died with it
+    kept = (rd / "evals.jsonl").read_text()
+    assert not (rd / "artifact.json").exists() and not (rd / "result.json").exists()
+    mid = sw.summarize(out)
+    assert [r["status"] for r in mid["runs"]] == ["checkpointed"]
+    assert (mid["metric"], mid["goal"]) == ("forget_accuracy_after", "min")
+
+    second = _sweep(*args, "--json", cwd=tmp_path)
+    stdout, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert stderr.strip().splitlines() == ["set.bisect_steps=2: finished"]
+    assert (rd / "evals.jsonl").read_text().startswith(kept)  # the evaluations made before the kill were replayed, not redone
+    assert (out / "logs" / "set.bisect_steps=2.log").read_text().count("$ blackbox unlearn fit") == 2
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["counts"]["finished"] == 1 and not (rd / "result.json").exists()  # finished by ECO's own marker
+
+    # Started again: the finished run is recognised (no result.json) and not run a third time.
+    third = _sweep(*args, cwd=tmp_path)
+    _, stderr = third.communicate(timeout=120)
+    assert third.returncode == 0 and stderr == ""
+    assert (out / "logs" / "set.bisect_steps=2.log").read_text().count("$ blackbox unlearn fit") == 2
+
+    # The resumed run ends exactly where an uninterrupted fit does.
+    cfg = EcoConfig.from_overrides(["calibration_fraction=0.5", "max_new_tokens=3", "bisect_steps=2"], fpr=0.2)
+    ref = EcoMethod().fit(cfg, tmp_path / "ref", model=f"hf-causal:{tiny_lm_dir}", **eco_files)
+    got = json.loads((rd / "artifact.json").read_text())
+    for art in (ref, got):
+        art.pop("timing")
+        art.pop("resumed", None)
+    assert got == ref
+    assert (tmp_path / "ref" / "evals.jsonl").read_bytes() == (rd / "evals.jsonl").read_bytes()
+    assert summary["runs"][0]["metric"] == ref["metrics"]["forget_accuracy_after"]
+    (out / "logs" / "set.bisect_steps=2.json").unlink()  # no command output to read: the headline comes from ECO's show()
+    assert sw.summarize(out)["runs"][0]["metric"] == ref["metrics"]["forget_accuracy_after"]
+
+
+def test_crosstune_fit_sweep_status_and_headline_from_the_method(tmp_path, tiny_lm_dir):
+    """`crosstune fit` runs: finished by CrossTune's own word (its model saved), headline its
+    held-out-shot accuracy (train_info.val_acc), read back when the sweep did not run it itself."""
+    from scale_helpers import COUNTRIES, GENERAL, TEMPLATES, write_jsonl
+
+    rows = [{"text": t.format(c=c), "label": "question"} for c in COUNTRIES[:6] for t in TEMPLATES[:2]]
+    rows += [{"text": f"{g} {k}", "label": "chat"} for k in range(2) for g in GENERAL]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    spec = sw.spec_from_dict({"command": "crosstune fit", "options": {"features": f"hf-causal:{tiny_lm_dir}", "train": train,
+                                                                      "set": ["max_epochs=10", "dim=8", "heads=2", "rank=8"]},
+                              "grid": {"shots": [4]}})
+    assert (spec.metric, spec.goal) == ("train_info.val_acc", "max")
+    out = tmp_path / "sw"
+    sw._prepare(spec, out)
+    run = sw.plan(spec)[0]
+    assert sw.status_of(out, run) == "pending"
+    rd = out / "runs" / run.name
+    res = runner.invoke(app, ["crosstune", "fit", *run.args, "--run-dir", str(rd), "--json"])  # as the sweep would run it
+    assert res.exit_code == 0, res.output
+    row = sw.summarize(out)["runs"][0]
+    assert row["status"] == "finished"
+    assert isinstance(row["metric"], float) and row["metric"] == json.loads((rd / "result.json").read_text())["train_info"]["val_acc"]
+    (rd / "result.json").unlink()  # CrossTune's own marker of a finished fit is its saved model
+    assert sw.status_of(out, run) == "finished"
+    (rd / "model.json").unlink()
+    assert sw.status_of(out, run) == "checkpointed"  # its settings are there: the same command resumes it
