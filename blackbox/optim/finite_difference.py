@@ -17,8 +17,11 @@ and the calibrated values are reported by :meth:`resolved_hyperparameters`.
   the divergence guard until the run is stable. The guard fires on a blow-up (a step's
   mean probe loss exceeds the loss at ``x0`` by more than ``|loss(x0)|``), an overflow (a
   loss of +inf after calibration) or a lack of progress (after 20 steps, the running
-  average of the loss is still above the loss at ``x0`` plus its noise). It returns the
-  parameters to the best iterate seen, clears momentum and multiplies ``a`` by ``backoff``.
+  average of the loss is still above the loss at ``x0`` plus its noise, the larger of the
+  noise at ``x0`` and the noise measured during the run). It returns the
+  parameters to the best iterate seen (to ``x0`` on a lack of progress when that iterate
+  beat ``x0`` by no more than 3 noise sds: a lucky minibatch, not a better point), clears
+  momentum and multiplies ``a`` by ``backoff``.
   The default never diverges but is not the best step everywhere (``bench/optimizers.py``
   measures it against a small step0 grid); an explicit ``step0`` or ``a`` always wins.
 * ``o`` (stability constant), when unset: 10% of the steps the budget allows (Spall's
@@ -324,6 +327,12 @@ class FiniteDifferenceOptimizer(Optimizer):
                 self.ref_loss = mean_loss
             reason = self._divergence(mean_loss)
             if reason:
+                if reason == "no-progress" and self.ref_loss - self.anchor_loss <= _NOISE_Z * self._level_noise():
+                    # The best iterate beat the start by less than the noise: one lucky
+                    # minibatch, not a better point (the run around it just averaged worse
+                    # than the start). Back to x0 instead, whose loss is the reference.
+                    np.copyto(self.anchor_theta, self.x0)
+                    self.anchor_loss = self.ref_loss
                 # Back to the best iterate, momentum cleared, smaller steps; the schedule's
                 # clock (chain slot 1) keeps counting as if the step had been taken.
                 self.theta = self.anchor_theta.copy()
@@ -439,8 +448,10 @@ class FiniteDifferenceOptimizer(Optimizer):
         The ratio ρ = (measured drop) / (predicted first-order drop) is ≈ 1 when steps are far
         too small (the loss falls as the linear model says), ≈ 1 − a·ΔᵀHΔ/2 in general, and
         negative when steps overshoot. The gain moves by ``exp(rate·(clip(ρ, −1, 1) − target))``.
-        The measured drop telescopes (start level − end level), so its noise does not grow with
-        the window; a window closes once the predicted drop is ``_NOISE_Z`` loss-noise sds.
+        ``adapt_test=slope`` (default) reads ρ as minus the least-squares slope of the window's
+        levels against the cumulative predicted drop, and closes the window once that slope's
+        standard error is below sqrt(2)/``_NOISE_Z``; ``ends`` uses start level − end level
+        over the predicted drop and closes once the prediction is ``_NOISE_Z`` noise sds.
         """
         cfg = self.config
         lv = self.levels
@@ -532,10 +543,14 @@ class FiniteDifferenceOptimizer(Optimizer):
         # tolerance is the loss noise measured now, not only at x0: a minibatch loss can be
         # noise-free at x0 (logistic at w = 0) and noisy everywhere else, and a zero
         # tolerance then reads every unlucky minibatch as "no progress" and cuts a to 0.
-        tol = math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
+        tol = self._level_noise()
         if self.loss_ema is not None and self.ema_steps >= _EMA_WARMUP and self.loss_ema > ref + tol:
             return "no-progress"
         return ""
+
+    def _level_noise(self) -> float:
+        """The loss noise: the larger of the noise at x0 and the run's level-noise estimate."""
+        return math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
 
     def recommend(self) -> np.ndarray:
         return self.theta.copy()

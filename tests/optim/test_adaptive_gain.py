@@ -116,14 +116,17 @@ def _drive_seeded(opt, prob) -> None:
         opt.tell(L)
 
 
-@pytest.mark.parametrize("name", ["spsa", "spsa-gc"])
-def test_noise_invisible_at_x0_is_not_read_as_lack_of_progress(name: str) -> None:
+@pytest.mark.parametrize("name, seed", [("spsa", 0), ("spsa-gc", 0), ("spsa-gc", 2), ("spsa-gc", 3)])
+def test_noise_invisible_at_x0_is_not_read_as_lack_of_progress(name: str, seed: int) -> None:
     """A minibatch logistic loss is exactly log 2 at w = 0 for every minibatch: calibration
     sees no noise there, and a guard that compared a noisy running loss with that noise-free
-    start fired "no progress" on unlucky minibatches until a was ~0 (spsa-gc ended at 0.183
-    of 0.186 excess after 20k queries). The guard now uses the noise measured during the run."""
+    start fired "no progress" on unlucky minibatches until a was ~0 (spsa-gc seed 0 ended at
+    0.183 of 0.186 excess after 20k queries). The guard now uses the noise measured during the
+    run. Seeds 2 and 3 then still took 40 backoffs and ended *worse* than x0 (0.21, 0.30 at
+    6000 queries): each restart returned to a "best iterate" that only one lucky minibatch
+    had put below the start; such an anchor is now dropped for x0."""
     prob = make_problem("minibatch_logistic")
-    opt = make_optimizer(name, np.zeros(prob.d), seed=0, budget=6000)
+    opt = make_optimizer(name, np.zeros(prob.d), seed=seed, budget=6000)
     _drive_seeded(opt, prob)
     hp = opt.resolved_hyperparameters()
     assert hp["calibrated"]["noise_std"] == 0.0  # the premise: no noise visible at x0
