@@ -11,7 +11,7 @@ import importlib
 from blackbox.registry import providers as _registry
 
 # module name -> provider kind(s); modules import no heavy library at import time.
-_BUILTIN_MODULES = ("torch_provider", "efficientnet", "clip_zero_shot", "hf_causal", "sentence_encoder", "openai_provider")
+_BUILTIN_MODULES = ("torch_provider", "efficientnet", "clip_zero_shot", "hf_causal", "sentence_encoder", "openai_provider", "hf_image_api")
 
 for _mod in _BUILTIN_MODULES:
     try:
