@@ -16,8 +16,14 @@ app = typer.Typer(help="BlackVIP: input-dependent visual prompts trained with SP
 
 
 def _summary(res: dict[str, Any]) -> str:
+    chosen = ""
+    if "selected_step" in res:
+        # early stopping: the prompt with the best held-out training-shot loss, and what was left unspent
+        chosen = (f" | held-out-selected prompt of step {res['selected_step']} (held-out accuracy {res['holdout_accuracy']:.1%})"
+                  f"{', stopped early' if res.get('stopped_early') else ''}, {res['unused_budget']} queries unused")
+    box = "WHITE-BOX encoder (reads the target's weights)" if res.get("white_box") else f"encoder {res.get('encoder', '?')}"
     return (f"zero-shot {res['zero_shot_accuracy']:.1%} | no-prompt head {res['linear_head_accuracy']:.1%} | "
-            f"prompted ({res['prompt']}, {res['output']}) {res['test_accuracy']:.1%} | {res['queries']} queries "
+            f"prompted ({res['prompt']}, {res['output']}, {box}) {res['test_accuracy']:.1%}{chosen} | {res['queries']} queries "
             f"({res['steps']} steps, {res['trainable_parameters']} trainable parameters) | {res['wall_seconds']:.1f} s -> {res['run_dir']}")
 
 

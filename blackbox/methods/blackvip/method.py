@@ -33,7 +33,7 @@ from blackbox.types import Capability, ClassifyRequest
 from ..base import read_config
 from .config import BlackVIPConfig
 from .data import ImageSet, few_shot_split
-from .encoders import fit_projection, make_encoder, project
+from .encoders import WHITE_BOX_ENCODERS, fit_projection, make_encoder, project
 from .outputs import FoldedHead, fixed_map, frequency_map, identity_map, mapped_log_probs
 from .prompts import Coordinator, FullPrompt, NoPrompt, PadPrompt, PromptModule, apply_prompt
 
@@ -72,6 +72,27 @@ class Outputs:
         return mapped_log_probs(probs, self.M)  # type: ignore[arg-type]
 
 
+def complete_top_k(scores: np.ndarray) -> np.ndarray:
+    """Full distributions from top-k answers: NaN marks a class the black box did not return.
+
+    The probability mass the black box left unreported, ``max(1 - sum(top k), 0)``, is spread
+    uniformly over the missing classes (the maximum-entropy completion, below every returned
+    score when k is large enough), with a floor of 1e-6 of the smallest returned score so that
+    log-probabilities stay finite; rows are renormalised. Rows without NaN pass unchanged.
+    """
+    missing = np.isnan(scores)
+    if not missing.any():
+        return scores
+    known = np.where(missing, 0.0, scores)
+    if (missing.all(axis=1)).any():
+        raise ObjectiveError("black-box scores: expected at least one returned class per image, received none")
+    n_missing = missing.sum(axis=1, keepdims=True)
+    rest = np.clip(1.0 - known.sum(axis=1, keepdims=True), 0.0, None) / np.maximum(n_missing, 1)
+    floor = 1e-6 * np.where(missing, np.inf, scores).min(axis=1, keepdims=True)
+    out = np.where(missing, np.maximum(rest, floor), known)
+    return out / out.sum(axis=1, keepdims=True)
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -107,7 +128,8 @@ class BlackBoxImages:
             self.seconds += time.perf_counter() - t
             self.calls += 1
             self.queries += res.usage.queries or len(part)
-            out.append(res.scores if self.want == "probs" else _softmax(res.scores))
+            # A top-k API marks unreturned classes with NaN: completed explicitly (see complete_top_k).
+            out.append(complete_top_k(res.scores) if self.want == "probs" else _softmax(res.scores))
         return np.concatenate(out)
 
 
@@ -154,6 +176,11 @@ class BlackVIP:
         self.module = make_prompt(config, self.side)
         self.train_idx, self.test_idx = few_shot_split(data, config.shots, config.n_test, config.seed)
         self.n_task = len(data.classes)
+        # Positions (in train_idx) of the images the prompt's loss sees, and of the held-out
+        # ones that only choose among prompts (early stopping).
+        self.early_stopping = config.output == "head" and config.holdout > 0 and self.module.dim > 0
+        self.fit_pos, self.hold_pos = holdout_split(data.labels[self.train_idx], config.holdout if self.early_stopping else 0.0, config.seed)
+        self.best: dict[str, Any] = {}
         self.step = 0
         self.queries = 0
         self.eval_queries = 0
@@ -165,8 +192,10 @@ class BlackVIP:
 
     # --- setup ----------------------------------------------------------------------------
     def _codes(self) -> None:
-        """Encoder features of every split image, computed once and cached in the run dir."""
+        """Encoder features of every split image, computed once and cached in the run dir
+        (with the trained encoder's weights, so predictions on new images need no retraining)."""
         path = self.run_dir / "features.safetensors"
+        self.encoder_state: dict[str, np.ndarray] = {}
         if self.cfg.prompt != "coordinator":
             self.codes_train = np.zeros((len(self.train_idx), 1))
             self.codes_test = np.zeros((len(self.test_idx), 1))
@@ -175,12 +204,15 @@ class BlackVIP:
         if path.exists():
             arrays, _ = load_tensors(path)
         else:
-            enc = make_encoder(self.cfg.encoder, self.cfg.encoder_size)
+            enc = make_encoder(self.cfg.encoder, self.cfg.encoder_size, self.cfg.encoder_steps)
+            # Unsupervised: the encoder sees the training images, never their labels.
+            enc.fit(self.data.images[self.train_idx], self.cfg.seed)
             f_train = enc.features(self.data.images[self.train_idx])
             f_test = enc.features(self.data.images[self.test_idx])
             proj = fit_projection(f_train, self.cfg.code_dim)
-            arrays = {"train": f_train, "test": f_test, **{f"proj.{k}": v for k, v in proj.items()}}
+            arrays = {"train": f_train, "test": f_test, **{f"proj.{k}": v for k, v in proj.items()}, **enc.state()}
             save_tensors(path, arrays, {"encoder": self.cfg.encoder, "size": self.cfg.encoder_size})
+        self.encoder_state = {k: v for k, v in arrays.items() if k.startswith("ae.")}
         self.proj = {"mean": arrays["proj.mean"], "components": arrays["proj.components"]}
         self.codes_train = project(arrays["train"], self.proj)
         self.codes_test = project(arrays["test"], self.proj)
@@ -205,9 +237,24 @@ class BlackVIP:
             self.outputs = Outputs("map", self.n_task, M=M)
         else:
             if self.outputs is None or self.outputs.head is None:
-                head = FoldedHead(max(cfg.head_folds, 1), cfg.head_C, len(self.train_idx), cfg.seed)
+                head = FoldedHead(max(cfg.head_folds, 1), cfg.head_C, len(self.fit_pos), cfg.seed)
                 self.outputs = Outputs("head", self.n_task, head=head)
-            self.outputs.head.fit(probs_train, y, self.n_task)  # type: ignore[union-attr]
+            self.outputs.head.fit(probs_train[self.fit_pos], y[self.fit_pos], self.n_task)  # type: ignore[union-attr]
+
+    def _check_holdout(self, theta: np.ndarray, probs_train: np.ndarray) -> bool:
+        """Held-out loss of ``theta`` (head fitted on the other shots, already refit on
+        ``probs_train``); keeps the best prompt so far. True when patience has run out."""
+        y = self.data.labels[self.train_idx][self.hold_pos]
+        lp = self.outputs.head.full.log_probs(probs_train[self.hold_pos])  # type: ignore[union-attr]
+        loss = -float(np.mean(lp[np.arange(len(y)), y]))
+        b = self.best
+        if not b or loss < b["loss"]:
+            self.best = {"loss": loss, "theta": np.array(theta, copy=True), "probs": probs_train, "step": self.step,
+                         "queries": self.queries, "since": 0, "accuracy": float(np.mean(lp.argmax(axis=1) == y))}
+        else:
+            b["since"] += 1
+        self.metrics["holdout_checks"] = self.metrics.get("holdout_checks", 0) + 1
+        return bool(self.cfg.patience) and self.best["since"] >= self.cfg.patience
 
     def _prompted(self, theta: np.ndarray, images: np.ndarray, codes: np.ndarray) -> np.ndarray:
         import torch
@@ -268,6 +315,8 @@ class BlackVIP:
             probs_train = self._probs_on(self.theta, "train")
             self.queries += self.bb.queries - before
         self._fit_outputs(probs_train)
+        if self.early_stopping:
+            self._check_holdout(self.theta, probs_train)
         self.opt = self._make_optimizer() if self.module.dim else None
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -276,9 +325,10 @@ class BlackVIP:
                 "dataset": self.dataset, "classes": list(self.data.classes), "prompt": self.module.describe(),
                 "n_train": int(len(self.train_idx)), "n_test": int(len(self.test_idx))}
 
-    def checkpoint(self) -> None:
-        """Atomically write parameters, optimizer, map/head and counters."""
-        arrays: dict[str, np.ndarray] = {"theta": np.asarray(self.opt.recommend() if self.opt else self.theta)}
+    def checkpoint(self, final: bool = False) -> None:
+        """Atomically write parameters, optimizer, map/head and counters. ``final``: ``theta``
+        is the selected prompt (what ``load`` predicts with), not the optimizer's current one."""
+        arrays: dict[str, np.ndarray] = {"theta": np.asarray(self.opt.recommend() if self.opt and not final else self.theta)}
         opt_meta: dict[str, Any] = {}
         if self.opt is not None:
             oa, opt_meta = self.opt.state_dict()
@@ -287,7 +337,11 @@ class BlackVIP:
             arrays["map"] = self.outputs.M
         if self.outputs is not None and self.outputs.head is not None:
             arrays.update(self.outputs.head.arrays())
-        meta = {"step": self.step, "queries": self.queries, "eval_queries": self.eval_queries, "metrics": self.metrics,
+        best_meta = {}
+        if self.best:
+            arrays["best.theta"], arrays["best.probs"] = np.asarray(self.best["theta"]), self.best["probs"]
+            best_meta = {k: v for k, v in self.best.items() if k not in ("theta", "probs")}
+        meta = {"best": best_meta, "step": self.step, "queries": self.queries, "eval_queries": self.eval_queries, "metrics": self.metrics,
                 "history_lines": self.history_lines, "opt": opt_meta, "bb_seconds": self.bb.seconds}
         save_tensors(self.run_dir / "state.safetensors", arrays, meta)
 
@@ -300,8 +354,11 @@ class BlackVIP:
         if self.opt is not None:
             self.opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}, meta["opt"])
         self.theta = arrays["theta"]
+        self.best = {}
+        if meta.get("best"):
+            self.best = {**meta["best"], "theta": arrays["best.theta"], "probs": arrays["best.probs"]}
         if self.cfg.output == "head":
-            head = FoldedHead(max(self.cfg.head_folds, 1), self.cfg.head_C, len(self.train_idx), self.cfg.seed)
+            head = FoldedHead(max(self.cfg.head_folds, 1), self.cfg.head_C, len(self.fit_pos), self.cfg.seed)
             head.load(arrays)
             self.outputs = Outputs("head", self.n_task, head=head)
         else:
@@ -319,20 +376,22 @@ class BlackVIP:
         return int(self.opt.next_cost()) * self.cfg.batch_size
 
     def _minibatch(self, seed: int) -> np.ndarray:
-        return np.random.default_rng(int(seed) & 0x7FFFFFFFFFFFFFFF).choice(len(self.train_idx), size=min(self.cfg.batch_size, len(self.train_idx)), replace=False)
+        """Positions in ``fit_pos`` (held-out shots never enter the prompt's loss)."""
+        n = len(self.fit_pos)
+        return np.random.default_rng(int(seed) & 0x7FFFFFFFFFFFFFFF).choice(n, size=min(self.cfg.batch_size, n), replace=False)
 
     def _probe_losses(self, X: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         """All probes of one step in one batched black-box call (per distinct minibatch)."""
-        cfg = self.cfg
         losses = np.empty(len(X))
         for s in np.unique(seeds):
             rows = np.flatnonzero(seeds == s)
             pos = self._minibatch(int(s))
-            imgs = self.data.images[self.train_idx[pos]]
-            codes = self.codes_train[pos]
+            at = self.fit_pos[pos]
+            imgs = self.data.images[self.train_idx[at]]
+            codes = self.codes_train[at]
             batch = np.concatenate([self._prompted(X[r], imgs, codes) for r in rows])
             probs = self.bb.probs(batch).reshape(len(rows), len(pos), -1)
-            y = self.data.labels[self.train_idx[pos]]
+            y = self.data.labels[self.train_idx[at]]
             for j, r in enumerate(rows):
                 lp = self.outputs.train_log_probs(probs[j], pos)  # type: ignore[union-attr]
                 losses[r] = -float(np.mean(lp[np.arange(len(pos)), y]))
@@ -363,7 +422,8 @@ class BlackVIP:
         taken = 0
         last_loss = math.nan
         trainable = self.module.dim > 0
-        while trainable and self.queries + self._step_cost() <= cfg.budget and (max_steps is None or taken < max_steps):
+        while (trainable and not self.metrics.get("stopped_early") and self.queries + self._step_cost() <= cfg.budget
+               and (max_steps is None or taken < max_steps)):
             refit_due = self.step > 0 and (
                 (cfg.output == "head" and cfg.head_every and self.step % cfg.head_every == 0)
                 or (cfg.output == "map" and cfg.label_map == "frequency" and cfg.remap_every and self.step % cfg.remap_every == 0)
@@ -372,8 +432,13 @@ class BlackVIP:
                 if self.queries + len(self.train_idx) + self._step_cost() > cfg.budget:
                     break
                 before = self.bb.queries
-                self._fit_outputs(self._probs_on(self.opt.recommend(), "train"))
+                theta_now = self.opt.recommend()
+                probs_now = self._probs_on(theta_now, "train")
                 self.queries += self.bb.queries - before
+                self._fit_outputs(probs_now)
+                if self.early_stopping and self._check_holdout(theta_now, probs_now):
+                    self.metrics["stopped_early"] = True
+                    break
             X = self.opt.ask()
             seeds = self.opt.candidate_seeds()
             before = self.bb.queries
@@ -396,12 +461,20 @@ class BlackVIP:
                 self.checkpoint()
         if self.opt is not None:
             self.theta = self.opt.recommend()
+        if self.early_stopping and self.best:
+            # The prompt with the best held-out loss, and a head on all training shots at
+            # that prompt (their outputs were queried at the check: no extra queries).
+            self.theta = np.array(self.best["theta"], copy=True)
+            self.outputs.head.full.fit(self.best["probs"], self.data.labels[self.train_idx], self.n_task)  # type: ignore[union-attr]
+            self.metrics.update(selected_step=int(self.best["step"]), selected_queries=int(self.best["queries"]),
+                                holdout_loss=float(self.best["loss"]), holdout_accuracy=float(self.best["accuracy"]))
+        self.metrics["unused_budget"] = int(cfg.budget - self.queries)
         e0 = self.bb.queries
         acc = self._accuracy(self._probs_on(self.theta, "test"))
         self.eval_queries += self.bb.queries - e0
         self.metrics["test_accuracy"] = acc
         self.metrics["wall_seconds"] = wall0 + time.perf_counter() - t0
-        self.checkpoint()
+        self.checkpoint(final=True)
         result = self.result(last_loss)
         atomic_write_json(self.run_dir / "result.json", result.to_json())
         return result
@@ -414,8 +487,16 @@ class BlackVIP:
             wall_seconds=round(m.get("wall_seconds", 0.0), 3), run_dir=str(self.run_dir), steps=self.step,
             trainable_parameters=self.module.dim, train_loss=train_loss if math.isfinite(train_loss) else -1.0,
             black_box_seconds=round(self.bb.seconds, 3),
-            extras={"prompt": self.cfg.prompt, "output": self.cfg.output, "optimizer": self.cfg.optimizer},
+            extras={"prompt": self.cfg.prompt, "output": self.cfg.output, "optimizer": self.cfg.optimizer, "encoder": self.cfg.encoder,
+                    "white_box": self.white_box, "stopped_early": bool(m.get("stopped_early", False)),
+                    "unused_budget": int(m.get("unused_budget", self.cfg.budget - self.queries)),
+                    **{k: m[k] for k in ("selected_step", "selected_queries", "holdout_loss", "holdout_accuracy") if k in m}},
         )
+
+    @property
+    def white_box(self) -> bool:
+        """True when the Coordinator reads a target network's weights (encoder=target-features)."""
+        return self.cfg.prompt == "coordinator" and self.cfg.encoder in WHITE_BOX_ENCODERS
 
     # --- inference -------------------------------------------------------------------------
     def predict_images(self, images: np.ndarray) -> np.ndarray:
@@ -424,7 +505,9 @@ class BlackVIP:
             raise bad_value("images", f"RGB images of shape (n, {self.side}, {self.side}, 3) in [0, 1]", f"shape {images.shape}")
         codes = np.zeros((len(images), 1))
         if self.cfg.prompt == "coordinator":
-            codes = project(make_encoder(self.cfg.encoder, self.cfg.encoder_size).features(images), self.proj)
+            enc = make_encoder(self.cfg.encoder, self.cfg.encoder_size, self.cfg.encoder_steps)
+            enc.load(self.encoder_state)
+            codes = project(enc.features(images), self.proj)
         probs = self.bb.probs(self._prompted(self.theta, images, codes))
         return self.outputs.log_probs(probs)  # type: ignore[union-attr]
 
@@ -459,6 +542,23 @@ class BlackVIP:
         self.eval_queries += spent
         return {"run_dir": str(self.run_dir), "dataset": self.dataset, "n_test": int(len(self.test_idx)),
                 "test_accuracy": acc, "queries": int(spent), "prompt": self.cfg.prompt, "output": self.cfg.output}
+
+
+def holdout_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the prompt's shots and of the held-out shots: ``round(share * n_c)`` per
+    class (at least 1, at most n_c - 1) when ``share`` > 0, stratified and seeded."""
+    if share <= 0:
+        return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, 7])  # independent of the split's own stream
+    hold = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            raise bad_value("holdout", f"0 with {len(idx)} shot(s) of a class (holding one out needs 2)", share)
+        k = min(max(int(round(share * len(idx))), 1), len(idx) - 1)
+        hold.append(rng.permutation(idx)[:k])
+    h = np.sort(np.concatenate(hold))
+    return np.setdiff1d(np.arange(len(labels)), h), h
 
 
 def check_config_for(data: ImageSet, cfg: BlackVIPConfig) -> None:

@@ -80,11 +80,12 @@ class Coordinator(PromptModule):
     kind = "coordinator"
 
     def __init__(self, code_dim: int, trigger_dim: int = 16, channels: int = 8, side: int = 32, init_scale: float = 0.1) -> None:
-        if side % 8 or side < 8:
-            raise bad_value("prompt side", "a multiple of 8 (the decoder doubles 3 times)", side)
+        if side < 8:
+            raise bad_value("prompt side", "at least 8 pixels (the decoder doubles 3 times)", side)
         self.code_dim, self.trigger_dim, self.channels, self.side = code_dim, trigger_dim, channels, side
         self.init_scale = init_scale
-        s0, c = side // 8, channels
+        # The decoder works on a multiple of 8 and is resized to the image side when it differs.
+        s0, c = -(-side // 8), channels
         self.specs = [
             ParamSpec("trigger", (trigger_dim,)),
             ParamSpec("fc.w", (c * s0 * s0, code_dim + trigger_dim)),
@@ -120,12 +121,14 @@ class Coordinator(PromptModule):
         F = torch.nn.functional
         p = _unflatten(theta, self.specs)
         n = codes.shape[0]
-        s0, c = self.side // 8, self.channels
+        s0, c = -(-self.side // 8), self.channels
         u = torch.cat([codes, p["trigger"].expand(n, -1)], dim=1)
         h = F.gelu(F.linear(u, p["fc.w"], p["fc.b"])).reshape(n, c, s0, s0)
         h = F.gelu(F.group_norm(F.conv_transpose2d(h, p["up1.w"], p["up1.b"], stride=2, padding=1), 1))
         h = F.gelu(F.group_norm(F.conv_transpose2d(h, p["up2.w"], p["up2.b"], stride=2, padding=1), 1))
         out = torch.tanh(F.conv_transpose2d(h, p["out.w"], p["out.b"], stride=2, padding=1))
+        if out.shape[-1] != self.side:
+            out = F.interpolate(out, size=(self.side, self.side), mode="bilinear", align_corners=False)
         return out.permute(0, 2, 3, 1)
 
     def describe(self) -> dict[str, Any]:
