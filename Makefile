@@ -41,10 +41,12 @@ $(FORTUNES):
 data: $(FORTUNES)
 
 # The main job: BlackVIP against the shipped EfficientNet-Lite0 ImageNet classifier (queried
-# as a black box) on real MNIST digits, 16 shots per class.
+# as a black box, probabilities only) on real MNIST digits, 16 shots per class. The defaults
+# are black-box end to end: the Coordinator's encoder is trained without labels on the
+# training images, and the prompt is chosen by its loss on held-out training shots.
 demo: $(STAMP)
-	$(VENV)/bin/blackbox blackvip train --provider 'efficientnet-lite0?size=96' --dataset mnist \
-		--shots 16 --budget 20000 --run-dir runs/blackvip-$$(date +%Y%m%d-%H%M%S) --progress
+	$(VENV)/bin/blackbox blackvip train --provider 'efficientnet-lite0?size=64' --dataset mnist \
+		--shots 16 --budget 10000 --run-dir runs/blackvip-$$(date +%Y%m%d-%H%M%S) --progress
 
 # -rs lists every skipped test with its reason; CI (.ci/run) also sets
 # BLACKBOX_REQUIRE_MODELS=1, under which a missing model, package or data set fails instead.
@@ -57,3 +59,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs
+
+# Debian's `dataset-fashion-mnist` (BlackVIP's fashion-mnist data set and its tests), installed
+# like `fortunes` above; `make data` (and so `make test`) depends on it.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+$(FASHION_MNIST):
+	@if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: no apt-get here; install Debian's 'dataset-fashion-mnist' data (files under /usr/share/datasets/fashion-mnist) for the fashion-mnist data set"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; } \
+			|| echo "note: apt-get install dataset-fashion-mnist failed; the fashion-mnist tests will say so"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		{ sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; } \
+			|| echo "note: apt-get install dataset-fashion-mnist failed; the fashion-mnist tests will say so"; \
+	else \
+		echo "note: Debian's 'dataset-fashion-mnist' package is not installed and this user cannot install it: sudo apt-get install dataset-fashion-mnist"; \
+	fi
+
+data: $(FASHION_MNIST)
