@@ -10,7 +10,7 @@ extra those raise one line naming what to install.
 * :func:`configure` / :func:`client_for` — the process-wide replica setting that
   ``blackbox optimize --replicas N`` sets, and the Client an objective asks for by spec.
 * :func:`served` — a block in which a method that loads its model by spec gets it from
-  replicas (``unlearn``, ``crosstune`` and ``fuse eval`` with ``--replicas N``).
+  replicas (``unlearn`` and ``crosstune`` with ``--replicas N``).
 * the ``ray:`` provider kind (:mod:`.spec`) — ``ray:SPEC?replicas=N``, a pool wherever a spec is taken.
 * :mod:`.sweep` — ``blackbox sweep``: a grid of runs, one run directory each, resumable.
 """

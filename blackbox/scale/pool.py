@@ -295,7 +295,7 @@ class ReplicaPool(Provider):
     def map_rows(self, method: str, rows: Any) -> list[Any]:
         """``provider.METHOD(shard)`` on contiguous shards of ``rows``, one per replica, each returning
         one entry per row; the entries joined in order. For work that is not one typed call (e.g.
-        fusion's whole decode of a prompt set, :mod:`blackbox.scale.fused`); faults are handled as
+        fusion's whole decode of a prompt set, ``blackbox.methods.fusion.replicas``); faults are handled as
         for typed calls, and an error the method raises goes up as it is."""
         if self._closed:
             raise ProviderError(f"replica pool for {self._source_name()}: closed")

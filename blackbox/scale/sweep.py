@@ -22,7 +22,7 @@ directory, ``DIR/logs/NAME.log`` its output and ``DIR/logs/NAME.json`` its last 
 result. Started again on the same DIR, a sweep skips finished runs, resumes the others that
 kept progress (``blackbox runs resume`` for an ``optimize`` checkpoint; the command itself for
 a method's run, which resumes a run directory of the same settings) and starts the rest. What
-"finished" means is each method's own (``Method.show``, :mod:`blackbox.methods.base`): ECO's
+"finished" means is each method's own (``Method.show`` of the method protocol): ECO's
 artifact, CrossTune's model, BlackVIP's result; for ``optimize`` its ``result.json``.
 
 Each run is a ``blackbox`` subprocess: with ``backend="local"`` on this machine, at most
@@ -191,9 +191,16 @@ def _owner(rd: Path) -> Any:
     """The method whose run ``rd`` is (None for an ``optimize`` run or a folder nothing owns yet)."""
     if not rd.is_dir():
         return None
-    from ..methods.base import method_of
+    from ..registry import methods  # the core reaches methods through their registry (lazy import paths)
 
-    return method_of(rd)
+    for entry in methods.entries():
+        try:
+            impl = entry.obj.load_method() if getattr(entry.obj, "method", "") else None
+        except ImportError:
+            continue  # an optional extra is missing: that method cannot own a run here
+        if impl is not None and impl.owns(rd):
+            return impl
+    return None
 
 
 def _finished(rd: Path, owner: Any) -> bool:
@@ -210,7 +217,7 @@ def status_of(sweep_dir: Path, run: PlannedRun) -> str:
     """finished, failed (last exit non-zero), checkpointed (progress kept: resumable), started, or pending.
 
     Any command group: a method's run directory says through the method protocol
-    (:meth:`~blackbox.methods.base.Method.show`) whether it is finished (ECO: its artifact;
+    (``Method.show``, reached through the methods registry) whether it is finished (ECO: its artifact;
     CrossTune: its model; BlackVIP: its result), and one that holds its settings resumes;
     an ``optimize`` run is finished with its result.json and resumable with its checkpoint.
     """

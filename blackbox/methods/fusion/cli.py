@@ -108,7 +108,7 @@ def generate(
     if replicas != 1 or ray_address is not None:
         # The prompt set split across Ray replicas, each decoding its share with the whole fused
         # model (the token-by-token loop stays in one process per prompt).
-        from blackbox.scale.fused import fused_generate
+        from .replicas import fused_generate
 
         if stream:
             raise BlackboxError("--stream: expected one process, received --replicas/--ray-address")

@@ -16,9 +16,9 @@ import functools
 import time
 from typing import Any, Sequence
 
-from ..errors import BlackboxError
-from ..provider import Provider
-from ..types import Capability
+from blackbox.errors import BlackboxError
+from blackbox.provider import Provider
+from blackbox.types import Capability
 
 __all__ = ["FusedRows", "fused_generate"]
 
@@ -31,8 +31,9 @@ class FusedRows(Provider):
     summary = "logit fusion of a large model, a small one and experts, decoding a share of a prompt set"
 
     def __init__(self, specs: Sequence[str], config: dict[str, Any]) -> None:
-        from ..methods.fusion.decode import FusionConfig, LogitFusion
-        from ..provider import load_provider
+        from blackbox.provider import load_provider
+
+        from .decode import FusionConfig, LogitFusion
 
         super().__init__()
         self.specs = list(specs)
@@ -74,9 +75,10 @@ def fused_generate(specs: Sequence[str], config: Any, prompts: Sequence[str], re
     """Decode ``prompts`` with the fused model of ``specs`` (large, small, experts...) on
     ``replicas`` Ray replicas; returns a :class:`~blackbox.methods.fusion.decode.FusionResult` and
     the fused model's tokenizer (a copy, for the driver's text bookkeeping)."""
-    from ..methods.fusion.decode import FusionResult
-    from .context import check_replicas
-    from .pool import ReplicaPool
+    from blackbox.scale.context import check_replicas
+    from blackbox.scale.pool import ReplicaPool
+
+    from .decode import FusionResult
 
     settings = check_replicas(replicas, address, timeout)
     if settings.replicas > 1 and config.temperature > 0:
