@@ -568,6 +568,19 @@ def test_fusion_through_clients_bills_every_step(models):
         LogitFusion(m["large"], small_budget, [m["expert"]], cfg).generate(PROMPTS)
 
 
+def test_a_model_in_two_roles_is_stepped_once(models):
+    from blackbox.client import Client, Ledger
+
+    m = models
+    cfg = _cfg(mode="proxy", max_tokens=5)
+    shared = Client(m["small"], ledger=Ledger())
+    res = LogitFusion(shared, shared, [m["expert"]], cfg).generate(PROMPTS)
+    # large = small: z_L + (z_E - z_S) is the expert's own greedy text
+    assert res.tokens == LogitFusion(m["expert"], m["expert"], [m["expert"]], cfg).generate(PROMPTS).tokens
+    steps = max(len(t) for t in res.tokens) - 1
+    assert shared.ledger.queries == len(PROMPTS) * (1 + steps)  # one forward pass per step, not one per role
+
+
 # --- CLI --------------------------------------------------------------------------------
 def test_cli_generate_json(models, tmp_path):
     from typer.testing import CliRunner

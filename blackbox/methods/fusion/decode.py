@@ -282,11 +282,16 @@ class LogitFusion:
         c = self.config
         b = len(seqs)
         rows = [{"tokens": [], "weights": [], "text": "", "finish": None} for _ in range(b)]
-        steppers = {role: _LocalStepper(p, self.n_vocab, c.use_cache) for role, p in self.roles.items()}
+        # One stepper per distinct provider: roles held by the same model (e.g. the large model
+        # doubling as the small base) share its forward passes and logits.
+        uniq: dict[int, _LocalStepper] = {}
+        for p in self.roles.values():
+            uniq.setdefault(id(p), _LocalStepper(p, self.n_vocab, c.use_cache))
         api = _ApiTopK(self.large, self.tokenizer, self.n_vocab, int(c.large_top_k)) if self.api_large else None
         pad = next(iter(sorted(self.eos_ids)), 0)
         with torch.inference_mode():
-            logits = {role: s.start(seqs) for role, s in steppers.items()}
+            first = {k: s.start(seqs) for k, s in uniq.items()}
+            logits = {role: first[id(p)] for role, p in self.roles.items()}
             for step in range(c.max_tokens):
                 active = [r for r in range(b) if rows[r]["finish"] is None]
                 api_rows = api.query([prompts[r] + self.tokenizer.decode(rows[r]["tokens"]) for r in active]) if api else None
@@ -318,7 +323,8 @@ class LogitFusion:
                     self._advance(row, tok, step + 1 == c.max_tokens)
                 if all(row["finish"] is not None for row in rows):
                     break
-                logits = {role: s.step(next_ids) for role, s in steppers.items()}
+                nxt = {k: s.step(next_ids) for k, s in uniq.items()}
+                logits = {role: nxt[id(p)] for role, p in self.roles.items()}
         return rows
 
     def _advance(self, row: dict[str, Any], tok: int, last: bool) -> None:
