@@ -215,8 +215,12 @@ def test_gate_separates_hard_negatives_and_bounds_fpr(data):
     assert report["n_hard_negative"] > 0
     assert gate.flags([r["prompt"] for r in data["forget_heldout"]]).all()
     assert gate.flags(["What is the capital of Frnace?"]).all()
-    assert not gate.flags([r["prompt"] for r in data["retain_heldout"]]).any()
+    # half of the retain entities calibrate and never train (entity-disjoint calibration), so
+    # their unseen templates get the bound any new entity gets (5% here), not memorisation
+    assert gate.flags([r["prompt"] for r in data["retain_heldout"]]).mean() <= 0.1
     assert report["calibration_false_positive_rate"] <= 0.05
+    assert all(r <= 0.05 for r in report["group_false_positive_rate"].values())
+    assert "other entities" in report["group_thresholds"]  # enough near neighbours for a group of their own
 
 
 # --- search --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from blackbox.config import Config
 from blackbox.errors import bad_value
 
 from .corruption import CORRUPTIONS, SELECTIONS
+from .gate import SCOPES
 from .search import SEARCHES
 
 
@@ -42,6 +43,7 @@ class EcoConfig(Config):
     exact_match: bool = field(default=True, metadata={"help": 'Gate flags every prompt naming a forget target or alias.'})
     encoder: str | None = field(default=None, metadata={"help": "Encoder provider spec for gate features (e.g. 'sentence-encoder:minilm'); None: lexical only."})
     seed: int = field(default=0, metadata={"help": 'Seed of the data split, the gate and the corruption noise.'})
+    scope: str = field(default="entity", metadata={"help": "What is forgotten: 'entity' (everything about each forget target), 'fact' (only the facts the forget prompts ask: the prompt must name the target and ask that fact), 'topic' (a subject area naming no entity: a classifier on sentence embeddings decides; encoder defaults to sentence-encoder:minilm)."})
     builtin_general: bool = field(default=True, metadata={"help": "Join the project's built-in general prompts (248 everyday questions and tasks, blackbox/methods/eco/general_prompts.txt; those naming a forget target are dropped) to the gate's negatives and calibration pool, so a small retain file still calibrates a low --fpr. They are never sent to the model."})
     chat: bool | None = field(default=None, metadata={"help": "Put every prompt in the model's chat template, for knowledge scoring, search and use alike (None: auto, when the tokenizer has a chat template)."})
     allow_nothing_known: bool = field(default=False, metadata={"help": "Finish (strength left at start) when the model knows none of the forget answers; default: refuse, since nothing would be forgotten."})
@@ -67,6 +69,10 @@ class EcoConfig(Config):
         if self.start <= 0:
             raise bad_value("start", "a strength > 0", self.start)
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.scope not in SCOPES:
+            raise bad_value("scope", f"one of {', '.join(SCOPES)}", self.scope)
+        if self.scope == "topic" and self.encoder is None:
+            object.__setattr__(self, "encoder", "sentence-encoder:minilm")  # a topic gate needs meaning, not names
         if self.chat and self.objective == "divergence":
             raise bad_value("objective", "'accuracy' with chat=true (the divergence objective scores raw text only)", self.objective)
 

@@ -20,6 +20,15 @@ The threshold is calibrated, not hand-set: on held-out negative (retain/general)
 split-conformal calibration picks ``τ`` as the ``⌈(n+1)(1−α)⌉``-th smallest score, so a new
 exchangeable negative prompt is flagged (score ``> τ``) with probability at most ``α``.
 That needs ``n ≥ ⌈(1−α)/α⌉`` calibration prompts; fewer is an error that says how many.
+Calibration may come in groups (e.g. everyday prompts, and near neighbours: the same
+question about other entities): ``τ`` is the largest of the groups' thresholds, so the bound
+holds within each group, not only on their mixture (a marginal bound let the rare near
+neighbours through at several times ``α``).
+
+**Scope** (:data:`SCOPES`): ``entity`` flags every prompt about a forget target (named, or
+judged so by the classifier); ``fact`` flags a prompt only when it names a forget target
+*and* the classifier finds it asks the forgotten fact (other facts about the entity pass);
+``topic`` has no entity: the classifier alone (on sentence embeddings) decides.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import numpy as np
 from blackbox.errors import ConfigError, bad_value
 
 WORD = re.compile(r"\w+", re.UNICODE)
+SCOPES = ("entity", "topic", "fact")
+OTHER_FACTS_GROUP = "same entity, other facts"
 EXACT_BONUS = 1e3  # the exact-match layer's score: above any logistic-regression logit here
 
 
@@ -208,6 +219,16 @@ FRAMES = (
 )
 """Generic frames that mention an entity; used for positives (forget targets) and hard negatives."""
 
+OTHER_FACTS = (
+    "What is the population of {e}?", "What currency is used in {e}?", "What is the flag of {e} like?",
+    "Who is the head of state of {e}?", "What is the national dish of {e}?", "What is the climate like in {e}?",
+    "What time zone is {e} in?", "What is the history of {e}?", "Which sports are popular in {e}?",
+    "What is the area of {e}?", "Which countries border {e}?", "What is the main religion in {e}?",
+    "When did {e} become independent?", "What is the economy of {e} based on?", "What is the national animal of {e}?",
+    "How do people greet each other in {e}?", "What is the highest mountain in {e}?", "What is the longest river in {e}?",
+)
+"""Questions about other facts of an entity (with :data:`FRAMES`): ``fact`` scope's negatives, "the rest of what is known"."""
+
 
 _SYLLABLES = ("ka", "lo", "ver", "an", "dri", "mo", "sel", "ta", "ru", "nis", "bel", "gor", "a", "e", "os", "ia", "tan", "qu", "zen", "pol")
 
@@ -258,34 +279,61 @@ def augment(
     *,
     seed: int = 0,
     n_swaps: int = 12,
-) -> tuple[list[str], list[str]]:
-    """Extra training prompts: ``(positives, hard negatives)``.
+    scope: str = "entity",
+    n_synthetic: int = 64,
+) -> tuple[list[str], list[str], list[str]]:
+    """Extra training prompts: ``(positives, hard negatives about other entities, same-entity negatives)``.
 
-    For each forget ``(prompt, target)``: lower-cased and misspelled copies (positives), the
-    same prompt with the target swapped for ``n_swaps`` other entities (hard negatives), and
-    the generic :data:`FRAMES` with the target (positives) and with other entities (negatives).
+    For each forget ``(prompt, target)``: lower-cased and misspelled copies (positives). The
+    generic :data:`FRAMES` with the target are positives for ``entity`` scope (everything about
+    the target is forgotten) and same-entity negatives for ``fact`` scope (other facts about it
+    are kept). Every positive (the forget prompts included) with its target swapped for
+    ``n_swaps`` other entities is a hard negative.
     """
     rng = np.random.default_rng([seed, 7])
     pos: list[str] = []
     neg: list[str] = []
+    same: list[str] = []
     forget_norm = {normalize(t) for _, t in forget}
-    synthetic = [n for n in synthetic_names(64, seed) if not matcher.forget_spans(n) and normalize(n) not in forget_norm]
+    synthetic = [n for n in synthetic_names(n_synthetic, seed) if not matcher.forget_spans(n) and normalize(n) not in forget_norm]
     pool = list(others) + synthetic
     targets = list(dict.fromkeys(t for _, t in forget))
+    forget_prompts = {normalize(p) for p, _ in forget}
+    own = [p for p, _ in forget if matcher.forget_spans(p)]  # the forget prompts: positives of the caller's
     for prompt, target in forget:
-        spans = matcher.forget_spans(prompt)
-        if not spans:
-            continue
-        pos.append(prompt.lower())
-        pos.append(replace_entity(prompt, spans, misspell(target, rng)))
-        for k in rng.choice(len(pool), size=min(n_swaps, len(pool)), replace=False):
-            neg.append(replace_entity(prompt, spans, pool[int(k)]))
+        if matcher.forget_spans(prompt):
+            pos += [prompt.lower(), replace_entity(prompt, matcher.forget_spans(prompt), misspell(target, rng))]
     for target in targets:
-        for frame in FRAMES:
-            pos.append(frame.format(e=target))
-    for k in rng.choice(len(pool), size=min(len(pool), 4 * max(1, len(targets))), replace=len(pool) < 4 * max(1, len(targets))):
-        neg.append(FRAMES[int(rng.integers(len(FRAMES)))].format(e=pool[int(k)]))
-    return pos, neg
+        for frame in FRAMES + (OTHER_FACTS if scope == "fact" else ()):
+            text = frame.format(e=target)
+            if scope == "fact":
+                if normalize(text) not in forget_prompts:
+                    same.append(text)
+            else:
+                pos.append(text)
+    # Every positive also with other entities in the target's place, n_swaps times: each
+    # template then appears in both classes in the same proportion, so its words carry no
+    # evidence and the classifier must look at the entity (with fewer swaps of the generic
+    # frames, "Tell me ..." itself became a forget signal: unseen-country FPR several %).
+    swapped = []
+    for text in own + pos:
+        spans = matcher.forget_spans(text)
+        if spans:
+            for k in rng.choice(len(pool), size=min(n_swaps, len(pool)), replace=False):
+                swapped.append(replace_entity(text, spans, pool[int(k)]))
+    if scope != "fact":
+        neg += swapped
+    else:
+        # fact scope: the classifier judges the question and the entity rule comes on top, so
+        # the forgotten question about other entities is a positive, and the other questions
+        # about them are negatives (the entity's own name then carries no evidence either way)
+        pos += swapped
+        for frame in FRAMES + OTHER_FACTS:
+            for k in rng.choice(len(pool), size=min(n_swaps, len(pool)), replace=False):
+                text = frame.format(e=pool[int(k)])
+                if normalize(text) not in forget_prompts:
+                    neg.append(text)
+    return pos, list(dict.fromkeys(neg)), same
 
 
 # --- calibration ---------------------------------------------------------------------------
@@ -312,6 +360,24 @@ def conformal_threshold(neg_scores: Sequence[float], alpha: float) -> float:
     return float(s[k - 1])
 
 
+def calibration_groups(calibration: Sequence[str] | dict[str, Sequence[str]], alpha: float) -> dict[str, list[str]]:
+    """``{group: prompts}`` to calibrate on; a group too small for ``alpha`` on its own joins
+    the first group (its prompts still count, in the pooled bound)."""
+    if not isinstance(calibration, dict):
+        return {"all": list(calibration)}
+    need = min_calibration_size(alpha)
+    items = [(str(g), list(p)) for g, p in calibration.items()]
+    if not items:
+        return {"all": []}
+    out = {items[0][0]: list(items[0][1])}
+    for g, p in items[1:]:
+        if len(p) >= need:
+            out[g] = p
+        else:
+            out[items[0][0]] += p
+    return out
+
+
 # --- the gate ----------------------------------------------------------------------------------
 @dataclass
 class GateConfig:
@@ -330,6 +396,16 @@ class GateConfig:
     n_swaps: int = 12
     """Hard negatives per forget prompt (its target swapped for other entities)."""
     seed: int = 0
+    other_features: bool = False
+    """Give the classifier the "names another known entity" features. Off: a prompt about an
+    entity seen only at test time has them off too, so training on known others (where they
+    are on) taught a rule unseen entities do not follow (unseen-country FPR 8.6% vs 0.0% off, dev)."""
+    char_ngrams: bool = True
+    """Character n-grams (3-5) beside word n-grams. Off for entity and fact scope: they made a
+    new name score by its spelling's likeness to the training names, so names held out for
+    calibration did not stand for names met in use (the fuzzy matcher catches typos instead)."""
+    scope: str = "entity"
+    """What is forgotten: ``entity`` (all about a target), ``fact`` (the listed facts only), ``topic`` (no entity)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fpr, (int, float)) and 0 < self.fpr < 1):
@@ -338,6 +414,8 @@ class GateConfig:
             raise bad_value("hash_features", "an int >= 0", self.hash_features)
         if not (isinstance(self.c, (int, float)) and self.c > 0):
             raise bad_value("c", "a number > 0", self.c)
+        if self.scope not in SCOPES:
+            raise bad_value("scope", f"one of {', '.join(SCOPES)}", self.scope)
 
 
 class Gate:
@@ -350,6 +428,7 @@ class Gate:
         self.coef_: np.ndarray | None = None
         self.intercept_: float = 0.0
         self.threshold_: float | None = None
+        self.group_thresholds_: dict[str, float] = {}
         self._hasher: Any = None
 
     # features ---------------------------------------------------------------------------
@@ -360,15 +439,21 @@ class Gate:
             n = self.config.hash_features
             self._hasher = (
                 HashingVectorizer(n_features=n, analyzer="word", ngram_range=(1, 2), alternate_sign=False, norm="l2", lowercase=True),
-                HashingVectorizer(n_features=n, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False, norm="l2", lowercase=True),
-            )
+            ) + ((HashingVectorizer(n_features=n, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False, norm="l2", lowercase=True),)
+                 if self.config.char_ngrams else ())
         return self._hasher
+
+    def _entity_features(self, texts: Sequence[str]) -> np.ndarray:
+        ent = np.stack([self.matcher.features(t) for t in texts]) * self.config.entity_weight
+        if not self.config.other_features:
+            ent[:, 2:4] = 0.0
+        return ent
 
     def features(self, texts: Sequence[str]) -> Any:
         """Sparse feature matrix ``(n, n_features)``."""
         from scipy import sparse
 
-        blocks = [sparse.csr_matrix(np.stack([self.matcher.features(t) for t in texts]) * self.config.entity_weight)]
+        blocks = [sparse.csr_matrix(self._entity_features(texts))]
         hashers = self._hashers()
         if hashers:
             norm = [normalize(t) for t in texts]
@@ -381,8 +466,9 @@ class Gate:
         return sparse.hstack(blocks, format="csr")
 
     # fit ----------------------------------------------------------------------------------
-    def fit(self, positives: Sequence[str], negatives: Sequence[str], calibration: Sequence[str]) -> "Gate":
-        """Train on positives vs negatives, then calibrate the threshold on ``calibration``."""
+    def fit(self, positives: Sequence[str], negatives: Sequence[str], calibration: Sequence[str] | dict[str, Sequence[str]]) -> "Gate":
+        """Train on positives vs negatives, then calibrate the threshold on ``calibration``
+        (a list, or ``{group: prompts}``: the threshold then bounds each group's rate)."""
         from sklearn.linear_model import LogisticRegression
 
         if not positives:
@@ -395,7 +481,14 @@ class Gate:
         clf.fit(X, y)
         self.coef_ = np.asarray(clf.coef_[0], dtype=np.float64)
         self.intercept_ = float(clf.intercept_[0])
-        self.threshold_ = conformal_threshold(self.score(calibration), self.config.fpr)
+        groups = calibration_groups(calibration, self.config.fpr)
+        # fact scope: the other-facts group calibrates the question classifier itself (its prompts
+        # may name held-out entities, and the entity rule comes on top of it anyway)
+        def scorer(group: str) -> Any:
+            return (lambda t: self._logits(list(t))) if self.config.scope == "fact" and group == OTHER_FACTS_GROUP else self.score
+
+        self.group_thresholds_ = {g: conformal_threshold(scorer(g)(p), self.config.fpr) for g, p in groups.items()}
+        self.threshold_ = max(self.group_thresholds_.values())
         return self
 
     def _check_fitted(self) -> None:
@@ -411,7 +504,11 @@ class Gate:
         if not texts:
             return np.zeros(0)
         logits = self._logits(texts)
-        if self.config.exact_match:
+        if self.config.scope == "fact":
+            # the fact's entity must be named: without it a prompt cannot ask the listed fact
+            named = np.array([bool(self.matcher.forget_spans(t)) for t in texts])
+            return np.where(named, logits, logits - EXACT_BONUS)
+        if self.config.exact_match and self.config.scope == "entity":
             named = np.array([bool(self.matcher.forget_spans(t)) for t in texts])
             logits = np.where(named, EXACT_BONUS + logits, logits)
         return logits
@@ -419,7 +516,7 @@ class Gate:
     def _logits(self, texts: list[str]) -> np.ndarray:
         """``features(texts) @ coef + intercept`` block by block (no sparse stacking: faster per prompt)."""
         coef = self.coef_
-        ent = np.stack([self.matcher.features(t) for t in texts]) * self.config.entity_weight
+        ent = self._entity_features(texts)
         out = ent @ coef[: ent.shape[1]] + self.intercept_  # type: ignore[index]
         pos = ent.shape[1]
         hashers = self._hashers()
@@ -455,12 +552,13 @@ class Gate:
             "matcher": self.matcher.to_json(),
             "intercept": self.intercept_,
             "threshold": self.threshold_,
+            "group_thresholds": dict(self.group_thresholds_),
             "n_features": int(self.coef_.size),  # type: ignore[union-attr]
             "encoder_dim": self._encoder_dim(),
         }
 
     def _encoder_dim(self) -> int:
-        width = 5 + 2 * self.config.hash_features
+        width = 5 + (2 if self.config.char_ngrams else 1) * self.config.hash_features
         return int(self.coef_.size - width) if self.coef_ is not None else 0  # type: ignore[union-attr]
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -469,10 +567,11 @@ class Gate:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], arrays: dict[str, np.ndarray], encoder: Any = None) -> "Gate":
-        gate = cls(GateConfig(**obj["config"]), EntityMatcher.from_json(obj["matcher"]), encoder)
+        gate = cls(GateConfig(**{"other_features": True, **obj["config"]}), EntityMatcher.from_json(obj["matcher"]), encoder)
         gate.coef_ = np.asarray(arrays["gate.coef"], dtype=np.float64)
         gate.intercept_ = float(obj["intercept"])
         gate.threshold_ = float(obj["threshold"])
+        gate.group_thresholds_ = {str(k): float(v) for k, v in obj.get("group_thresholds", {}).items()}
         if gate.coef_.size != int(obj["n_features"]):
             raise ConfigError(f"gate: stored coefficients have {gate.coef_.size} entries, the artifact says {obj['n_features']}")
         if int(obj.get("encoder_dim", 0)) > 0 and encoder is None:

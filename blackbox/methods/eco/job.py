@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import string
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from .artifact import ARRAYS, ARTIFACT, CONFIG, EVALS, FORMAT, load_artifact  # 
 from .config import EcoConfig
 from .corruption import SWITCH_FAMILIES, Corruption, max_strength
 from .guarded import GuardedProvider, check_base, load_guarded  # noqa: F401 - load_guarded re-exported
-from .gate import EntityMatcher, Gate, GateConfig, augment, min_calibration_size, normalize
+from .gate import OTHER_FACTS_GROUP, EntityMatcher, Gate, GateConfig, augment, min_calibration_size, normalize
 from .search import Measurement, SearchResult, bracket_bisect, central_difference, vector_central_difference
 
 ALLOWED_KEYS = ("prompt", "answer", "target", "aliases")
@@ -116,13 +117,17 @@ def as_items(rows: Sequence[Any], role: str) -> list[Item]:
     return out
 
 
+_PUNCT = str.maketrans({c: " " for c in string.punctuation + "“”‘’«»…–—"})
+
+
 def is_correct(output: str, answer: str) -> bool:
     """Whether the answer appears as whole words in the output's first line (case/accents ignored)."""
     first = normalize(output.strip().split("\n")[0]) if output.strip() else ""
-    ans = normalize(answer.strip())
+    # punctuation and markup ("**Paris**.", chat models' habit) never count as part of a word
+    ans = " ".join(normalize(answer).translate(_PUNCT).split())
     if not ans:
         return False
-    words = " ".join(first.replace(",", " ").replace(".", " ").split())
+    words = " ".join(first.translate(_PUNCT).split())
     return f" {ans} " in f" {words} "
 
 
@@ -278,37 +283,81 @@ def split_calibration(negatives: Sequence[str], config: EcoConfig) -> tuple[list
 
 
 def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence[Item], config: EcoConfig, encoder: Any = None) -> tuple[Gate, dict[str, Any]]:
-    """Train and calibrate the gate; returns it with a small report."""
+    """Train and calibrate the gate for ``config.scope``; returns it with a small report.
+
+    Calibration is grouped: the retain/general pool, and (entity and fact scope) near
+    neighbours generated from the forget prompts (the same question about other entities;
+    for ``fact`` also other questions about the forget entities). The threshold bounds the
+    false-positive rate within each group that is large enough for ``config.fpr``.
+    """
+    scope = config.scope
+    if scope == "topic" and encoder is None:
+        raise bad_value("encoder", "a sentence-encoder provider for scope=topic (e.g. sentence-encoder:minilm)", "none")
     forget_targets: dict[str, list[str]] = {}
-    for i in forget:
-        if i.target:
-            forget_targets.setdefault(i.target, [])
-            forget_targets[i.target] += [a for a in i.aliases if a not in forget_targets[i.target]]
-    others = list(dict.fromkeys(i.target for i in list(retain) + list(general) if i.target))
+    if scope != "topic":  # a topic names no entity: the classifier alone decides
+        for i in forget:
+            if i.target:
+                forget_targets.setdefault(i.target, [])
+                forget_targets[i.target] += [a for a in i.aliases if a not in forget_targets[i.target]]
+    others = list(dict.fromkeys(i.target for i in list(retain) + list(general) if i.target and i.target not in forget_targets))
     matcher = EntityMatcher(forget_targets, others)
     negatives = negative_pool(retain, general, config, matcher.forget_spans)
     n_builtin = len(negatives) - len(retain) - len(general)
     train_neg, cal = split_calibration(negatives, config)
-    pos_extra, neg_extra = augment([(i.prompt, i.target) for i in forget if i.target], others, matcher, seed=config.seed)
-    positives = [i.prompt for i in forget] + pos_extra
-    # Hard negatives are near neighbours: half train the classifier, half join the calibration
-    # set, so the calibrated threshold also covers prompts about entities it never saw.
+    # Entity-disjoint calibration: prompts about half of the known other entities calibrate
+    # and never train, so the threshold is set on names the classifier has not memorised,
+    # as a new entity at use will be (calibrating on trained names let unseen countries
+    # through at 4%, dev split).
     rng = np.random.default_rng([config.seed, 17])
-    hard = [neg_extra[k] for k in rng.permutation(len(neg_extra))]
-    hard_train, hard_cal = hard[: len(hard) // 2], hard[len(hard) // 2 :]
-    cal = cal + hard_cal
-    gate = Gate(GateConfig(fpr=config.fpr, exact_match=config.exact_match, seed=config.seed), matcher, encoder)
-    gate.fit(positives, train_neg + hard_train, cal)
-    cal_flags = gate.flags(cal)
+    cal_entities = {others[k] for k in rng.permutation(len(others))[: len(others) // 2]}
+    about = {i.prompt: i.target for i in list(retain) + list(general) if i.target}
+    train_neg, cal = ([p for p in train_neg if about.get(p) not in cal_entities],
+                      cal + [p for p in train_neg if about.get(p) in cal_entities])
+    need = min_calibration_size(config.fpr)
+    with_target = [(i.prompt, i.target) for i in forget if i.target and scope != "topic"]
+    # enough near neighbours that they can calibrate a group of their own at config.fpr
+    n_swaps = min(64, max(12, int(np.ceil((need + 8) / max(1, len(with_target))))))
+    train_others = [o for o in others if o not in cal_entities]
+    pos_extra, hard_train, same = augment(with_target, train_others, matcher, seed=config.seed, n_swaps=n_swaps, scope=scope,
+                                          n_synthetic=max(64, 2 * n_swaps))
+    # real names only: made-up names share syllables with the training ones and score as safe
+    _, hard_cal, _ = augment(with_target, sorted(cal_entities), matcher, seed=config.seed + 7919, n_swaps=n_swaps, scope=scope,
+                             n_synthetic=0 if cal_entities else 64)
+    taken = set(hard_train)
+    hard_cal = [h for h in hard_cal if h not in taken]
+    neg_extra = hard_train + hard_cal
+    positives = [i.prompt for i in forget] + pos_extra
+    same = [same[k] for k in rng.permutation(len(same))]
+    same_train, same_cal = same[: len(same) // 2], same[len(same) // 2 :]
+    if scope == "fact":
+        # the classifier learns the question, not the entity: retain prompts about other entities
+        # (which may ask the very same question) are the entity rule's business, not training data
+        train_neg = [p for p in train_neg if p not in about]
+        # other questions about held-out entities calibrate beside those about the forget targets
+        same_cal, hard_cal = same_cal + hard_cal, []
+    groups = {"retain/general": cal, "other entities": hard_cal, OTHER_FACTS_GROUP: same_cal}
+    # fact scope: the entity rule is structural, so the classifier judges the question only (no entity features)
+    gate = Gate(GateConfig(fpr=config.fpr, exact_match=config.exact_match, seed=config.seed, scope=scope,
+                           entity_weight=0.0 if scope == "fact" else 3.0, char_ngrams=scope == "topic"), matcher, encoder)
+    gate.fit(positives, train_neg + hard_train + same_train, {g: p for g, p in groups.items() if p})
+    all_cal = cal + hard_cal + same_cal
+    cal_flags = gate.flags(all_cal)
+    pooled = [g for g in groups if groups[g] and g not in gate.group_thresholds_]
     report = {
-        "n_train_positive": len(positives), "n_train_negative": len(train_neg) + len(hard_train),
-        "n_hard_negative": len(neg_extra), "n_hard_negative_calibration": len(hard_cal), "n_calibration": len(cal),
+        "scope": scope,
+        "n_train_positive": len(positives), "n_train_negative": len(train_neg) + len(hard_train) + len(same_train),
+        "n_hard_negative": len(neg_extra), "n_hard_negative_calibration": len(hard_cal), "n_same_entity_negative": len(same),
+        "n_calibration": len(all_cal),
         "calibration_false_positive_rate": float(cal_flags.mean()), "threshold": gate.threshold_,
+        "group_thresholds": dict(gate.group_thresholds_),
+        "group_false_positive_rate": {g: float(gate.flags(p).mean()) for g, p in groups.items() if p},
         "forget_recall_train": float(gate.flags([i.prompt for i in forget]).mean()),
         "calibration_pool": {"retain": len(retain), "general": len(general), "builtin_general": n_builtin,
-                             "hard_negatives": len(hard_cal)},
-        "bound": (f"P(flag) <= {config.fpr:g} for a new prompt exchangeable with the calibration pool: retain and general "
-                  f"prompts{' and the built-in general prompts' if n_builtin else ''}, and generated prompts about other entities"),
+                             "hard_negatives": len(hard_cal), "same_entity": len(same_cal)},
+        "bound": (f"P(flag) <= {config.fpr:g} for a new prompt exchangeable with one calibration group: "
+                  + "; ".join(f"{g} ({len(groups[g])}{' with ' + ', '.join(pooled) if pooled and g == 'retain/general' else ''})"
+                              for g in gate.group_thresholds_)
+                  + (" (retain/general includes the built-in general prompts)" if n_builtin else "")),
     }
     return gate, report
 
@@ -381,7 +430,7 @@ def fit(
     forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
     check_sets(forget_i, retain_i)
     missing = [i.line or k for k, i in enumerate(forget_i) if not i.target]
-    if config.tokens == "entity" and missing and len(missing) == len(forget_i):
+    if config.tokens == "entity" and config.scope != "topic" and missing and len(missing) == len(forget_i):
         warnings.warn("forget: no item has a 'target'; the gate cannot match entities and tokens fall back to all_but_last", stacklevel=2)
     check_base(provider)
     if encoder is None and config.encoder:
@@ -544,7 +593,7 @@ def evaluate(guarded: Any, forget: Sequence[Any], retain: Sequence[Any], general
         "gate_recall": float(f_flags.mean()), "gate_false_positive_rate": float(n_flags.mean()) if neg else None,
         "gate_ms_per_prompt": round(gate_ms, 4), "n_forget": len(forget_i), "n_retain": len(retain_i), "n_general": len(general_i),
         "retain_unchanged": float(np.mean([a == b for a, b in zip(rb, ra)])) if retain_i else None,
-        "strength": guarded.corruption.strength, "corruption": guarded.corruption.family,
+        "strength": guarded.corruption.strength, "corruption": guarded.corruption.family, "scope": cfg.scope,
     }
     if general_i:
         gb, _ = generate_all(base, [i.prompt for i in general_i], cfg)
