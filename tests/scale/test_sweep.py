@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need
 from typer.testing import CliRunner
 
 from blackbox.cli import app
@@ -49,7 +51,8 @@ def _write(tmp_path: Path) -> Path:
 
 
 def _sweep(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "blackbox.cli", "sweep", *args], cwd=cwd,
+    # One torch/OpenMP thread in the runs, as in the in-process references (CPU kernels vary with the thread count).
+    return subprocess.Popen([sys.executable, "-m", "blackbox.cli", "sweep", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -192,8 +195,6 @@ def test_docs_scaling_sweep_example_runs(tmp_path, monkeypatch):
 
 
 def test_blackvip_train_sweep(tmp_path):
-    from needs import need
-
     need("torch")
     need("sklearn")
     (tmp_path / "bv.toml").write_text(
@@ -255,7 +256,16 @@ def test_killed_unlearn_sweep_resumes_from_its_evaluations_and_then_skips_it(tmp
 
     # The resumed run ends exactly where an uninterrupted fit does.
     cfg = EcoConfig.from_overrides(["calibration_fraction=0.5", "max_new_tokens=3", "bisect_steps=2"], fpr=0.2)
-    ref = EcoMethod().fit(cfg, tmp_path / "ref", model=f"hf-causal:{tiny_lm_dir}", **eco_files)
+    torch = need("torch")
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one torch and one BLAS thread, as the sweep's runs (OMP_NUM_THREADS=1): the gate's
+    try:  # logistic regression moves in the last bits with the BLAS thread count
+        with threadpool_limits(1):
+            ref = EcoMethod().fit(cfg, tmp_path / "ref", model=f"hf-causal:{tiny_lm_dir}", **eco_files)
+    finally:
+        torch.set_num_threads(threads)
     got = json.loads((rd / "artifact.json").read_text())
     for art in (ref, got):
         art.pop("timing")
