@@ -38,7 +38,22 @@ $(FORTUNES):
 		echo "note: Debian's 'fortunes' package is not installed and this user cannot install it: sudo apt-get install fortunes"; \
 	fi
 
-data: $(FORTUNES)
+# The CrossTune task suite (bench/text_tasks.py) also reads fortunes in German, Spanish and
+# Italian and the WordNet database; installed the same way.
+SUITE_DATA := /usr/share/wordnet/data.noun
+SUITE_DEBS := fortunes-de fortunes-es fortunes-it wordnet-base
+$(SUITE_DATA):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SUITE_DEBS) >/dev/null; } \
+			|| echo "note: apt-get install $(SUITE_DEBS) failed; the task-suite tests will say so"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		{ sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SUITE_DEBS) >/dev/null; } \
+			|| echo "note: apt-get install $(SUITE_DEBS) failed; the task-suite tests will say so"; \
+	else \
+		echo "note: the CrossTune task suite needs Debian's $(SUITE_DEBS): sudo apt-get install $(SUITE_DEBS)"; \
+	fi
+
+data: $(FORTUNES) $(SUITE_DATA)
 
 # The main job: BlackVIP against the shipped EfficientNet-Lite0 ImageNet classifier (queried
 # as a black box, probabilities only) on real MNIST digits, 16 shots per class. The defaults

@@ -303,7 +303,11 @@ def parse_embeddings(resp: Any, n: int) -> np.ndarray:
         raise _malformed("embeddings", f"expected {n} vectors, received {0 if not data else len(data)}")
     rows = sorted(data, key=lambda d: int(_get(d, "index", 0) or 0))
     try:
-        out = np.asarray([np.asarray(_get(d, "embedding"), dtype=np.float64) for d in rows], dtype=np.float64)
+        vecs = [np.asarray(_get(d, "embedding"), dtype=np.float64) for d in rows]
+        # a server without pooling (llama.cpp with a causal LM) returns one vector per token:
+        # mean-pooled here, so every input still gives one vector
+        vecs = [v.mean(0) if v.ndim == 2 and len(v) else v for v in vecs]
+        out = np.asarray(vecs, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise _malformed("embeddings", f"vectors are not numeric arrays of one length ({exc})") from None
     if out.ndim != 2 or not np.all(np.isfinite(out)):

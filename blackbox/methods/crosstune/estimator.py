@@ -30,10 +30,18 @@ from blackbox.errors import ConfigError, RunError, bad_value
 from blackbox.runs import atomic_write_json, load_tensors, save_tensors
 
 from .config import CrossTuneConfig
-from .data import describe_labels
+from .data import PAIR_SEP, describe_labels
 from .features import Featurizer, Features
 
 MODEL_FILE, MODEL_JSON = "model.safetensors", "model.json"
+# candidates of the model selection (config.select): the blend is the default, the others must beat it
+SELECT_ORDER = ("blend", "crosstune", "linear-probe", "zero-shot")
+ZS_SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # zero-shot temperatures tried when selecting
+
+
+def _log_softmax(s: np.ndarray) -> np.ndarray:
+    s = s - s.max(1, keepdims=True)
+    return s - np.log(np.exp(s).sum(1, keepdims=True))
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:
@@ -133,7 +141,11 @@ class CrossTuneClassifier:
         classes = sorted(set(labels))
         if len(classes) < 2:
             raise bad_value("labels", "at least two classes", classes)
+        pairs = {PAIR_SEP in t for t in texts}
+        if len(pairs) > 1:
+            raise bad_value("texts", "all single texts or all sentence pairs", "a mix of both")
         self.classes_ = classes
+        self.pairs_ = pairs.pop()
         self.descriptions_ = describe_labels(classes, self.descriptions, self.config.description_template)
         q0 = self.features.queries
         feats = self.features(texts, progress)
@@ -154,7 +166,7 @@ class CrossTuneClassifier:
 
     def _folds(self, y: np.ndarray) -> list[np.ndarray] | None:
         k = min(self.config.folds, int(np.bincount(y).min()))
-        return fold_indices(y, k, self.config.seed) if k > 1 and self.config.method in ("crosstune", "no-labels") else None
+        return fold_indices(y, k, self.config.seed) if k > 1 and self.config.method in ("crosstune", "no-labels", "probe-ensemble") else None
 
     def _fit_augmented(self, texts: list[str], labels: list[str], feats: Features, y: np.ndarray, gen: list[tuple[str, str]],
                        teacher: "CrossTuneClassifier | None", progress: Any, sources: Sequence[Sequence[str] | None] | None = None) -> dict[str, Any]:
@@ -218,6 +230,9 @@ class CrossTuneClassifier:
         data); the time reported is this fit's own."""
         self.center_ = teacher.center_
         self.head_, self.label_vectors_ = teacher.head_, teacher.label_vectors_
+        self.choice_ = getattr(teacher, "choice_", None)
+        if hasattr(teacher, "probe_"):
+            self.probe_ = teacher.probe_
         return {**teacher.train_info_, "train_seconds": seconds, "train_cpu_seconds": cpu}
 
     def _switch(self, teacher: "CrossTuneClassifier", gf: Features, gi: np.ndarray, members: int) -> np.ndarray:
@@ -247,14 +262,81 @@ class CrossTuneClassifier:
         if method == "zero-shot":
             self.label_vectors_ = self._label_vectors()
             return {"train_seconds": 0.0}
+        if orig.extra is not None and len(x) != len(orig):
+            raise bad_value("generated", "no generated examples for sentence pairs (augmentation writes single texts)", f"{len(x) - len(orig)} examples")
         if method == "linear-probe":
-            return self._fit_probe(Features(x, mask).pooled(), y)
+            return self._fit_probe(orig.probe_input() if len(x) == len(orig) else Features(x, mask).pooled(), y)
+        if method == "probe-ensemble":
+            return self._fit_probe_ensemble(orig.probe_input(), y)
         from .head import fit_head
 
         labels = self._label_vectors() if method == "crosstune" else None
         self.label_vectors_ = labels
         self.head_, info = fit_head(x, mask, y, labels, len(self.classes_), self.config, self.val_index_, weights=weights, folds=self.fold_index_)
+        oof = info.pop("_oof", None)
+        self.choice_ = None
+        if method == "crosstune" and self.config.select and oof is not None:
+            n = len(orig)
+            self.choice_, info["selection"] = self._select(orig, y[:n], oof[:n])
         return info
+
+    def _probe_oof(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, list[Any]]:
+        """Out-of-fold log-probabilities of the linear probe over ``fold_index_``, for the
+        ``probe_cs`` value with the best out-of-fold accuracy (then log-loss); returns
+        ``(C, oof, fold models)``."""
+        from sklearn.linear_model import LogisticRegression
+
+        best: tuple[tuple[float, float], float, np.ndarray, list[Any]] | None = None
+        n, k = len(y), len(self.classes_)
+        for c in self.config.probe_cs:
+            oof, models = np.zeros((n, k)), []
+            for vi in self.fold_index_:
+                tr = np.setdiff1d(np.arange(n), vi)
+                mu, sd = z[tr].mean(0), z[tr].std(0) + 1e-6
+                m = LogisticRegression(C=c, max_iter=2000).fit((z[tr] - mu) / sd, y[tr])
+                oof[vi] = np.log(np.clip(m.predict_proba((z[vi] - mu) / sd), 1e-12, None))
+                models.append({"mu": mu, "sd": sd, "coef": m.coef_, "intercept": m.intercept_, "C": c})
+            key = (float((oof.argmax(1) == y).mean()), -float(-oof[np.arange(n), y].mean()))
+            if best is None or key > best[0]:
+                best = (key, c, oof, models)
+        assert best is not None
+        return best[1], best[2], best[3]
+
+    def _select(self, orig: Features, y: np.ndarray, head_oof: np.ndarray) -> tuple[str, dict[str, Any]]:
+        """Choose what predicts, on the few-shot set only: the blend of the head ensemble and
+        the linear probe, unless the head, the probe or zero-shot beats the blend's
+        out-of-fold accuracy (``select_by``; or log-loss) by more than ``select_margin``.
+        Out-of-fold: each example is scored by models that did not train on it. Zero-shot's
+        temperature (for the log-loss) is fitted on the shots. The evidence is returned."""
+        from sklearn.linear_model import LogisticRegression
+
+        z = orig.probe_input()
+        c, probe_oof, _ = self._probe_oof(z, y)
+        zs = self._zero_shot_scores(orig) / 20.0  # cosines
+        rows = np.arange(len(y))
+        temp = min(ZS_SCALES, key=lambda t: -_log_softmax(t * zs)[rows, y].mean())
+        cands = {"crosstune": head_oof, "blend": _log_softmax(0.5 * (head_oof + probe_oof)), "linear-probe": probe_oof,
+                 "zero-shot": _log_softmax(temp * zs)}
+        accs = {k: float((v.argmax(1) == y).mean()) for k, v in cands.items()}
+        nlls = {k: float(-v[rows, y].mean()) for k, v in cands.items()}
+        # the criterion as "higher is better"
+        crit = accs if self.config.select_by == "accuracy" else {k: -v for k, v in nlls.items()}
+        best = max(SELECT_ORDER, key=lambda k: (crit[k], -SELECT_ORDER.index(k)))  # ties: the earlier one
+        choice = best if crit[best] > crit["blend"] + self.config.select_margin else "blend"
+        mu, sd = z.mean(0), z.std(0) + 1e-6
+        m = LogisticRegression(C=c, max_iter=2000).fit((z - mu) / sd, y)
+        self.probe_ = {"mu": mu, "sd": sd, "coef": m.coef_, "intercept": m.intercept_, "C": c}
+        return choice, {"choice": choice, "by": self.config.select_by, "margin": self.config.select_margin, "oof_acc": accs,
+                        "oof_loss": nlls, "probe_C": c, "zero_shot_scale": temp, "n": int(len(y))}
+
+    def _fit_probe_ensemble(self, z: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The ablation without attention: one linear probe per fold (trained on the other
+        folds), averaged like the head ensemble."""
+        t0 = time.perf_counter()
+        c, oof, models = self._probe_oof(z, y)
+        self.probes_ = models
+        return {"train_seconds": time.perf_counter() - t0, "C": c, "members": len(models),
+                "oof_acc": float((oof.argmax(1) == y).mean())}
 
     def _fit_probe(self, pooled: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         from sklearn.linear_model import LogisticRegression
@@ -282,24 +364,59 @@ class CrossTuneClassifier:
     def decision_function(self, texts: Sequence[str], progress: Any = None) -> np.ndarray:
         """``(n, C)`` class scores (logits)."""
         self._check_fitted()
-        feats = self.features(list(texts), progress)
+        texts = list(texts)
+        self._check_kind(texts)
+        feats = self.features(texts, progress)
         return self._scores(feats)
 
-    def _scores(self, feats: Features) -> np.ndarray:
+    def _check_kind(self, texts: list[str]) -> None:
+        pairs = getattr(self, "pairs_", False)
+        for i, t in enumerate(texts):
+            if isinstance(t, str) and (PAIR_SEP in t) != pairs:
+                want = "a sentence pair (the model was fitted on pairs)" if pairs else "a single text (the model was fitted on single texts)"
+                raise bad_value(f"texts[{i}]", want, t.replace(PAIR_SEP, " | ")[:80])
+
+    def _zero_shot_scores(self, feats: Features) -> np.ndarray:
+        a = feats.pooled() - self.center_
+        b = self.label_vectors_.astype(np.float64) - self.center_
+        a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return 20.0 * a @ b.T
+
+    @staticmethod
+    def _probe_scores(p: dict[str, Any], feats: Features) -> np.ndarray:
+        z = (feats.probe_input() - p["mu"]) / p["sd"]
+        s = z @ np.asarray(p["coef"]).T + p["intercept"]
+        if s.shape[1] == 1:  # binary logistic regression
+            s = np.concatenate([np.zeros_like(s), s], 1)
+        return s
+
+    def candidate_scores(self, texts: Sequence[str], choice: str) -> np.ndarray:
+        """``(n, C)`` scores of one candidate of the selection (``crosstune``, ``blend``,
+        ``linear-probe``, ``zero-shot``), whichever was chosen; for ablations and reports."""
+        self._check_fitted()
+        if choice not in SELECT_ORDER or getattr(self, "choice_", None) is None:
+            raise bad_value("choice", f"one of {', '.join(SELECT_ORDER)} on a model fitted with select=true", choice)
+        return self._scores(self.features(list(texts)), choice)
+
+    def _scores(self, feats: Features, choice: str | None = None) -> np.ndarray:
         method = self.config.method
+        choice = choice or getattr(self, "choice_", None)
+        if method == "crosstune" and choice and choice != "crosstune":
+            if choice == "zero-shot":
+                return self._zero_shot_scores(feats)
+            if choice == "linear-probe":
+                return self._probe_scores(self.probe_, feats)
+            return 0.5 * (_log_softmax(self._head_scores(feats)) + _log_softmax(self._probe_scores(self.probe_, feats)))
+        if method == "probe-ensemble":
+            return np.mean([_log_softmax(self._probe_scores(p, feats)) for p in self.probes_], 0)
         if method == "zero-shot":
-            a = feats.pooled() - self.center_
-            b = self.label_vectors_.astype(np.float64) - self.center_
-            a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-            b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-            return 20.0 * a @ b.T
+            return self._zero_shot_scores(feats)
         if method == "linear-probe":
-            p = self.probe_
-            z = (feats.pooled() - p["mu"]) / p["sd"]
-            s = z @ np.asarray(p["coef"]).T + p["intercept"]
-            if s.shape[1] == 1:  # binary logistic regression
-                s = np.concatenate([np.zeros_like(s), s], 1)
-            return s
+            return self._probe_scores(self.probe_, feats)
+        return self._head_scores(feats)
+
+    def _head_scores(self, feats: Features) -> np.ndarray:
         from .head import head_scores
 
         return head_scores(self.head_, feats.x, feats.mask, self.label_vectors_)
@@ -348,10 +465,14 @@ class CrossTuneClassifier:
         arrays: dict[str, np.ndarray] = {"center": np.asarray(self.center_, dtype=np.float64)}
         if getattr(self, "label_vectors_", None) is not None:
             arrays["label_vectors"] = np.asarray(self.label_vectors_, dtype=np.float32)
-        if self.config.method == "linear-probe":
+        if getattr(self, "probe_", None) is not None and self.config.method in ("linear-probe", "crosstune"):
             for k in ("mu", "sd", "coef", "intercept"):
                 arrays[f"probe.{k}"] = np.asarray(self.probe_[k], dtype=np.float64)
-        elif self.config.method in ("crosstune", "no-labels"):
+        if self.config.method == "probe-ensemble":
+            for i, p in enumerate(self.probes_):
+                for k in ("mu", "sd", "coef", "intercept"):
+                    arrays[f"probes.{i}.{k}"] = np.asarray(p[k], dtype=np.float64)
+        if self.config.method in ("crosstune", "no-labels"):
             from .head import head_state
 
             arrays.update({f"head.{k}": v for k, v in head_state(self.head_).items()})
@@ -364,6 +485,8 @@ class CrossTuneClassifier:
             "features": self.features.describe(),
             "train_info": _jsonable(self.train_info_),
             "augment": self.augment_report_,
+            "choice": getattr(self, "choice_", None),
+            "pairs": getattr(self, "pairs_", False),
         }
         save_tensors(d / MODEL_FILE, arrays, meta)
         atomic_write_json(d / MODEL_JSON, meta)
@@ -387,9 +510,13 @@ class CrossTuneClassifier:
         self.n_features_, self.train_info_, self.augment_report_ = meta["n_features"], meta["train_info"], meta.get("augment")
         self.center_ = arrays["center"]
         self.label_vectors_ = arrays.get("label_vectors")
-        if config.method == "linear-probe":
+        self.choice_, self.pairs_ = meta.get("choice"), bool(meta.get("pairs", False))
+        if "probe.mu" in arrays:
             self.probe_ = {k: arrays[f"probe.{k}"] for k in ("mu", "sd", "coef", "intercept")}
-        elif config.method in ("crosstune", "no-labels"):
+        if config.method == "probe-ensemble":
+            n = len({k.split(".")[1] for k in arrays if k.startswith("probes.")})
+            self.probes_ = [{k: arrays[f"probes.{i}.{k}"] for k in ("mu", "sd", "coef", "intercept")} for i in range(n)]
+        if config.method in ("crosstune", "no-labels"):
             from .head import load_head
 
             state = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}

@@ -27,23 +27,41 @@ Progress = Callable[[int, int], None]
 class Features:
     """Padded token states ``x (n, T, d)`` float32 with a boolean ``mask (n, T)``.
 
-    Vector features are the case ``T == 1``.
+    Vector features are the case ``T == 1``. Sentence pairs carry ``extra (n, 2d)``: the
+    comparison of the two segments' mean states (``|a - b|`` and ``a * b``), which the linear
+    probe appends to the pooled input (the head sees the same two rows as extra tokens).
     """
 
     x: np.ndarray
     mask: np.ndarray
+    extra: np.ndarray | None = None
 
     def pooled(self) -> np.ndarray:
         """Masked mean over tokens, ``(n, d)`` float64."""
         m = self.mask[..., None].astype(np.float64)
         return (self.x.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1.0)
 
+    def probe_input(self) -> np.ndarray:
+        """The pooled input, with the pair comparison appended for sentence pairs."""
+        p = self.pooled()
+        return p if self.extra is None else np.concatenate([p, self.extra.astype(np.float64)], 1)
+
     def __len__(self) -> int:
         return len(self.x)
 
 
-def stack(arrays: Sequence[np.ndarray]) -> Features:
-    """Pad ``(t_i, d)`` arrays to one ``(n, T, d)`` batch with a mask."""
+def pair_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two comparison rows of segments ``a (t_a, d)`` and ``b (t_b, d)``: ``|ā - b̄|`` and
+    ``ā * b̄`` (rescaled to the size of a mean state), so attention can weigh their agreement."""
+    ma, mb = a.mean(0), b.mean(0)
+    prod = ma * mb
+    scale = np.sqrt(np.abs(ma).mean() * np.abs(mb).mean()) + 1e-8
+    return np.stack([np.abs(ma - mb), prod / scale]).astype(np.float32)
+
+
+def stack(arrays: Sequence[np.ndarray], extra: Sequence[np.ndarray | None] | None = None) -> Features:
+    """Pad ``(t_i, d)`` arrays to one ``(n, T, d)`` batch with a mask (``extra``: one pair
+    comparison per row, or None for a single text)."""
     if not arrays:
         raise bad_value("texts", "at least one text", "none")
     d = arrays[0].shape[1]
@@ -53,7 +71,10 @@ def stack(arrays: Sequence[np.ndarray]) -> Features:
     for i, a in enumerate(arrays):
         x[i, : len(a)] = a
         mask[i, : len(a)] = True
-    return Features(x, mask)
+    ext = None
+    if extra is not None and any(e is not None for e in extra):
+        ext = np.stack([np.zeros(2 * d, dtype=np.float32) if e is None else e.reshape(-1) for e in extra])
+    return Features(x, mask, ext)
 
 
 class Featurizer:
@@ -126,11 +147,31 @@ class Featurizer:
         return [np.asarray(v, dtype=np.float32)[None, :] for v in res.vectors]
 
     def arrays(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
-        """One ``(t, d)`` array per text (``t == 1`` for vectors)."""
+        """One ``(t, d)`` array per text (``t == 1`` for vectors). A sentence pair (two segments
+        joined by ``PAIR_SEP``) queries each segment once and gives both segments' states
+        followed by their two :func:`pair_rows`."""
+        from .data import PAIR_SEP
+
         texts = list(texts)
+        segments = []
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise bad_value(f"texts[{i}]", "a non-empty string", t)
+            parts = t.split(PAIR_SEP)
+            if len(parts) > 2 or any(not p.strip() for p in parts):
+                raise bad_value(f"texts[{i}]", "a text or a pair of two non-empty segments", t)
+            segments.extend(parts)
+        self._fetch_missing(segments, progress)
+        out = []
+        for t in texts:
+            if PAIR_SEP in t:
+                a, b = (self._memory[p] for p in t.split(PAIR_SEP))
+                out.append(np.concatenate([a, b, pair_rows(a, b)]))
+            else:
+                out.append(self._memory[t])
+        return out
+
+    def _fetch_missing(self, texts: list[str], progress: Progress | None) -> None:
         todo = list(dict.fromkeys(t for t in texts if t not in self._memory))
         done = 0
         if progress:
@@ -142,11 +183,14 @@ class Featurizer:
             done += len(chunk)
             if progress:
                 progress(done, len(todo))
-        return [self._memory[t] for t in texts]
 
     def __call__(self, texts: Sequence[str], progress: Progress | None = None) -> Features:
-        """Padded features of ``texts``."""
-        return stack(self.arrays(texts, progress))
+        """Padded features of ``texts`` (with the pair comparison in ``extra`` for pairs)."""
+        from .data import PAIR_SEP
+
+        arrays = self.arrays(texts, progress)
+        extra = [a[-2:] if PAIR_SEP in t else None for t, a in zip(texts, arrays)]
+        return stack(arrays, extra)
 
     def close(self) -> None:
         """Close the client (and the provider it wraps)."""

@@ -39,8 +39,9 @@ class CrossTuneHead(nn.Module):
 
     def __init__(self, d: int, n_classes: int, *, dim: int = 64, heads: int = 4, dropout: float = 0.1,
                  use_labels: bool = True, prior: bool = True, prior_scale: float = 10.0, rank: int = 96,
-                 linear: bool = False) -> None:
+                 linear: bool = False, attention: bool = True) -> None:
         super().__init__()
+        self.attention = attention
         self.d, self.n_classes, self.dim, self.heads = d, n_classes, dim, heads
         self.rank = r = min(rank, d)
         self.use_labels, self.prior = use_labels, prior and use_labels
@@ -101,6 +102,12 @@ class CrossTuneHead(nn.Module):
         passed precomputed: they do not depend on trained parameters.
         """
         b, t = mask.shape
+        if not self.attention:
+            # ablation: the learnt prior and class biases alone (no attention, no description projection)
+            scores = self.bias.expand(b, self.n_classes)
+            if self.prior:
+                scores = scores + self.alpha * (self.prior_scores(x, mask, labels) if prior is None else prior)
+            return (scores, None) if return_attention else scores
         h, dh = self.heads, self.dim // self.heads
         xs = self.project(x) if projected is None else projected
         if self.training and self.drop.p > 0:
@@ -147,7 +154,7 @@ def build_head(d: int, n_classes: int, config: Any) -> CrossTuneHead:
     return CrossTuneHead(
         d, n_classes, dim=config.dim, heads=config.heads, dropout=config.dropout,
         use_labels=config.method == "crosstune", prior=config.prior, prior_scale=config.prior_scale, rank=config.rank,
-        linear=getattr(config, "linear", False),
+        linear=getattr(config, "linear", False), attention=getattr(config, "attention", True),
     )
 
 
@@ -324,6 +331,7 @@ def _fit_folds(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarra
         "members": len(folds), "n_train": int(n), "n_val": int(held.sum()), "best_epoch": int(round(float(np.mean(epochs)))),
         "best_epochs": [int(e) for e in epochs], "epochs_run": int(run), "oof_loss": oof_loss, "oof_acc": oof_acc,
         "val_acc": oof_acc, "train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0,
+        "_oof": oof,  # out-of-fold log-probabilities (n, C), for the model selection; not stored
     }
     return CrossTuneEnsemble(members), info
 

