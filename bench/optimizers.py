@@ -9,7 +9,10 @@ Arms, all with their defaults: our ``spsa``, ``spsa-gc``, ``zo-sgd``, ``cma-es``
 nevergrad ``NGOpt`` and ``SPSA`` (asked and told one candidate at a time,
 ``ng.p.Array(init=zeros(d))``); cmaes ``SepCMA`` with sigma = 0.5 (cmaes has no default
 sigma; 0.5 is what our cma-es recipe uses). Protocol: each budget is its own run given that
-many queries (budget-aware defaults plan for it), 5 seeds.
+many queries (budget-aware defaults plan for it), 5 seeds; SepCMA, which does not know its
+budget, runs once per seed and its smaller budgets are read where a run of that budget would
+stop (identical, checked). nevergrad 1.0.12's NGOpt needs a one-line compatibility shim under
+numpy >= 2.4 (``_numpy2_shim``).
 
 Each finished run is appended to a JSON-lines log (``--log``, default under /tmp), so an
 interrupted run continues where it stopped and arms can be added later; the summary
@@ -44,12 +47,14 @@ from blackbox.optim import make_optimizer
 from blackbox.problems import EXTRA, SUITE, make_problem
 
 OUR_ARMS = ("spsa", "spsa-gc", "zo-sgd", "cma-es")
-# The evidence behind the default rule: spsa-gc with the adaptive test measured between the
-# two ends of a window (the rule before the least-squares slope), without adaptation, and
-# as it was before the guard used the run's own noise (records kept from that code, commit
-# fcb43bd; they cannot be re-run from this tree).
+# The evidence behind the default rule. Runnable: spsa-gc with the two-ends test and without
+# adaptation. Kept as records of earlier code (they cannot be re-run from this tree): the code
+# before this rule (commit fcb43bd), the guard's run-noise tolerance with the two-ends test
+# and with the slope test (commit 9f24b25, before the anchor reset).
 VARIANTS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "spsa-gc:before": None,
+    "spsa-gc:9f24b25-ends": None,
+    "spsa-gc:9f24b25": None,
     "spsa-gc:ends": ("spsa-gc", {"adapt_test": "ends"}),
     "spsa-gc:fixed": ("spsa-gc", {"adapt": False}),
 }
@@ -289,26 +294,31 @@ def profile(summary: dict[str, Any], budget: int, arms: list[str]) -> tuple[np.n
     return taus, {a: np.array([np.mean(np.array(r) <= t) for t in taus]) for a, r in ratios.items()}, n
 
 
-def plot_profile(summary: dict[str, Any], path: Path) -> None:
-    """Save the performance profile at each budget with at least two arms as a PNG."""
+def plot_profile(summary: dict[str, Any], path: Path, heldout: dict[str, Any] | None = None) -> None:
+    """Save the performance profile at each budget with at least two arms as a PNG (and the
+    held-out family's at the target budget, when it has two arms there)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [c for n, c in summary["cells"].items() if n in SUITE]
     panels = []
-    for budget in BUDGETS:
-        arms_b = [a for a in ARMS if any(_has(c, a, str(budget)) for c in cells)]
-        if TARGET_ARM in arms_b and len(arms_b) >= 2:
-            panels.append((budget, arms_b))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.2), squeeze=False)
-    for ax, (budget, arms_b) in zip(axes[0], panels):
+    for summ, budgets in ((summary, BUDGETS), (heldout, (TARGET_BUDGET,))):
+        if summ is None:
+            continue
+        cells = [c for n, c in summ["cells"].items() if n in SUITE]
+        for budget in budgets:
+            arms_b = [a for a in ARMS if any(_has(c, a, str(budget)) for c in cells)]
+            if TARGET_ARM in arms_b and len(arms_b) >= 2:
+                panels.append((summ, budget, arms_b))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.2), squeeze=False)
+    for ax, (summary, budget, arms_b) in zip(axes[0], panels):
+        cells = [c for n, c in summary["cells"].items() if n in SUITE]
         taus, prof, n = profile(summary, budget, arms_b)
         for a in arms_b:
             ran = sum(_has(c, a, str(budget)) for c in cells if _has(c, TARGET_ARM, str(budget)))
             ax.step(taus, prof[a], where="post", label=f"{a} ({ran}/{n} problems)",
-                    lw=2.4 if a == TARGET_ARM else 1.3, ls="-" if a in OUR_ARMS else "--")
+                    lw=2.4 if a == TARGET_ARM else 1.3, ls="-" if a in OUR_ARMS else "--", color=f"C{ARMS.index(a)}")
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("τ (excess loss / best arm's excess loss)")
@@ -320,6 +330,38 @@ def plot_profile(summary: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
+
+
+def _table(summary: dict[str, Any], b: str) -> list[str]:
+    """Markdown rows (header included) of the medians at budget ``b``; seeds marked when not 5."""
+    lines = ["| problem | d | f(x0) − f* | " + " | ".join(ARMS) + " |", "|---|---:|---:|" + "---:|" * len(ARMS)]
+    for name in [n for n in (*SUITE, *EXTRA) if n in summary["cells"]]:
+        cell, p = summary["cells"][name], summary["problems"][name]
+        vals = {a: cell[a][b]["median"] for a in ARMS if _has(cell, a, b)}
+        failed = {a: len(cell[a][b].get("errors", [])) for a in ARMS if a in cell and b in cell[a]}
+        if not vals and not any(failed.values()):
+            continue
+        best = min(vals.values()) if vals else None
+        row = []
+        for a in ARMS:
+            if a not in vals:
+                row.append(f"failed ({failed[a]})" if failed.get(a) else "–")
+                continue
+            s = fmt(vals[a])
+            if vals[a] == best:
+                s = f"**{s}**"
+            if a == TARGET_ARM and "ng-NGOpt" in vals:
+                fl = floor_of(p["f0"] - p["f_star"])
+                if max(vals[a], fl) > max(vals["ng-NGOpt"], fl):
+                    s += " ✗"
+            n = len(cell[a][b]["excess"])
+            if n != SEEDS:
+                s += f" ({n})"
+            if failed.get(a):
+                s += f", failed {failed[a]}"
+            row.append(s)
+        lines.append(f"| {name} | {p['d']} | {fmt(p['f0'] - p['f_star'])} | " + " | ".join(row) + " |")
+    return lines
 
 
 def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
@@ -339,46 +381,20 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
         f"- Seeds per cell: {meta['seeds_note']}",
         "",
     ]
-    budgets = [str(b) for b in BUDGETS]
-    head = "| problem | d | f(x0) − f* | " + " | ".join(ARMS) + " |"
-    for b in budgets:
-        lines += [f"**{int(b) // 1000}k queries** (bold: best arm; ✗ after spsa-gc: worse than NGOpt)", "", head,
-                  "|---|---:|---:|" + "---:|" * len(ARMS)]
-        for name in [n for n in (*SUITE, *EXTRA) if n in summary["cells"]]:
-            cell, p = summary["cells"][name], summary["problems"][name]
-            vals = {a: cell[a][b]["median"] for a in ARMS if _has(cell, a, b)}
-            failed = {a: len(cell[a][b].get("errors", [])) for a in ARMS if a in cell and b in cell[a]}
-            if not vals and not any(failed.values()):
-                continue
-            best = min(vals.values()) if vals else None
-            row = []
-            for a in ARMS:
-                if a not in vals:
-                    row.append(f"failed ({failed[a]})" if failed.get(a) else "–")
-                    continue
-                s = fmt(vals[a])
-                if vals[a] == best:
-                    s = f"**{s}**"
-                if a == TARGET_ARM and "ng-NGOpt" in vals:
-                    fl = floor_of(p["f0"] - p["f_star"])
-                    if max(vals[a], fl) > max(vals["ng-NGOpt"], fl):
-                        s += " ✗"
-                n = len(cell[a][b]["excess"])
-                if n != SEEDS:
-                    s += f" ({n})"
-                if failed.get(a):
-                    s += f", failed {failed[a]}"
-                row.append(s)
-            lines.append(f"| {name} | {p['d']} | {fmt(p['f0'] - p['f_star'])} | " + " | ".join(row) + " |")
+    for b in [str(b) for b in BUDGETS]:
+        lines += [f"**{int(b) // 1000}k queries** (bold: best arm; ✗ after spsa-gc: worse than NGOpt)", ""]
+        lines += _table(summary, b)
         lines.append("")
     var_arms = [v for v in VARIANTS if any(v in c for c in summary["cells"].values())]
     if var_arms:
         b = str(TARGET_BUDGET)
         cols = [a for a in ("spsa-gc", "spsa", "zo-sgd") if any(a in c for c in summary["cells"].values())]
         cols += var_arms
-        lines += ["**The choice of rule** (20k queries; `spsa-gc:before` = the code before the guard used the run's "
-                  "own noise and before the slope test (records from commit fcb43bd); `spsa-gc:ends` = the test between the "
-                  "two ends of a window (`adapt_test=ends`); `spsa-gc:fixed` = adaptation off; seeds as marked)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        lines += ["**The choice of rule** (20k queries, seeds as marked; `spsa-gc` = the default now. Records of earlier "
+                  "code: `spsa-gc:before` = commit fcb43bd (guard tolerance from x0's noise only, two-ends test); "
+                  "`spsa-gc:9f24b25-ends` = the guard's tolerance from the run's noise, two-ends test; `spsa-gc:9f24b25` = "
+                  "that with the slope test (both before the anchor reset). Runnable: `spsa-gc:ends` = `adapt_test=ends`; "
+                  "`spsa-gc:fixed` = adaptation off)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for name in [n for n in SUITE if n in summary["cells"]]:
             cell = summary["cells"][name]
             row = []
@@ -424,6 +440,11 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
             f"({100 * th['fraction']:.0f}%); worst ratio to the best peer {th['worst_ratio_to_best_peer']:.3g}"
             + (" (" + "; ".join(f"{r['problem']} {fmt(r['spsa-gc'])} vs {fmt(r['best_peer'])}"
                                 for r in th["rows"] if not r["within_3x"]) + ")" if not th["holds_3x"] else "") + ".",
+            "",
+            f"**Held-out family, instance {heldout['instance']}, {TARGET_BUDGET // 1000}k queries** "
+            f"(`{FULL_GRID.split(' && ')[1]}`; seeds marked when not {SEEDS})",
+            "",
+            *_table(heldout, str(TARGET_BUDGET)),
         ]
     lines += ["", "Problems (f* and how it was obtained):", "", "| problem | d | stresses | f* | how |", "|---|---:|---|---:|---|"]
     for name, p in summary["problems"].items():
@@ -485,7 +506,7 @@ def summarise_logs(instances: list[int], commands: list[str] | None = None) -> N
 def render(write_docs: bool) -> None:
     """Rebuild the plot and the docs section from the committed JSON."""
     results = load_results("optimizers")
-    plot_profile(results["suite"], PLOT)
+    plot_profile(results["suite"], PLOT, results.get("heldout"))
     publish_results("optimizers", render_section, write_docs)
 
 
