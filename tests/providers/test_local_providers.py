@@ -130,7 +130,7 @@ def test_kinds_registered_with_declared_capabilities():
     assert provider_registry.get("sentence-encoder") is SentenceEncoderProvider
     assert HFCausalProvider.declared_capabilities == {
         Capability.LOGITS, Capability.TOP_LOGPROBS, Capability.TEXT, Capability.SCORE,
-        Capability.HIDDEN_STATES, Capability.INPUTS_EMBEDS,
+        Capability.HIDDEN_STATES, Capability.INPUTS_EMBEDS, Capability.STEP_DECODE,
     }
     assert SentenceEncoderProvider.declared_capabilities == {Capability.EMBED, Capability.HIDDEN_STATES}
 

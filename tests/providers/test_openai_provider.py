@@ -658,10 +658,13 @@ def test_live_top_logprobs_next_token_and_chat(llama_server):
 
 @pytest.mark.slow
 def test_live_capabilities_are_truthful(llama_server):
-    # llama-cpp-python returns token-level (unpooled) embeddings for SmolLM2, and its echoed
-    # logprobs are one position off: neither embed nor score may be claimed.
+    # llama-cpp-python returns token-level (unpooled) embeddings for SmolLM2, which the provider
+    # mean-pools into one vector per text, so embed is claimed; its echoed logprobs are one
+    # position off, so score may not be.
     p = _live(llama_server, completions=1, embeddings="probe", score="probe")
-    assert p.capabilities == {Capability.TEXT, Capability.TOP_LOGPROBS}
+    assert p.capabilities == {Capability.TEXT, Capability.TOP_LOGPROBS, Capability.EMBED}
+    vecs = p.embed(EmbedRequest(texts=("a cat", "a dog sat here"))).vectors
+    assert vecs.shape[0] == 2 and vecs.ndim == 2 and np.all(np.isfinite(vecs))
     with pytest.raises(ConfigError, match="echo logprobs are misaligned"):
         _live(llama_server, completions=1, score=1)
     from blackbox.testing import check_provider
