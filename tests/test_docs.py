@@ -188,10 +188,11 @@ def tiny_lm_dir(tmp_path_factory):
     as a model directory; returns (directory, provider)."""
     from needs import need
 
-    torch = need("torch", hint="pip install torch==2.13.0")
+    need("torch", hint="pip install torch==2.13.0")
     need("transformers", "tokenizers", hint="the llm extra")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tiny_lm import tiny_llama
+    from transformers import PreTrainedTokenizerFast
 
     from blackbox.provider import load_provider
 
@@ -204,10 +205,7 @@ def tiny_lm_dir(tmp_path_factory):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                           "{% if add_generation_prompt %}assistant:{% endif %}")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                         pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.3)).eval()
+    model = tiny_llama(fast, seed=0)  # tests/tiny_lm.py; the tokenizer above is word-level on purpose
     d = tmp_path_factory.mktemp("tiny-lm")
     model.save_pretrained(d)
     fast.save_pretrained(d)

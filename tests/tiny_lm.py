@@ -15,8 +15,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(corpus: Sequence[str], vocab_size: int = 400, chat: bool = False) -> Any:
-    """A fast tokenizer (pad/bos/eos = ``<pad>``/``<s>``/``</s>``) trained on ``corpus``."""
+def tiny_tokenizer(corpus: Sequence[str], vocab_size: int = 400, chat: bool | str = False) -> Any:
+    """A fast tokenizer (pad/bos/eos = ``<pad>``/``<s>``/``</s>``) trained on ``corpus``;
+    ``chat=True`` adds ``CHAT_TEMPLATE``, a string adds that template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -28,17 +29,19 @@ def tiny_tokenizer(corpus: Sequence[str], vocab_size: int = 400, chat: bool = Fa
     tok.train_from_iterator(list(corpus), trainer)
     out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     if chat:
-        out.chat_template = CHAT_TEMPLATE
+        out.chat_template = chat if isinstance(chat, str) else CHAT_TEMPLATE
     return out
 
 
-def tiny_llama(tokenizer: Any, seed: int = 0, hidden: int = 32, layers: int = 2) -> Any:
-    """A randomly initialised Llama sized to ``tokenizer`` (eval mode)."""
+def tiny_llama(tokenizer: Any = None, seed: int = 0, hidden: int = 32, layers: int = 2, ctx: int = 256,
+               vocab_size: int | None = None) -> Any:
+    """A randomly initialised Llama sized to ``tokenizer`` (or ``vocab_size``), eval mode."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    vocab = len(tokenizer) if vocab_size is None else vocab_size
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.3)
     return LlamaForCausalLM(config).eval()

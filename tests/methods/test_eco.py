@@ -18,7 +18,7 @@ import pytest
 
 from blackbox.errors import CapabilityError, ConfigError, RunError
 from blackbox.methods.eco.corruption import CORRUPTIONS, Corruption, select_tokens
-from blackbox.methods.eco.gate import EntityMatcher, Gate, GateConfig, conformal_threshold, min_calibration_size
+from blackbox.methods.eco.gate import EntityMatcher, conformal_threshold, min_calibration_size
 from blackbox.methods.eco.search import Measurement, bracket_bisect, central_difference, vector_central_difference
 
 from needs import need  # noqa: E402  (tests/needs.py: skip, or fail under BLACKBOX_REQUIRE_MODELS=1)
@@ -45,28 +45,16 @@ GENERAL = [
 # --- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_lm import tiny_tokenizer
 
-    corpus = [t.format(c=c) for t in TEMPLATES + HELDOUT for c in COUNTRIES] + GENERAL * 3
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return tiny_tokenizer([t.format(c=c) for t in TEMPLATES + HELDOUT for c in COUNTRIES] + GENERAL * 3, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_lm import tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.3)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer, seed=0, ctx=128)
 
 
 @pytest.fixture(scope="module")

@@ -32,27 +32,17 @@ PROMPTS = ["the cat sat on", "a bird", "one two three four five six", "paris is 
 # --- fixtures: one tokenizer, several tiny models -------------------------------------
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_lm import tiny_tokenizer
 
-    corpus = ["the cat sat on the mat", "the dog ate the bone", "a bird can fly over the tree",
-              "paris is the capital of france", "one two three four five six seven eight nine ten"] * 5
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return tiny_tokenizer(["the cat sat on the mat", "the dog ate the bone", "a bird can fly over the tree",
+                           "paris is the capital of france", "one two three four five six seven eight nine ten"] * 5,
+                          vocab_size=300)
 
 
 def _llama(vocab: int, seed: int, hidden: int = 32, layers: int = 2, ctx: int = 64):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_lm import tiny_llama
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.3)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(vocab_size=vocab, seed=seed, hidden=hidden, layers=layers, ctx=ctx)
 
 
 def _wrap(model, tokenizer, name):
@@ -361,14 +351,9 @@ def test_stop_strings_max_tokens_and_weights_are_logged(models):
 
 # --- vocabularies -----------------------------------------------------------------------
 def test_mismatched_vocabulary_is_refused(models, tok):
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_lm import tiny_tokenizer
 
-    t = Tokenizer(tm.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.train_from_iterator(["completely different words here", "zebra yak xylophone"] * 5, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    other = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    other = tiny_tokenizer(["completely different words here", "zebra yak xylophone"] * 5, vocab_size=300)
     # The refusal must come from comparing the token -> id maps, not the sizes: the alien
     # tokenizer shares the special tokens and the byte alphabet but maps other strings to ids.
     assert other.get_vocab() != tok.get_vocab()

@@ -67,41 +67,24 @@ PROMPTS = ("the cat", "a bird can fly over the", "one two three four five six")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer trained here in milliseconds, with a chat template."""
     need("transformers", "tokenizers", hint=TRANSFORMERS_HINT)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_lm import tiny_tokenizer as build
 
     corpus = [
         "the cat sat on the mat", "the dog ate the bone", "a bird can fly over the tree",
         "paris is the capital of france", "one two three four five six seven eight nine ten",
     ] * 5
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    fast.chat_template = (
+    return build(corpus, vocab_size=300, chat=(
         "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}"
-    )
-    return fast
+    ))
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_tokenizer):
     """A random 2-layer Llama (hidden 32, context 64); a wide init spreads the logits apart."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_lm import tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.3,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tiny_tokenizer, seed=0, ctx=64)
 
 
 @pytest.fixture(scope="module")
