@@ -292,6 +292,8 @@ def test_precision_float64_decoding_matches_float32(models):
     assert a.tokens == b.tokens and a.weights == b.weights
     with pytest.raises(ConfigError, match="precision"):
         FusionConfig(precision="float16").check()
+    with pytest.raises(ConfigError, match="large_tail: expected one of small, uniform, floor, received"):
+        FusionConfig(large_tail="zero")
 
 
 @pytest.mark.parametrize("mode", ["proxy", "dynamic"])
@@ -425,9 +427,9 @@ def test_topk_variant_matches_full_fusion_when_k_covers_the_vocabulary(models, t
     assert emulated.tokens == full.tokens and emulated.info["approximate"] is True
     # With k = 3 the fusion sees only the union of the large model's top-3 and the expert's
     # top-3: every chosen token must lie in that union, and be the argmax of the fused logits
-    # over it (an unreturned large-model token gets the lowest returned log-prob).
+    # over it (large_tail="floor": an unreturned large-model token gets the lowest returned log-prob).
     k = 3
-    fusion = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", large_top_k=k))
+    fusion = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", large_top_k=k, large_tail="floor"))
     steps = []
     small_k = fusion.generate(PROMPTS, on_step=steps.append)
     assert len(steps) == sum(len(t) for t in small_k.tokens) > 0
@@ -470,6 +472,45 @@ def test_topk_union_floor_and_renormalisation():
     assert ids.tolist() == [1, 3, 4]  # the large model's tokens and the expert's top-2
     assert zl_u.tolist() == [-2.5, -0.1, -2.5]  # an unreturned token gets the lowest returned value
     assert ze_u.tolist() == [[1.0, 3.0, 5.0]] and zs_u.tolist() == [1.0, 3.0, -1.0]
+
+
+@pytest.mark.parametrize("tail", ["small", "uniform"])
+def test_topk_fill_keeps_the_returned_mass_and_the_top_k_order(tail):
+    zs = torch.tensor([0.0, 1.0, 2.0, 3.0, -1.0, 4.0], dtype=torch.float64)
+    lp = torch.tensor([-0.3, -2.5], dtype=torch.float64)  # tokens 3 and 1 returned
+    zl = arith.topk_fill(torch.tensor([3, 1]), lp, zs, tail)
+    assert zl[3] == -0.3 and zl[1] == -2.5
+    rest = [0, 2, 4, 5]
+    missing = 1 - lp.exp().sum()
+    # no unreturned token may be as likely as the least likely returned one
+    assert bool((zl[rest] < -2.5).all())
+    uncapped = (torch.softmax(zs, -1)[rest] / torch.softmax(zs, -1)[rest].sum() * missing) if tail == "small" else torch.full((4,), float(missing) / 4, dtype=torch.float64)
+    capped = uncapped >= torch.exp(torch.tensor(-2.5, dtype=torch.float64))
+    assert torch.allclose(zl[rest][~capped].exp(), uncapped[~capped])
+    if tail == "small":
+        assert bool(capped[3])  # token 5 is the small base's favourite: its share would exceed the cap
+    # every token returned: the large model's own log-probs, nothing filled
+    full = torch.log_softmax(torch.tensor([0.3, -1.0, 2.0, 0.0, 1.0, -2.0], dtype=torch.float64), -1)
+    assert torch.equal(arith.topk_fill(torch.arange(6), full, zs, tail), full)
+
+
+@pytest.mark.parametrize("tail", ["small", "uniform"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_topk_fill_with_expert_equal_to_small_follows_the_large_models_greedy(models, tail, k):
+    # the identity any top-k mapping must keep, down to k = 1 (where a filled token could tie)
+    m = models
+    large_out = m["large"].generate(GenerateRequest(prompts=tuple(PROMPTS), max_tokens=6))
+    for mode in ("proxy", "dynamic"):
+        res = LogitFusion(m["large"], m["small"], [m["small"]], _cfg(mode=mode, large_top_k=k, large_tail=tail)).generate(PROMPTS)
+        assert res.texts == list(large_out.texts)
+
+
+def test_topk_fill_with_k_covering_the_vocabulary_is_exact(models, tok):
+    m = models
+    full = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic")).generate(PROMPTS)
+    for tail in ("small", "uniform"):
+        emu = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", large_top_k=len(tok), large_tail=tail)).generate(PROMPTS)
+        assert emu.tokens == full.tokens and emu.weights == full.weights
 
 
 # --- bad input ------------------------------------------------------------------------

@@ -97,3 +97,20 @@ def _runs_show(run):
     res = CliRunner().invoke(app, ["runs", "show", str(run), "--json"])
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_large_tail_reaches_the_fusion_and_a_bad_value_is_one_line(specs):
+    from blackbox.methods.fusion.decode import FusionConfig, LogitFusion
+    from blackbox.provider import load_provider
+
+    args = ["--large", specs["large"], "--small", specs["small"], "--expert", specs["e1"], "--mode", "dynamic", "--large-top-k", "3",
+            "--max-tokens", "5", "--prompt", "the cat sat", "--json", "--no-progress"]
+    roles = [load_provider(specs[r]) for r in ("large", "small", "e1")]
+    for tail in ("small", "uniform", "floor"):
+        res = _cli(*args, "--large-tail", tail)
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        ref = LogitFusion(roles[0], roles[1], roles[2:], FusionConfig(mode="dynamic", large_top_k=3, max_tokens=5, large_tail=tail)).generate(["the cat sat"])
+        assert got["tokens"] == ref.tokens and got["weights"] == ref.weights
+    bad = _cli(*args, "--large-tail", "zero")
+    assert bad.exit_code == 1 and bad.output.strip().splitlines() == ["error: large_tail: expected one of small, uniform, floor, received 'zero'"]

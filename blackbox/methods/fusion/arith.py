@@ -215,6 +215,40 @@ def topk_union(
     return ids, zl_u, zs.double()[ids], ze.double()[:, ids]
 
 
+TAILS = ("small", "uniform", "floor")
+
+
+def topk_fill(large_ids: torch.Tensor, large_logprobs: torch.Tensor, zs: torch.Tensor, tail: str = "small") -> torch.Tensor:
+    """The large model's full-vocabulary log-probabilities ``(V,)`` from its top-k (float64).
+
+    The returned tokens keep their log-probabilities; the mass the server did not return,
+    ``1 − Σ p_returned``, is spread over the other tokens in proportion to the small base's
+    distribution (``tail="small"``: exact when the two models agree on the tail's shape) or
+    evenly (``"uniform"``). A top-k answer also says that no other token is more likely than
+    the least likely returned one, so every filled value is capped just below that; with an
+    expert equal to the small base the fused greedy choice is then the large model's own.
+    """
+    if tail not in ("small", "uniform"):
+        raise ValueError(f"tail: expected small or uniform, received {tail!r}")
+    zs = zs.double()
+    ids, lp = large_ids.long(), large_logprobs.double()
+    seen = torch.zeros(zs.numel(), dtype=torch.bool)
+    seen[ids] = True
+    # log(1 − Σ p): at least 1e-12 of the mass stays unassigned, so log stays finite
+    missing = torch.log1p(-torch.logsumexp(lp, 0).exp().clamp_max(1 - 1e-12))
+    if tail == "small":
+        lq = torch.log_softmax(zs, -1)
+        rest = torch.logsumexp(lq[~seen], 0) if bool((~seen).any()) else torch.tensor(0.0, dtype=torch.float64)
+        out = missing + lq - rest
+    else:
+        out = torch.full_like(zs, float(missing - torch.log(torch.tensor(max(int((~seen).sum()), 1), dtype=torch.float64))))
+    # strictly below the lowest returned value (a tie would let a filled token take a greedy pick)
+    cap = torch.nextafter(lp.min(), torch.tensor(-float("inf"), dtype=torch.float64))
+    out = torch.minimum(out, cap)
+    out[ids] = lp
+    return out
+
+
 # --- batched, float32 by default (decoding) --------------------------------------------
 _TINY = {torch.float32: 1e-30, torch.float64: 1e-290}
 

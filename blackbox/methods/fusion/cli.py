@@ -84,6 +84,7 @@ def generate(
     stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable); the output ends before it."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts decoded together."),
     large_top_k: Optional[int] = typer.Option(None, "--large-top-k", help="Fuse over the large model's top-k tokens only (approximation; needed for an API)."),
+    large_tail: str = typer.Option("small", "--large-tail", help="With --large-top-k: fill the unreturned tokens' log-probs like the small base (small), evenly (uniform), or with the lowest returned value (floor)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line (\\n inside a line is a newline)."),
     stream: bool = typer.Option(False, "--stream", help="Print the text as it is decoded (one prompt)."),
@@ -104,6 +105,7 @@ def generate(
     config = FusionConfig(
         mode=mode, alpha=alpha, refine=refine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k, precision=precision,
+        large_tail=large_tail,
     )
     if replicas != 1 or ray_address is not None:
         # The prompt set split across Ray replicas, each decoding its share with the whole fused

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 MODES = ("proxy", "dynamic")
 PRECISIONS = ("float32", "float64")
+LARGE_TAILS = ("small", "uniform", "floor")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class FusionConfig(Config):
     seed: int | None = field(default=None, metadata={"help": 'sampling seed (None: unseeded)'})
     batch_size: int = field(default=8, metadata={"help": 'prompts decoded together'})
     large_top_k: int | None = field(default=None, metadata={"help": "fuse over the large model's top-k tokens only (an approximation; needed for an API that returns top-k logprobs)"})
+    large_tail: str = field(default="small", metadata={"help": "with large_top_k: the log-probabilities of the tokens the large model did not return: "
+                                                        "small (its missing mass spread like the small base's distribution), uniform (spread evenly), "
+                                                        "floor (the lowest returned value, fused over the returned and experts' top-k tokens only)"})
     use_cache: bool = field(default=True, metadata={"help": 'reuse KV caches between steps'})
     precision: str = field(default="float32", metadata={"help": 'dynamic search arithmetic: float32 (fast) or float64 (reference)'})
 
@@ -64,6 +68,8 @@ class FusionConfig(Config):
             raise bad_value("large_top_k", "a positive integer or None", self.large_top_k)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise bad_value("seed", "an int or None", self.seed)
+        if self.large_tail not in LARGE_TAILS:
+            raise bad_value("large_tail", f"one of {', '.join(LARGE_TAILS)}", self.large_tail)
         if self.precision not in PRECISIONS:
             raise bad_value("precision", f"one of {', '.join(PRECISIONS)}", self.precision)
 

@@ -10,8 +10,9 @@ token ids (one shared vocabulary, checked by :func:`shared_vocab`). Each step fu
   time) in one tensor operation, optionally refined by golden-section search.
 
 The large model may instead be reachable only through top-k log-probabilities (``large_top_k``):
-the step is then fused over the union of the returned tokens and the experts' top-k,
-renormalised there — an approximation (see :func:`blackbox.methods.fusion.arith.topk_union`).
+the large model's log-probabilities of the tokens it did not return are then filled from the
+small base's distribution, rescaled to the mass the server did not return — an approximation
+(see :func:`blackbox.methods.fusion.arith.topk_fill`; ``large_tail`` selects it).
 """
 
 from __future__ import annotations
@@ -224,7 +225,18 @@ class LogitFusion:
     def fuse_topk_row(
         self, large_ids: torch.Tensor, large_lp: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, k: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(ids (U,), fused logits over them, weights)`` for the top-k variant (``k``: the experts' top-k, default ``large_top_k``)."""
+        """``(ids (U,), fused logits over them, weights)`` for the top-k variant.
+
+        ``large_tail`` small/uniform: the large model's unreturned log-probabilities are filled
+        (:func:`arith.topk_fill`) and the fusion runs over the whole vocabulary (``ids`` is
+        ``0..V-1``); floor: over the union of the returned tokens and the experts' top-``k``
+        (default ``large_top_k``), :func:`arith.topk_union`.
+        """
+        tail = self.config.large_tail
+        if tail != "floor":
+            zl = arith.topk_fill(large_ids, large_lp, zs, tail)
+            fused, w = self.fuse_row(zl, zs.double(), ze.double())
+            return torch.arange(zl.numel()), fused, w
         k = int(k or self.config.large_top_k or large_ids.numel())
         ids, zl_u, zs_u, ze_u = arith.topk_union(large_ids, large_lp, zs, ze, k)
         fused, w = self.fuse_row(zl_u, zs_u, ze_u)
