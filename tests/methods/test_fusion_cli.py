@@ -114,3 +114,26 @@ def test_large_tail_reaches_the_fusion_and_a_bad_value_is_one_line(specs):
         assert got["tokens"] == ref.tokens and got["weights"] == ref.weights
     bad = _cli(*args, "--large-tail", "zero")
     assert bad.exit_code == 1 and bad.output.strip().splitlines() == ["error: large_tail: expected one of small, uniform, floor, received 'zero'"]
+
+
+def test_queries_are_counted_in_one_process_and_in_a_replicas_share(specs, tmp_path):
+    # --json reports the queries billed to each role's ledger; a replica's share (FusedRows, the
+    # body --replicas runs) carries its own on its first row for the driver to add up
+    from blackbox.methods.fusion.decode import FusionConfig
+    from blackbox.methods.fusion.replicas import FusedRows
+
+    f = tmp_path / "p.txt"
+    f.write_text("the cat sat\na bird can\n")
+    args = ["--large", specs["large"], "--small", specs["small"], "--expert", specs["e1"], "--expert", specs["e2"], "--mode", "dynamic",
+            "--max-tokens", "4", "--prompts", str(f), "--json", "--no-progress"]
+    res = _cli(*args)
+    assert res.exit_code == 0, res.output
+    q = json.loads(res.stdout.strip().splitlines()[-1])["queries"]
+    steps = max(len(t) for t in json.loads(res.stdout.strip().splitlines()[-1])["tokens"])
+    assert q["large"] == q["small"] == 2 * steps and q["experts"] == [2 * steps, 2 * steps] and q["total"] == 8 * steps
+    body = FusedRows([specs["large"], specs["small"], specs["e1"], specs["e2"]], FusionConfig(mode="dynamic", max_tokens=4).to_dict())
+    try:
+        rows = body.decode(["the cat sat", "a bird can"])
+    finally:
+        body.close()
+    assert rows[0]["queries"] == q and rows[1]["queries"] is None

@@ -116,10 +116,12 @@ def generate(
             raise BlackboxError("--stream: expected one process, received --replicas/--ray-address")
         result, tokenizer = fused_generate([large, small, *expert], config, texts, replicas, address=ray_address)
     else:
+        from .replicas import counted, queries_of
+
         loaded = []
         try:
             for spec in [large, small, *expert]:
-                loaded.append(load_provider(spec))
+                loaded.append(counted(load_provider(spec)))
             fusion = LogitFusion(loaded[0], loaded[1], loaded[2:], config)
             if stream:
                 printer = _StreamPrinter(fusion.tokenizer, config.stop)
@@ -131,6 +133,7 @@ def generate(
         finally:
             for p in loaded:
                 p.close()
+        result.info["queries"] = queries_of(loaded)
         tokenizer = fusion.tokenizer
     if weights_out is not None:
         _write_weights(weights_out, result, tokenizer)

@@ -20,7 +20,26 @@ from blackbox.errors import BlackboxError
 from blackbox.provider import Provider
 from blackbox.types import Capability
 
-__all__ = ["FusedRows", "fused_generate"]
+__all__ = ["FusedRows", "counted", "fused_generate", "queries_of"]
+
+
+def counted(provider: Provider) -> Provider:
+    """``provider`` behind a :class:`~blackbox.client.Client` with its own ledger (every decode
+    step and top-k call is billed there; the tokens are the same)."""
+    from blackbox.client import Client, Ledger
+
+    return Client(provider, ledger=Ledger(), use_cache=False)
+
+
+def queries_of(roles: Sequence[Any]) -> dict[str, Any]:
+    """Queries billed to each role's ledger (large, small, experts), for ``FusionResult.info``."""
+    n = [int(getattr(getattr(p, "ledger", None), "queries", 0) or 0) for p in roles]
+    return {"large": n[0], "small": n[1], "experts": n[2:], "total": sum(n)}
+
+
+def _add_queries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {"large": a["large"] + b["large"], "small": a["small"] + b["small"],
+            "experts": [x + y for x, y in zip(a["experts"], b["experts"])], "total": a["total"] + b["total"]}
 
 
 class FusedRows(Provider):
@@ -40,7 +59,7 @@ class FusedRows(Provider):
         self.loaded: list[Provider] = []
         try:
             for spec in self.specs:
-                self.loaded.append(load_provider(spec))
+                self.loaded.append(counted(load_provider(spec)))
             self.fusion = LogitFusion(self.loaded[0], self.loaded[1], self.loaded[2:], FusionConfig.from_dict(config))
         except BaseException:
             self.close()
@@ -57,8 +76,14 @@ class FusedRows(Provider):
 
     def decode(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
         """One row per prompt: text, token ids, per-step expert weights, finish reason."""
+        before = queries_of(self.loaded)
         r = self.fusion.generate(list(prompts))
-        return [{"text": t, "tokens": k, "weights": w, "finish": f} for t, k, w, f in zip(r.texts, r.tokens, r.weights, r.finish_reasons)]
+        after = queries_of(self.loaded)
+        # The share's queries ride on its first row (the driver adds them up): a step bills every
+        # row of a batch at once, so they cannot be split by prompt.
+        spent = _add_queries(after, {k: ([-x for x in v] if isinstance(v, list) else -v) for k, v in before.items()})
+        return [{"text": t, "tokens": k, "weights": w, "finish": f, "queries": spent if i == 0 else None}
+                for i, (t, k, w, f) in enumerate(zip(r.texts, r.tokens, r.weights, r.finish_reasons))]
 
     def result_info(self) -> dict[str, Any]:
         """What FusionResult.info reports (the fused vocabulary, whether top-k is approximate)."""
@@ -91,5 +116,11 @@ def fused_generate(specs: Sequence[str], config: Any, prompts: Sequence[str], re
         seconds = time.perf_counter() - t0
         info = pool.invoke("result_info")
         tokenizer = pool.invoke("tokenizer")
+    shares = [r["queries"] for r in rows if r.get("queries") is not None]
+    if shares:  # every replica's share, summed in the driver
+        total = shares[0]
+        for q in shares[1:]:
+            total = _add_queries(total, q)
+        info = {**info, "queries": total}
     return FusionResult(texts=[r["text"] for r in rows], tokens=[r["tokens"] for r in rows], weights=[r["weights"] for r in rows],
                         finish_reasons=[r["finish"] for r in rows], seconds=seconds, mode=config.mode, info=info), tokenizer
