@@ -102,9 +102,11 @@ def fpr_sets(gate: Any, sets: dict[str, list[str]]) -> dict[str, Any]:
     return {"by_set": rates, "all": float(gate.flags(allp).mean()), "n": len(allp), "n_by_set": {k: len(v) for k, v in sets.items()}}
 
 
-def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: Any) -> None:
+def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: Any, prev: dict[str, Any] | None = None) -> None:
+    """Probe and fit the ``--scopes`` of one model; ``prev``: its stored row, whose other scopes are kept."""
+    from blackbox.methods.eco.chat import install as install_chat_template
     from blackbox.methods.eco.gate import misspell
-    from blackbox.methods.eco.job import EcoConfig, Item, fit, is_correct, load_guarded
+    from blackbox.methods.eco.job import EcoConfig, Item, fit, generate_all, is_correct, load_guarded
     from blackbox.provider import load_provider
     from blackbox.types import GenerateRequest
 
@@ -112,11 +114,18 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
     spec = model_spec(name)
     lm = load_provider(spec)
     enc = load_provider("sentence-encoder:minilm")
+    # a tokenizer without a chat template (the Gemma GGUF) gets the well-known one its turn tokens name, as a fit does
+    template = install_chat_template(lm, None) or "the tokenizer's own"
     base_cfg = EcoConfig(seed=args.seed, chat=True, max_new_tokens=args.max_new_tokens, verify_unflagged=False, bisect_steps=args.bisect_steps)
     scopes = args.scopes.split(",")
     R = Runner(lm, base_cfg)
     res: dict[str, Any] = {"model": LABELS[name], "spec": spec.split("?")[0].rsplit("/", 1)[-1],
-                           "settings": {k: getattr(args, k) for k in SETTINGS}, "command": command_line(), "date": today()}
+                           "settings": {k: getattr(args, k) for k in SETTINGS}, "command": command_line(), "date": today(),
+                           "chat_template": template}
+    res.update({k: v for k, v in (prev or {}).items() if k in ("entity", "fact", "topic") and k not in scopes})
+    for k in ("entity", "fact", "topic"):  # rows measured by an earlier command keep that command
+        if k in res and "command" not in res[k]:
+            res[k]["command"] = prev["command"] if prev else res["command"]
     out["models"][name] = res
 
     all_c = D.countries()
@@ -131,6 +140,16 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
     res["probe"] = {"countries": len(pool), "known": len(known), "seconds": round(time.perf_counter() - t0, 1),
                     "examples": [[D.TRAIN_TEMPLATES[0].format(c=c.name), o[:60]] for c, o in list(zip(pool, probe))[:3]]}
     emit({"model": name, "stage": "probe", **res["probe"]})
+    if not known:  # nothing to forget in chat mode (a fit refuses it): record what the model says, raw too, and stop
+        raw = generate_all(lm, [D.TRAIN_TEMPLATES[0].format(c=c.name) for c in pool], base_cfg.replace(chat=False))[0]
+        res["probe"]["known_raw"] = sum(is_correct(o, c.capital) for c, o in zip(pool, raw))
+        res["probe"]["examples_raw"] = [[D.TRAIN_TEMPLATES[0].format(c=c.name), o[:60]] for c, o in list(zip(pool, raw))[:3]]
+        for sc in ("entity", "fact", "topic"):
+            res.pop(sc, None)
+        res["seconds"] = round(time.perf_counter() - t_model, 1)
+        save()
+        lm.close()
+        return
     order = rng.permutation(len(known))
     forget_c = [known[i] for i in sorted(order[: args.forget_n])]
     retain_c = [c for c in pool if c not in forget_c]  # unknown ones too: named negatives for the gate
@@ -179,52 +198,48 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
                 "gate": {k: art["gate_report"].get(k) for k in ("threshold", "group_thresholds", "n_calibration", "calibration_pool", "bound")}}
         return guarded, info
 
-    # 2. entity scope
-    guarded, info = fit_scope("entity", forget, retain, general_fit + unknown_named)
-    ent = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
-           "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
-    gt = tuple(general_test)
-    gb = lm.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
-    ga = guarded.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
-    ent["general_unchanged"] = float(np.mean([a == b for a, b in zip(gb.texts, ga.texts)]))
-    ent["extra_model_calls"] = int(ga.usage.queries - gb.usage.queries)
-    res["entity"] = ent
-    emit({"model": name, "stage": "entity", **ent})
-    save()
-
-    if "fact" not in scopes and "topic" not in scopes:
-        res["seconds"] = round(time.perf_counter() - t_model, 1)
+    def done_scope(scope: str) -> None:
+        res[scope]["command"], res[scope]["date"] = command_line(), today()
+        res[scope]["loadavg"] = loadavg()
+        emit({"model": name, "stage": scope, **res[scope]})
         save()
-        return
+
+    # 2. entity scope
+    if "entity" in scopes:
+        guarded, info = fit_scope("entity", forget, retain, general_fit + unknown_named)
+        ent = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
+               "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
+        gt = tuple(general_test)
+        gb = lm.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
+        ga = guarded.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
+        ent["general_unchanged"] = float(np.mean([a == b for a, b in zip(gb.texts, ga.texts)]))
+        ent["extra_model_calls"] = int(ga.usage.queries - gb.usage.queries)
+        res["entity"] = ent
+        done_scope("entity")
+
     # 3. fact scope: the same sets, only the capital forgotten
-    guarded, info = fit_scope("fact", forget, retain, general_fit + unknown_named)
-    res["fact"] = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
-                   "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
-    emit({"model": name, "stage": "fact", **res["fact"]})
-    save()
+    if "fact" in scopes:
+        guarded, info = fit_scope("fact", forget, retain, general_fit + unknown_named)
+        res["fact"] = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
+                       "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
+        done_scope("fact")
 
     # 4. topic scope: continent questions (no entity named) against capitals, demonyms and general prompts
-    cont_pool = [c for c in pool if D.fact_answer(c, "continent")][: args.topic_n]
-    cont_test = [c for c in test if D.fact_answer(c, "continent")]
-    t_rng = np.random.default_rng([args.seed, 4])
-    cont_test = [cont_test[i] for i in sorted(t_rng.choice(len(cont_test), size=min(args.unseen_n, len(cont_test)), replace=False))]
-    t_forget = [Item(t.format(c=c.name), c.region) for c in cont_pool for t in D.TOPIC_TRAIN]
-    t_retain = [Item(D.TRAIN_TEMPLATES[0].format(c=c.name), c.capital) for c in known]
-    t_general = general_fit + [Item(D.TRAIN_TEMPLATES[0].format(c=c.name)) for c in pool if c not in known]
-    t_general += [Item(t.format(c=c.name)) for c in pool for t, k in D.SAME_TEMPLATES if k == "demonym"]
-    t_heldout = [Item(t.format(c=c.name), c.region) for c in cont_test for t in D.TOPIC_HELDOUT]
-    t_other = capital_items(unseen_acc, D.HELDOUT_TEMPLATES[:1]) + capital_items(retain_known, D.HELDOUT_TEMPLATES[:1])
-    t_other += fact_items(unseen_acc, ("demonym",))
-    t_neg = {
-        "other topics: unseen countries (capital, demonym), all templates": [t.format(c=c.name) for c in test for t in D.TRAIN_TEMPLATES + D.HELDOUT_TEMPLATES]
-        + [t.format(c=c.name) for c in test for t, k in D.SAME_TEMPLATES if k == "demonym"],
-        "held-out general prompts": general_test,
-    }
-    guarded, info = fit_scope("topic", t_forget, t_retain, t_general)
-    res["topic"] = {**info, "heldout_topic": R.measure(guarded, t_heldout), "other_topic": R.measure(guarded, t_other),
-                    "fpr": fpr_sets(guarded.gate, t_neg)}
+    if "topic" in scopes:
+        cont_test = [c for c in test if D.fact_answer(c, "continent")]
+        t_rng = np.random.default_rng([args.seed, 4])
+        cont_test = [cont_test[i] for i in sorted(t_rng.choice(len(cont_test), size=min(args.unseen_n, len(cont_test)), replace=False))]
+        sets = D.topic_sets(pool, known, test, [i.prompt for i in general_fit], args.topic_n)
+        t_heldout = D.topic_sets(pool, known, cont_test, [], args.topic_n)["heldout_topic"]
+        t_other = capital_items(unseen_acc, D.HELDOUT_TEMPLATES[:1]) + capital_items(retain_known, D.HELDOUT_TEMPLATES[:1])
+        t_other += fact_items(unseen_acc, ("demonym",))
+        t_neg = {"other topics: unseen countries (capital, demonym), all templates": sets["other_topics"],
+                 "held-out general prompts": general_test}
+        guarded, info = fit_scope("topic", sets["forget"], sets["retain"], sets["general"])
+        res["topic"] = {**info, "heldout_topic": R.measure(guarded, t_heldout), "other_topic": R.measure(guarded, t_other),
+                        "fpr": fpr_sets(guarded.gate, t_neg)}
+        done_scope("topic")
     res["seconds"] = round(time.perf_counter() - t_model, 1)
-    emit({"model": name, "stage": "topic", **res["topic"]})
     save()
     lm.close()
 
@@ -262,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             merged["models"].update(part.get("models", {}))
         merged["models"] = {k: merged["models"][k] for k in MODEL_NAMES if k in merged["models"]}
         merged["total_seconds"] = sum(m.get("seconds", 0) for m in merged["models"].values())
-        merged["command"] = "; ".join(dict.fromkeys(m["command"] for m in merged["models"].values()))
+        merged["command"] = "; ".join(dict.fromkeys(model_command(m) for m in merged["models"].values()))
         merged["notes"] = list(args.note)
         save_results("eco", merged, SECTIONS)
         publish_results("eco", render_section, args.write_docs)
@@ -277,13 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     out: dict[str, Any] = {"models": {},
                            "command": command_line(), "date": today(), "machine": info, "torch_threads": args.threads}
-    if results_path("eco").exists() and len(names) < len(MODEL_NAMES):  # one model re-run: keep the others' rows
-        old = load_results("eco")
-        out["models"] = {k: v for k, v in old.get("models", {}).items() if k not in names}
+    prev: dict[str, Any] = {}
+    if results_path("eco").exists():  # a model or scope re-run: keep the other models' rows and this model's other scopes
+        prev = load_results("eco").get("models", {})
+        if len(names) < len(MODEL_NAMES):
+            out["models"] = {k: v for k, v in prev.items() if k not in names}
     t0 = time.perf_counter()
     def save() -> None:  # after each stage: a killed run keeps what finished
         info["loadavg_at_end"] = loadavg()
         out["total_seconds"] = round(time.perf_counter() - t0, 1)
+        out["models"] = {k: out["models"][k] for k in MODEL_NAMES if k in out["models"]}
+        out["command"] = "; ".join(dict.fromkeys(model_command(m) for m in out["models"].values()))
         if args.partial:
             import json
 
@@ -292,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             save_results("eco", out, SECTIONS)
 
     for n in names:
-        run_model(n, args, out, save)
+        run_model(n, args, out, save, prev.get(n))
     if not args.partial:
         publish_results("eco", render_section, args.write_docs)
     return 0
@@ -307,6 +326,11 @@ def ok(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
+def model_command(r: dict[str, Any]) -> str:
+    """The commands that measured a model's rows (one per scope re-run), in order."""
+    return "; ".join(dict.fromkeys(r[sc].get("command", r["command"]) for sc in ("entity", "fact", "topic") if sc in r)) or r["command"]
+
+
 def _delta(m: dict[str, Any]) -> float:
     return (m["accuracy_after"] or 0.0) - (m["accuracy_before"] or 0.0)
 
@@ -317,8 +341,17 @@ def _fpr_cell(f: dict[str, Any]) -> str:
 
 def missing(s: dict[str, Any]) -> str:
     """Which model × scope cells of the benchmark the results lack (a loaded machine cut runs short)."""
-    gaps = [f"{LABELS[n]} {sc}" for n in MODEL_NAMES for sc in ("entity", "fact", "topic") if sc not in s["models"].get(n, {})]
-    return ", ".join(gaps) if gaps else "nothing"
+    gaps = []
+    for n in MODEL_NAMES:
+        r = s["models"].get(n, {})
+        p = r.get("probe", {})
+        if p and not p.get("known"):
+            gaps.append(f"{LABELS[n]}: nothing to forget, it answers {p['known']} of {p['countries']} capital questions in chat mode "
+                        f"({r.get('chat_template', 'its')} template; e.g. {p['examples'][0][0]!r} → {p['examples'][0][1]!r}) and "
+                        f"{p.get('known_raw', '?')} of {p['countries']} asked raw (e.g. → {p['examples_raw'][0][1]!r})")
+        else:
+            gaps += [f"{LABELS[n]} {sc}" for sc in ("entity", "fact", "topic") if sc not in r]
+    return "; ".join(gaps) if gaps else "nothing"
 
 
 def summary_table(s: dict[str, Any]) -> str:
@@ -348,7 +381,7 @@ def summary_table(s: dict[str, Any]) -> str:
 
 
 def render(s: dict[str, Any]) -> str:
-    sizes = "; ".join(f"{r['model']}: `{r['command']}`, pool {r['settings']['pool']}, forget {r['settings']['forget_n']}, "
+    sizes = "; ".join(f"{r['model']}: `{model_command(r)}`, pool {r['settings']['pool']}, forget {r['settings']['forget_n']}, "
                       f"topic {r['settings']['topic_n']}, unseen answered {r['settings']['unseen_n']}, general test "
                       f"{r['settings']['general_test']}, {r['settings']['max_new_tokens']} new tokens (started {r['date']}"
                       + (f", {r['seconds'] / 60:.0f} min)" if "seconds" in r else ")")

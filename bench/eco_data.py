@@ -117,3 +117,27 @@ def general_prompts(seed: int, n_fortunes: int = 120) -> list[str]:
     out += [f"What is {a} plus {b}?" for a, b in rng.integers(2, 60, size=(30, 2))]
     out += fortunes(n_fortunes, rng)
     return out
+
+
+def topic_sets(pool: list[Country], known: list[Country], heldout_countries: list[Country], general_fit: list[str], topic_n: int) -> dict[str, list]:
+    """The topic benchmark's fit and held-out sets (``Item``s; ``heldout_countries``: dev or test half).
+
+    Forget: continent questions (3 training templates) about ``topic_n`` fit-pool countries.
+    Retain: capital questions about the known fit-pool countries; general: ``general_fit``, the
+    other fit-pool countries' capital questions and every fit-pool country's demonym question.
+    Held-out: continent questions under 3 unseen templates, and the other-topic negatives (every
+    capital template and the demonym question) about ``heldout_countries``.
+    """
+    from blackbox.methods.eco.job import Item
+
+    cont_pool = [c for c in pool if fact_answer(c, "continent")][:topic_n]
+    general = [Item(g) for g in general_fit] + [Item(TRAIN_TEMPLATES[0].format(c=c.name)) for c in pool if c not in known]
+    general += [Item(t.format(c=c.name)) for c in pool for t, k in SAME_TEMPLATES if k == "demonym"]
+    return {
+        "forget": [Item(t.format(c=c.name), c.region) for c in cont_pool for t in TOPIC_TRAIN],
+        "retain": [Item(TRAIN_TEMPLATES[0].format(c=c.name), c.capital) for c in known],
+        "general": general,
+        "heldout_topic": [Item(t.format(c=c.name), c.region) for c in heldout_countries if fact_answer(c, "continent") for t in TOPIC_HELDOUT],
+        "other_topics": [t.format(c=c.name) for c in heldout_countries for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES]
+        + [t.format(c=c.name) for c in heldout_countries for t, k in SAME_TEMPLATES if k == "demonym"],
+    }

@@ -139,3 +139,35 @@ def test_a_scoped_fit_runs_end_to_end_and_reloads(tmp_path, scope):
     if scope == "fact":  # another fact about a forgotten country passes; its capital does not
         assert not guarded.gate.flags([f"What do you call a person from {COUNTRIES[0]}?"]).any()
         assert guarded.gate.flags([f"Tell me the capital city of {COUNTRIES[0]}."]).all()
+
+
+class ConstEncoder:
+    """An encoder that says nothing (one vector for every text): the gate's words alone decide."""
+
+    name = "const"
+
+    def embed(self, request):
+        from blackbox.types import EmbedResult
+
+        return EmbedResult(np.ones((len(request.texts), 8)) / np.sqrt(8))
+
+
+def test_topic_gate_reads_content_words_not_the_templates_function_words():
+    # Forgetting "{c} is part of which continent?" must not flag "{c}'s capital is which city?":
+    # with function words as features, "which ... is" alone was topic evidence (dev: 24-31% of
+    # other-topic questions flagged; bench/eco_topic_gate.py).
+    from blackbox.methods.eco.job import gate_config
+
+    g = gate_config(EcoConfig(scope="topic"))
+    assert g.stop_words and not g.char_ngrams
+    assert not gate_config(EcoConfig(scope="entity")).stop_words
+    topic = ["Which continent is {c} in?", "{c} is part of which continent?", "On what continent is {c} located?"]
+    forget = as_items([{"prompt": t.format(c=c), "answer": "x"} for c in COUNTRIES[:10] for t in topic], "forget")
+    retain = as_items(rows(COUNTRIES[:20], CAPITAL[:1]), "retain")
+    unseen = COUNTRIES[20:]
+    cfg = EcoConfig(scope="topic", fpr=0.05)
+    gate, _ = build_gate(forget, retain, [], cfg, encoder=ConstEncoder())
+    before, _ = build_gate(forget, retain, [], cfg, encoder=ConstEncoder(), gate_overrides={"stop_words": False, "char_ngrams": True})
+    alike = [f"{c}'s capital is which city?" for c in unseen]
+    assert gate.flags(alike).mean() == 0.0 and before.flags(alike).mean() >= 0.5
+    assert gate.flags([f"Tell me the continent {c} lies on." for c in unseen]).mean() == 1.0

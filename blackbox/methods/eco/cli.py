@@ -46,6 +46,7 @@ def fit_cmd(
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder spec for gate features, e.g. sentence-encoder:minilm."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Ask through the model's chat template (default: when the model has one)."),
     scope: Optional[str] = typer.Option(None, "--scope", help="What to forget: entity (all about each target; default), fact (only the facts asked), topic (a subject area, no entity; MiniLM gate)."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Chat template for a tokenizer without one: gemma, or a Jinja template (default: the tokenizer's own; Gemma's is recognised by its turn tokens)."),
     seed: int = SEED_OPT,
     sets: List[str] = SET_OPT,
     replicas: int = REPLICAS_OPT,
@@ -59,7 +60,8 @@ def fit_cmd(
     from .job import load_jsonl
     from .method import EcoMethod
 
-    flags = {k: v for k, v in (("fpr", fpr), ("corruption", corruption), ("tokens", tokens), ("encoder", encoder), ("chat", chat), ("scope", scope)) if v is not None}
+    flags = {k: v for k, v in (("fpr", fpr), ("corruption", corruption), ("tokens", tokens), ("encoder", encoder), ("chat", chat), ("scope", scope),
+                               ("chat_template", chat_template)) if v is not None}
     config = EcoConfig.from_overrides(sets, seed=seed, **flags)
     f_items = load_jsonl(forget, "forget")
     r_items = load_jsonl(retain, "retain")

@@ -46,6 +46,7 @@ class EcoConfig(Config):
     scope: str = field(default="entity", metadata={"help": "What is forgotten: 'entity' (everything about each forget target), 'fact' (only the facts the forget prompts ask: the prompt must name the target and ask that fact), 'topic' (a subject area naming no entity: a classifier on sentence embeddings decides; encoder defaults to sentence-encoder:minilm)."})
     builtin_general: bool = field(default=True, metadata={"help": "Join the project's built-in general prompts (248 everyday questions and tasks, blackbox/methods/eco/general_prompts.txt; those naming a forget target are dropped) to the gate's negatives and calibration pool, so a small retain file still calibrates a low --fpr. They are never sent to the model."})
     chat: bool | None = field(default=None, metadata={"help": "Put every prompt in the model's chat template, for knowledge scoring, search and use alike (None: auto, when the tokenizer has a chat template)."})
+    chat_template: str | None = field(default=None, metadata={"help": "Chat template for a tokenizer without one: 'gemma' (Gemma's <start_of_turn> turns) or a Jinja template. None: the tokenizer's own; when it has none, a well-known format recognised by its turn tokens (Gemma) is used and stored here."})
     allow_nothing_known: bool = field(default=False, metadata={"help": "Finish (strength left at start) when the model knows none of the forget answers; default: refuse, since nothing would be forgotten."})
     verify_unflagged: bool = field(default=True, metadata={"help": "Regenerate every prompt through the guarded model after fitting. False: only flagged prompts are regenerated (an unflagged prompt goes to the base model's plain call, so its output is the base output) and general prompts are not generated at all; cheaper."})
 
@@ -73,6 +74,10 @@ class EcoConfig(Config):
             raise bad_value("scope", f"one of {', '.join(SCOPES)}", self.scope)
         if self.scope == "topic" and self.encoder is None:
             object.__setattr__(self, "encoder", "sentence-encoder:minilm")  # a topic gate needs meaning, not names
+        if self.chat_template is not None:
+            from .chat import template_text
+
+            template_text(self.chat_template)  # a known name or a Jinja template, else one line saying which
         if self.chat and self.objective == "divergence":
             raise bad_value("objective", "'accuracy' with chat=true (the divergence objective scores raw text only)", self.objective)
 

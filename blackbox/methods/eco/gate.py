@@ -406,6 +406,12 @@ class GateConfig:
     calibration did not stand for names met in use (the fuzzy matcher catches typos instead)."""
     scope: str = "entity"
     """What is forgotten: ``entity`` (all about a target), ``fact`` (the listed facts only), ``topic`` (no entity)."""
+    stop_words: bool = False
+    """Leave English function words ("which", "is", "in", ...) out of the word n-grams. On for
+    ``topic`` scope (with no character n-grams): a topic is carried by content words and meaning,
+    and the forget templates' function words made other questions phrased alike score as on-topic
+    ("{c}'s capital is which city?" flagged for 97-99% of dev countries when forgetting
+    "{c} is part of which continent?"; 23.9/30.5/26.5% dev false positives on 3 splits, 0.1/0.8/0.0% without)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fpr, (int, float)) and 0 < self.fpr < 1):
@@ -437,8 +443,10 @@ class Gate:
             from sklearn.feature_extraction.text import HashingVectorizer
 
             n = self.config.hash_features
+            stop = "english" if self.config.stop_words else None
             self._hasher = (
-                HashingVectorizer(n_features=n, analyzer="word", ngram_range=(1, 2), alternate_sign=False, norm="l2", lowercase=True),
+                HashingVectorizer(n_features=n, analyzer="word", ngram_range=(1, 2), stop_words=stop, alternate_sign=False, norm="l2",
+                                  lowercase=True),
             ) + ((HashingVectorizer(n_features=n, analyzer="char_wb", ngram_range=(3, 5), alternate_sign=False, norm="l2", lowercase=True),)
                  if self.config.char_ngrams else ())
         return self._hasher

@@ -81,10 +81,14 @@ class GuardedProvider(Provider):
         corruption: Corruption,
         *,
         spans: Callable[[str], list[tuple[int, int]]] | None = None,
+        client: Provider | None = None,
     ) -> None:
+        """``client``: what the model calls go through (a Client around ``base``, for its ledger and
+        retries); default ``base`` itself. ``base`` stays the local model (serving decodes on it)."""
         super().__init__()
         require_embeds(base)
         self.base, self.gate, self.corruption = base, gate, corruption
+        self.client = client if client is not None else base
         self._spans = spans or (gate.spans if gate is not None else (lambda text: []))
         self.capabilities = frozenset(base.capabilities) & PASS_THROUGH
         self.gate_seconds = 0.0
@@ -96,7 +100,9 @@ class GuardedProvider(Provider):
     def from_spec(cls, target: str, options: dict[str, str]) -> "GuardedProvider":
         """``eco:RUN_DIR[?model=SPEC]``: the guarded model of a fitted run."""
         check_options(NAME, options, ("model",))
-        return load_guarded(target, model=options.get("model"))
+        # A spec-loaded guard is an ordinary provider: whoever loads it wraps it in their own Client
+        # (the CLI does), and serving needs the local model itself for step-by-step decoding.
+        return load_guarded(target, model=options.get("model"), client=False)
 
     def describe(self) -> dict[str, Any]:
         return {"provider": self.name, "base": self.base.describe(), "corruption": self.corruption.to_json()}
@@ -156,12 +162,12 @@ class GuardedProvider(Provider):
         plain, bad = self._split(prompts)
         parts, usage = [], []
         if plain:
-            r = self.base.next_token(NextTokenRequest(tuple(prompts[i] for i in plain), request.top_k))
+            r = self.client.next_token(NextTokenRequest(tuple(prompts[i] for i in plain), request.top_k))
             parts.append((plain, r))
             usage.append(r.usage)
         if bad:
             sub = tuple(prompts[i] for i in bad)
-            r = self.base.next_token_with_embeds(NextTokenRequest(sub, request.top_k), self._edit(sub, False))
+            r = self.client.next_token_with_embeds(NextTokenRequest(sub, request.top_k), self._edit(sub, False))
             parts.append((bad, r))
             usage.append(r.usage)
         if request.top_k is None:
@@ -183,12 +189,12 @@ class GuardedProvider(Provider):
             )
 
         if plain:
-            r = self.base.generate(sub_request(plain))
+            r = self.client.generate(sub_request(plain))
             parts.append((plain, r))
             usage.append(r.usage)
         if bad:
             req = sub_request(bad)
-            r = self.base.generate_with_embeds(req, self._edit(req.prompts, request.chat))
+            r = self.client.generate_with_embeds(req, self._edit(req.prompts, request.chat))
             parts.append((bad, r))
             usage.append(r.usage)
         n = len(prompts)
@@ -208,12 +214,12 @@ class GuardedProvider(Provider):
         plain, bad = self._split(prompts)
         parts, usage = [], []
         if plain:
-            r = self.base.score(ScoreRequest(tuple(prompts[i] for i in plain), tuple(conts[i] for i in plain)))
+            r = self.client.score(ScoreRequest(tuple(prompts[i] for i in plain), tuple(conts[i] for i in plain)))
             parts.append((plain, r))
             usage.append(r.usage)
         if bad:
             sub = tuple(prompts[i] for i in bad)
-            r = self.base.score_with_embeds(ScoreRequest(sub, tuple(conts[i] for i in bad)), self._edit(sub, False))
+            r = self.client.score_with_embeds(ScoreRequest(sub, tuple(conts[i] for i in bad)), self._edit(sub, False))
             parts.append((bad, r))
             usage.append(r.usage)
         n = len(prompts)
@@ -222,7 +228,7 @@ class GuardedProvider(Provider):
         return ScoreResult(logprobs=np.asarray(lp, dtype=np.float64), n_tokens=np.asarray(nt, dtype=np.int64), usage=_sum(usage))
 
     def close(self) -> None:
-        self.base.close()
+        self.client.close()  # the base itself, or a Client around it (which closes it)
 
 
 def _sum(usages: list[Usage]) -> Usage:
@@ -240,9 +246,26 @@ def check_base(provider: Provider) -> None:
     require(provider, [Capability.TEXT], "ECO")
 
 
-def load_guarded(run_dir: str | os.PathLike[str], *, model: str | None = None, provider: Any = None, encoder: Any = None) -> GuardedProvider:
-    """The guarded provider of a fitted run (``model``/``provider`` override the stored spec)."""
+def as_client(provider: Any) -> Any:
+    """``provider`` behind a :class:`~blackbox.client.Client` (ledger, retries) unless it already is one.
+
+    The CLI's providers come wrapped (``served(..., client=True)``); the library entry points
+    wrap a bare provider the same way, so both query alike (outputs unchanged: no cache)."""
+    from blackbox.client import Client, Ledger
+
+    return provider if isinstance(provider, Client) else Client(provider, ledger=Ledger())
+
+
+def load_guarded(run_dir: str | os.PathLike[str], *, model: str | None = None, provider: Any = None, encoder: Any = None,
+                 client: bool = True) -> GuardedProvider:
+    """The guarded provider of a fitted run (``model``/``provider`` override the stored spec).
+
+    Its model calls go through a Client (``guarded.client.ledger`` counts the queries;
+    ``client=False``: straight to the provider, as the ``eco:RUN_DIR`` spec gives it), and the
+    run's chat template, if it named one, is put on the tokenizer."""
     from blackbox.provider import load_provider
+
+    from .chat import install
 
     artifact, arrays = load_artifact(run_dir)
     if provider is None:
@@ -250,10 +273,12 @@ def load_guarded(run_dir: str | os.PathLike[str], *, model: str | None = None, p
         if not spec:
             raise ConfigError("model: the artifact stores no model spec (fitted on an in-memory model); pass --model SPEC")
         provider = load_provider(spec)
+    if artifact["config"].get("chat_template") and artifact["config"].get("chat") is not False:
+        install(provider, artifact["config"]["chat_template"])
     enc_spec = artifact["config"].get("encoder")
     if encoder is None and enc_spec:
         encoder = load_provider(enc_spec)
     gate, corruption = gate_and_corruption(artifact, arrays, encoder)
-    guarded = GuardedProvider(provider, gate, corruption)
+    guarded = GuardedProvider(provider, gate, corruption, client=as_client(provider) if client else None)
     guarded.artifact = artifact
     return guarded

@@ -47,7 +47,8 @@ from blackbox.runs import atomic_write_json, save_tensors
 from .artifact import ARRAYS, ARTIFACT, CONFIG, EVALS, FORMAT, load_artifact  # noqa: F401 - re-exported
 from .config import EcoConfig
 from .corruption import SWITCH_FAMILIES, Corruption, max_strength
-from .guarded import GuardedProvider, check_base, load_guarded  # noqa: F401 - load_guarded re-exported
+from .chat import install as install_chat_template
+from .guarded import GuardedProvider, as_client, check_base, load_guarded  # noqa: F401 - load_guarded re-exported
 from .gate import OTHER_FACTS_GROUP, EntityMatcher, Gate, GateConfig, augment, min_calibration_size, normalize
 from .search import Measurement, SearchResult, bracket_bisect, central_difference, vector_central_difference
 
@@ -199,6 +200,15 @@ def has_chat_template(provider: Any) -> bool:
     return bool(getattr(getattr(provider, "tokenizer", None), "chat_template", None))
 
 
+def with_chat_template(config: EcoConfig, provider: Any) -> EcoConfig:
+    """Install ``config.chat_template`` (or, for a tokenizer without a template, a well-known
+    format it is recognised as) on the provider's tokenizer; the config records the one used."""
+    if config.chat is False:
+        return config
+    used = install_chat_template(provider, config.chat_template)
+    return config if used == config.chat_template or used is None else config.replace(chat_template=used)
+
+
 def resolve_chat(config: EcoConfig, provider: Any) -> EcoConfig:
     """``chat=None`` becomes the model's own format: its chat template when it has one."""
     if config.chat is not None:
@@ -245,6 +255,8 @@ class FitResult:
     run_dir: Path
     resumed: bool = False
     warnings: list[str] = field(default_factory=list)
+    ledger: Any = None
+    """The ledger of the Client the fit queried through (queries, tokens; None when resumed from a finished artifact)."""
 
 
 def builtin_general_prompts() -> list[str]:
@@ -282,13 +294,26 @@ def split_calibration(negatives: Sequence[str], config: EcoConfig) -> tuple[list
     return train, cal
 
 
-def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence[Item], config: EcoConfig, encoder: Any = None) -> tuple[Gate, dict[str, Any]]:
+def gate_config(config: EcoConfig, **overrides: Any) -> GateConfig:
+    """The gate's settings for ``config.scope`` (``overrides``: any :class:`GateConfig` field, for ablations)."""
+    scope = config.scope
+    # fact scope: the entity rule is structural, so the classifier judges the question only (no
+    # entity features); topic scope: content words and meaning only (no function words, no
+    # character n-grams: both carried the forget templates' phrasing, see GateConfig.stop_words)
+    base = {"fpr": config.fpr, "exact_match": config.exact_match, "seed": config.seed, "scope": scope,
+            "entity_weight": 0.0 if scope == "fact" else 3.0, "char_ngrams": False, "stop_words": scope == "topic"}
+    return GateConfig(**{**base, **overrides})
+
+
+def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence[Item], config: EcoConfig, encoder: Any = None,
+               gate_overrides: dict[str, Any] | None = None) -> tuple[Gate, dict[str, Any]]:
     """Train and calibrate the gate for ``config.scope``; returns it with a small report.
 
     Calibration is grouped: the retain/general pool, and (entity and fact scope) near
     neighbours generated from the forget prompts (the same question about other entities;
     for ``fact`` also other questions about the forget entities). The threshold bounds the
     false-positive rate within each group that is large enough for ``config.fpr``.
+    ``gate_overrides`` changes :class:`GateConfig` fields (ablations; the fit uses none).
     """
     scope = config.scope
     if scope == "topic" and encoder is None:
@@ -336,9 +361,7 @@ def build_gate(forget: Sequence[Item], retain: Sequence[Item], general: Sequence
         # other questions about held-out entities calibrate beside those about the forget targets
         same_cal, hard_cal = same_cal + hard_cal, []
     groups = {"retain/general": cal, "other entities": hard_cal, OTHER_FACTS_GROUP: same_cal}
-    # fact scope: the entity rule is structural, so the classifier judges the question only (no entity features)
-    gate = Gate(GateConfig(fpr=config.fpr, exact_match=config.exact_match, seed=config.seed, scope=scope,
-                           entity_weight=0.0 if scope == "fact" else 3.0, char_ngrams=scope == "topic"), matcher, encoder)
+    gate = Gate(gate_config(config, **(gate_overrides or {})), matcher, encoder)
     gate.fit(positives, train_neg + hard_train + same_train, {g: p for g, p in groups.items() if p})
     all_cal = cal + hard_cal + same_cal
     cal_flags = gate.flags(all_cal)
@@ -426,7 +449,9 @@ def fit(
     artifact); different inputs are refused.
     """
 
-    config = resolve_chat(config or EcoConfig(), provider)
+    provider = as_client(provider)
+    config = with_chat_template(config or EcoConfig(), provider)
+    config = resolve_chat(config, provider)
     forget_i, retain_i, general_i = as_items(forget, "forget"), as_items(retain, "retain"), as_items(general, "general")
     check_sets(forget_i, retain_i)
     missing = [i.line or k for k, i in enumerate(forget_i) if not i.target]
@@ -549,7 +574,7 @@ def fit(
     }
     save_tensors(run / ARRAYS, gate.arrays(), {"format": FORMAT})
     atomic_write_json(run / ARTIFACT, _jsonable(artifact))
-    return FitResult(json.loads((run / ARTIFACT).read_text()), run, resumed=resumed, warnings=notes)
+    return FitResult(json.loads((run / ARTIFACT).read_text()), run, resumed=resumed, warnings=notes, ledger=provider.ledger)
 
 
 def _jsonable(x: Any) -> Any:
