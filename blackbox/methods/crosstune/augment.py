@@ -37,14 +37,16 @@ AUGMENT_FILE = "augment.jsonl"
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|text:|example:)\s*", re.IGNORECASE)
 
 
-def generator_client(provider: "str | Provider | Client", cache: Any = None) -> Client:
-    """A client for a provider that must offer ``text`` (checked before any query)."""
+def generator_client(provider: "str | Provider | Client", cache: Any = None, what: str = "augmentation",
+                     max_queries: int | None = None) -> Client:
+    """A client for a provider that must offer ``text`` (checked before any query); a new
+    client's ledger refuses calls past ``max_queries``."""
     if isinstance(provider, str):
         provider = load_provider(provider)
-    client = provider if isinstance(provider, Client) else Client(provider, cache=cache, ledger=Ledger())
+    client = provider if isinstance(provider, Client) else Client(provider, cache=cache, ledger=Ledger(max_queries=max_queries))
     if Capability.TEXT not in set(client.capabilities):
         raise CapabilityError(
-            f"crosstune augmentation: needs text, but provider {client.name} has only {fmt_caps(client.capabilities)}; "
+            f"crosstune {what}: needs text, but provider {client.name} has only {fmt_caps(client.capabilities)}; "
             "built-in providers with it: hf-causal, openai"
         )
     if client.ledger is None:
@@ -60,15 +62,22 @@ def build_prompt(label: str, description: str, examples: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def parse_generation(raw: str, examples: Sequence[str], min_chars: int = 8) -> str | None:
-    """The generated example in ``raw`` (first non-empty line, bullet/quotes stripped), or None."""
+def first_line(raw: Any, prefix: "re.Pattern[str]") -> str | None:
+    """The first non-empty line of ``raw`` with ``prefix`` (a bullet, a field name) and
+    surrounding quotes stripped; None for a non-string or blank answer."""
     if not isinstance(raw, str):
         return None
     for line in raw.splitlines():
-        line = _BULLET.sub("", line).strip().strip('"').strip("'").strip()
+        line = prefix.sub("", line).strip().strip('"').strip("'").strip()
         if line:
-            break
-    else:
+            return line
+    return None
+
+
+def parse_generation(raw: str, examples: Sequence[str], min_chars: int = 8) -> str | None:
+    """The generated example in ``raw`` (first non-empty line, bullet/quotes stripped), or None."""
+    line = first_line(raw, _BULLET)
+    if line is None:
         return None
     if len(line) < min_chars or not re.search(r"[A-Za-z]", line):
         return None

@@ -73,6 +73,7 @@ def fit(
     method: str = typer.Option("crosstune", "--method", help="crosstune, no-labels, linear-probe, zero-shot or probe-ensemble."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample, the head and the generations."),
     labels: Optional[str] = typer.Option(None, "--labels", help='JSON file {"label": "description"}; other labels get the default template.'),
+    describe_with: Optional[str] = typer.Option(None, "--describe-labels-with", help="Generator provider spec with text: writes describe_n candidate descriptions per label without a given one and keeps the ones that do better on the shots (out of fold)."),
     augment_with: Optional[str] = typer.Option(None, "--augment-with", help="Generator provider spec with text (e.g. hf-causal:smollm2, openai:MODEL?base_url=...)."),
     augment_n: int = typer.Option(0, "--augment-n", help="Examples to generate per class."),
     no_switch: bool = typer.Option(False, "--no-switch", help="Keep every parsed generated example (no teacher filter)."),
@@ -98,8 +99,9 @@ def fit(
                  if (Path(run_dir) / "augment.jsonl").is_file() else "nothing was saved")
     with served([features], replicas, ray_address):  # feature extraction from Ray replicas with --replicas N
         out = _with_bars(progress, as_json, fit_run, run_dir, features=features, train=train, shots=shots, config=config, text_field=text_field,
-                         label_field=label_field, descriptions_file=labels, augment_with=augment_with, cache=cache)
-    row = {k: out[k] for k in ("method", "classes", "n_train", "queries", "feature_queries", "train_seconds", "augment") if k in out}
+                         label_field=label_field, descriptions_file=labels, augment_with=augment_with, cache=cache,
+                         describe_with=describe_with)
+    row = {k: out[k] for k in ("method", "classes", "n_train", "queries", "feature_queries", "train_seconds", "augment", "describe") if out.get(k) is not None}
     row["run_dir"] = run_dir
     if as_json:
         _emit_json(row)
@@ -107,6 +109,10 @@ def fit(
     a = out["augment"]
     typer.echo(f"fitted {out['method']} on {out['n_train']} examples ({len(out['classes'])} classes) in {out['train_seconds']:.2f} s; "
                f"{out['queries']} queries")
+    if out.get("describe"):
+        dsc = out["describe"]
+        typer.echo(f"label descriptions: {'generated ones used for ' + ', '.join(dsc.get('picked', {})) if dsc['used'] else 'kept the given/template ones'} "
+                   f"({dsc['queries']} generation queries)")
     if augment_n:
         typer.echo(f"augmentation: generated {a['generated']}, unparsed {a['unparsed']}, kept {a['kept']}, dropped {a['dropped']}")
     typer.echo(f"saved to {run_dir}")

@@ -51,6 +51,10 @@ class CrossTuneConfig(Config):
     probe_cs: tuple[float, ...] = field(default=(0.01, 0.1, 1.0, 10.0), metadata={"help": "inverse regularisation strengths the linear probe picks from on the held-out part"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the initialisation and dropout"})
     description_template: str = field(default="This text is about {label}.", metadata={"help": "default label description when none is given"})
+    # label descriptions written by an LLM (--describe-labels-with) ---------------------------
+    describe_n: int = field(default=3, metadata={"help": "candidate descriptions generated per label without a given one"})
+    describe_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the description writer"})
+    describe_max_tokens: int = field(default=40, metadata={"help": "longest generated description, in tokens"})
     # augmentation ---------------------------------------------------------------------------
     augment_n: int = field(default=0, metadata={"help": "examples to generate per class (0: no augmentation)"})
     augment_shots: int = field(default=4, metadata={"help": "in-context examples per generation prompt"})
@@ -97,6 +101,9 @@ class CrossTuneConfig(Config):
         _int("seed", self.seed, 0, 2**63 - 1)
         if not isinstance(self.description_template, str) or "{label}" not in self.description_template:
             raise bad_value("description_template", "a string containing '{label}'", self.description_template)
+        _int("describe_n", self.describe_n, 1, 64)
+        _float("describe_temperature", self.describe_temperature, 0.0, 5.0)
+        _int("describe_max_tokens", self.describe_max_tokens, 1, 4096)
         _int("augment_n", self.augment_n, 0, 100_000)
         _int("augment_shots", self.augment_shots, 1, 64)
         _float("augment_temperature", self.augment_temperature, 0.0, 5.0)

@@ -5,6 +5,7 @@ Layout of ``--run-dir DIR``::
     config.json        what was asked: features spec, data file and fields, shots, seed,
                        hyperparameters, augmentation spec, label descriptions
     train.jsonl        the sampled few-shot set
+    descriptions.json  with --describe-labels-with: the generated candidates and the choice
     augment.jsonl      generated examples, one line each (appended as they come: resumable)
     model.safetensors  the fitted head (tensors + JSON meta in the header); model.json mirror
     result.json        queries, head training time, augmentation counts
@@ -28,11 +29,12 @@ from blackbox.runs import atomic_write_json, discard_unless_checkpointed, prepar
 
 from .augment import AUGMENT_FILE, generate_examples, generator_client
 from .config import CrossTuneConfig
+from .describe import USES_DESCRIPTIONS, choose_descriptions, generate_candidates
 from .data import describe_labels, k_shot, load_dataset, load_descriptions, load_table, save_table
 from .estimator import CrossTuneClassifier
 from .features import Featurizer
 
-CONFIG, TRAIN, RESULT, CACHE = "config.json", "train.jsonl", "result.json", "cache.sqlite"
+CONFIG, TRAIN, RESULT, CACHE, DESCRIBE = "config.json", "train.jsonl", "result.json", "cache.sqlite", "descriptions.json"
 Progress = Callable[[str, int, int], None]
 
 
@@ -51,6 +53,7 @@ def fit_run(
     label_field: str = "label",
     descriptions_file: str | None = None,
     augment_with: str | None = None,
+    describe_with: str | None = None,
     cache: str | None = None,
     progress: Progress | None = None,
     stop_after: int | None = None,
@@ -71,6 +74,8 @@ def fit_run(
         "augment_with": augment_with,
         "descriptions": descriptions,
     }
+    if describe_with:  # only when asked, so runs made before the option resume unchanged
+        asked["describe_with"] = describe_with
     if (d / CONFIG).is_file():
         old = json.loads((d / CONFIG).read_text())
         diff = sorted(k for k in asked if k != "version" and old.get(k) != asked[k])
@@ -82,21 +87,41 @@ def fit_run(
     with discard_unless_checkpointed(d, "model.json", AUGMENT_FILE):
         return _fit_in(d, asked, features=features, train=train, shots=shots, config=config, text_field=text_field,
                        label_field=label_field, descriptions=descriptions, augment_with=augment_with, cache=cache,
-                       progress=progress, stop_after=stop_after)
+                       progress=progress, stop_after=stop_after, describe_with=describe_with)
 
 
 def _fit_in(d: Path, asked: dict[str, Any], *, features: str, train: str, shots: int, config: CrossTuneConfig,
             text_field: str, label_field: str, descriptions: dict[str, str], augment_with: str | None, cache: str | None,
-            progress: Progress | None, stop_after: int | None) -> dict[str, Any]:
+            progress: Progress | None, stop_after: int | None, describe_with: str | None = None) -> dict[str, Any]:
     # Validate data and capabilities before anything is written or queried.
     pool = load_dataset(train, text_field=text_field, label_field=label_field)
     few = k_shot(pool, shots, config.seed)
-    few.descriptions = describe_labels(few.classes, {**pool.descriptions, **descriptions}, config.description_template)
+    given = {c: v for c, v in {**pool.descriptions, **descriptions}.items() if c in few.classes}
+    few.descriptions = describe_labels(few.classes, given, config.description_template)
     featurizer = Featurizer(features, cache=cache or (d / CACHE))
     gen_client = generator_client(augment_with, cache=cache or (d / CACHE)) if augment_with and config.augment_n else None
+    free = [c for c in few.classes if c not in given]
+    desc_client = None
+    if describe_with and config.method in USES_DESCRIPTIONS and free:
+        # budgeted: one generation per candidate and label, refused by the ledger past that
+        desc_client = generator_client(describe_with, cache=cache or (d / CACHE), what="label descriptions",
+                                       max_queries=config.describe_n * len(free))
     if not (d / CONFIG).is_file():
         atomic_write_json(d / CONFIG, asked)
     save_table(few, d / TRAIN)
+
+    described: dict[str, Any] | None = None
+    if desc_client is not None:
+        gen = generate_candidates(desc_client, few.classes, few.texts, few.labels, n=config.describe_n, seed=config.seed,
+                                  temperature=config.describe_temperature, max_tokens=config.describe_max_tokens, describe=free)
+        desc_client.close()
+        chosen, described = choose_descriptions(featurizer, config, few.texts, few.labels, given, gen["candidates"])
+        described.update(provider=describe_with, queries=gen["queries"], raw=gen["raw"])
+        few.descriptions = dict(chosen.descriptions_)
+        atomic_write_json(d / DESCRIBE, json.loads(json.dumps(described, default=str)))
+    elif describe_with:
+        described = {"provider": describe_with, "used": False, "queries": 0,
+                     "reason": "every label has a given description" if not free else f"method {config.method} reads no descriptions"}
 
     report: dict[str, Any] = {"generated": 0, "unparsed": 0, "kept": 0, "dropped": 0, "generation_queries": 0}
     generated, sources = None, None
@@ -124,11 +149,12 @@ def _fit_in(d: Path, asked: dict[str, Any], *, features: str, train: str, shots:
         "method": config.method,
         "classes": clf.classes_,
         "n_train": len(few),
-        "queries": int(featurizer.queries) + int(report["generation_queries"] or 0),
+        "queries": int(featurizer.queries) + int(report["generation_queries"] or 0) + int((described or {}).get("queries") or 0),
         "feature_queries": int(featurizer.queries),
         "train_seconds": float(clf.train_info_.get("train_seconds", 0.0)),
         "fit_seconds": time.perf_counter() - t0,
         "augment": report,
+        "describe": None if described is None else {k: described[k] for k in ("provider", "used", "queries", "picked", "reason") if k in described},
         "train_info": clf.train_info_,
         "ledger": featurizer.client.ledger.snapshot() if featurizer.client.ledger is not None else None,
     }
