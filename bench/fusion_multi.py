@@ -4,7 +4,7 @@ Models (bench/fusion_smol.py, a stated substitute for the Qwen2.5-Coder pair, wh
 fp32 does not fit a run on 2 shared cores: timing in docs/fusion.md): SmolLM2-135M-Instruct
 as the large *and* the small base, and two LoRA experts tuned from it on different skills
 (``capital`` → `` [[X]]``, ``region`` → `` {{X}}``). The reported set (fixed in
-bench/fusion_smol.py before any result: 30 capital, 30 region and 20 general prompts of
+bench/fusion_smol.py before any result: 20 capital, 20 region and 10 general prompts of
 held-out countries / bench/fusion_general.py) is disjoint from the development set used for
 any change to dynamic fusion.
 

@@ -116,6 +116,15 @@ def prompt_sets() -> dict[str, list[dict[str, Any]]]:
     return {"train": skill_rows(train), "dev": skill_rows(dev_c) + general[:10], "eval": skill_rows(eval_c) + general[10:20]}
 
 
+def publish_sets(stems: dict[str, str], which: str, render_all: bool, render_section: Any, write_docs: bool) -> None:
+    """Render the results of one prompt set (``stems[which]``), or with ``render_all`` of every set that has results."""
+    from _common import publish_results, results_path
+
+    for stem in (stems.values() if render_all else [stems[which]]):
+        if not render_all or results_path(stem).is_file():
+            publish_results(stem, render_section, write_docs)
+
+
 def correct(row: dict[str, Any], text: str) -> bool:
     """A skill answer is exactly the opening brackets and the answer before the stop (folded);
     a general answer holds an accepted answer as whole words in its first line."""
