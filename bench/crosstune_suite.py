@@ -43,6 +43,15 @@ DERIVED = ("head-only", "blend")
 ARMS = list(ARM_CONFIG) + list(DERIVED)
 
 
+def keep(rec: dict[str, Any], records: list[dict[str, Any]], log: Any) -> None:
+    """Print one per-seed line, keep it, and append it to the open ``--log`` file (if any) at once."""
+    emit(rec)
+    records.append(rec)
+    if log:
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import numpy as np
     import torch
@@ -104,11 +113,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         if d in DERIVED:
                             out.append({**rec, "arm": d, "accuracy": acc, "macro_f1": macro_f1(test.labels, pred, s.classes)})
                 for r in out:
-                    emit(r)
-                    records.append(r)
-                    if log:
-                        log.write(json.dumps(r) + "\n")
-                        log.flush()
+                    keep(r, records, log)
     return records
 
 
@@ -201,6 +206,15 @@ def render_section(name: str, results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def output_args(ap: argparse.ArgumentParser) -> None:
+    """The per-seed log, a note for the section and the render flags (shared with crosstune_bbt.py)."""
+    ap.add_argument("--log", default=None, help="append per-seed JSON lines here as they come")
+    ap.add_argument("--from-log", default=None, help="summarise a per-seed log instead of measuring")
+    ap.add_argument("--note", default="", help="a paragraph rendered under the section")
+    ap.add_argument("--render", action="store_true", help="render the section from the results file only")
+    ap.add_argument("--write-docs", action="store_true", help="write the rendered section into its docs file")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="tweets-sentiment,fortunes-topic,fortunes-language,wordnet-supersense,wordnet-pos,"
@@ -215,12 +229,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "blackbox" / "bench-crosstune-suite.sqlite"))
-    ap.add_argument("--log", default=None, help="append per-seed JSON lines here as they come")
-    ap.add_argument("--from-log", default=None, help="summarise a per-seed log instead of measuring")
     ap.add_argument("--skip-done", action="store_true", help="skip the (task, seed, arm) lines already in --log")
-    ap.add_argument("--note", default="")
-    ap.add_argument("--render", action="store_true")
-    ap.add_argument("--write-docs", action="store_true")
+    output_args(ap)
     args = ap.parse_args()
     if args.render:
         publish_results("crosstune_suite", render_section, args.write_docs)
