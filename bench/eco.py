@@ -104,6 +104,7 @@ def fpr_sets(gate: Any, sets: dict[str, list[str]]) -> dict[str, Any]:
 
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: Any, prev: dict[str, Any] | None = None) -> None:
     """Probe and fit the ``--scopes`` of one model; ``prev``: its stored row, whose other scopes are kept."""
+    from blackbox.errors import RunError
     from blackbox.methods.eco.chat import install as install_chat_template
     from blackbox.methods.eco.gate import misspell
     from blackbox.methods.eco.job import EcoConfig, Item, fit, generate_all, is_correct, load_guarded
@@ -140,7 +141,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
     res["probe"] = {"countries": len(pool), "known": len(known), "seconds": round(time.perf_counter() - t0, 1),
                     "examples": [[D.TRAIN_TEMPLATES[0].format(c=c.name), o[:60]] for c, o in list(zip(pool, probe))[:3]]}
     emit({"model": name, "stage": "probe", **res["probe"]})
-    if not known:  # nothing to forget in chat mode (a fit refuses it): record what the model says, raw too, and stop
+    if len(known) < 2:  # nothing to split into forget and retain in chat mode (a fit refuses it): record what the model says, raw too, and stop
         raw = generate_all(lm, [D.TRAIN_TEMPLATES[0].format(c=c.name) for c in pool], base_cfg.replace(chat=False))[0]
         res["probe"]["known_raw"] = sum(is_correct(o, c.capital) for c, o in zip(pool, raw))
         res["probe"]["examples_raw"] = [[D.TRAIN_TEMPLATES[0].format(c=c.name), o[:60]] for c, o in list(zip(pool, raw))[:3]]
@@ -188,7 +189,11 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            art = fit(lm, f_items, r_items, tmp / scope, general=g_items, config=cfg, model_spec=spec, encoder=enc if scope == "topic" else None).artifact
+            try:
+                art = fit(lm, f_items, r_items, tmp / scope, general=g_items, config=cfg, model_spec=spec,
+                          encoder=enc if scope == "topic" else None).artifact
+            except RunError as exc:  # e.g. the model knows none of this scope's forget answers: the fit's own refusal
+                return None, {"refused": str(exc), "fit_seconds": round(time.perf_counter() - t0, 1)}
         guarded = load_guarded(tmp / scope, provider=lm, encoder=enc if scope == "topic" else None)
         m = art["metrics"]
         info = {"strength": art["strength"], "search_met": art["search"]["met"], "search_queries": m["search_queries"],
@@ -204,9 +209,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
         emit({"model": name, "stage": scope, **res[scope]})
         save()
 
-    # 2. entity scope
-    if "entity" in scopes:
-        guarded, info = fit_scope("entity", forget, retain, general_fit + unknown_named)
+    def entity_row(guarded: Any, info: dict[str, Any]) -> dict[str, Any]:
         ent = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
                "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
         gt = tuple(general_test)
@@ -214,13 +217,18 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
         ga = guarded.generate(GenerateRequest(gt, max_tokens=args.max_new_tokens, stop=base_cfg.stop, chat=True))
         ent["general_unchanged"] = float(np.mean([a == b for a, b in zip(gb.texts, ga.texts)]))
         ent["extra_model_calls"] = int(ga.usage.queries - gb.usage.queries)
-        res["entity"] = ent
+        return ent
+
+    # 2. entity scope
+    if "entity" in scopes:
+        guarded, info = fit_scope("entity", forget, retain, general_fit + unknown_named)
+        res["entity"] = info if guarded is None else entity_row(guarded, info)
         done_scope("entity")
 
     # 3. fact scope: the same sets, only the capital forgotten
     if "fact" in scopes:
         guarded, info = fit_scope("fact", forget, retain, general_fit + unknown_named)
-        res["fact"] = {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
+        res["fact"] = info if guarded is None else {**info, "paraphrase": R.measure(guarded, para), "retain": R.measure(guarded, retain_test),
                        "same_entity": R.measure(guarded, same), "fpr": fpr_sets(guarded.gate, neg_sets)}
         done_scope("fact")
 
@@ -236,7 +244,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], save: An
         t_neg = {"other topics: unseen countries (capital, demonym), all templates": sets["other_topics"],
                  "held-out general prompts": general_test}
         guarded, info = fit_scope("topic", sets["forget"], sets["retain"], sets["general"])
-        res["topic"] = {**info, "heldout_topic": R.measure(guarded, t_heldout), "other_topic": R.measure(guarded, t_other),
+        res["topic"] = info if guarded is None else {**info, "heldout_topic": R.measure(guarded, t_heldout), "other_topic": R.measure(guarded, t_other),
                         "fpr": fpr_sets(guarded.gate, t_neg)}
         done_scope("topic")
     res["seconds"] = round(time.perf_counter() - t_model, 1)
@@ -345,8 +353,9 @@ def missing(s: dict[str, Any]) -> str:
     for n in MODEL_NAMES:
         r = s["models"].get(n, {})
         p = r.get("probe", {})
-        if p and not p.get("known"):
-            gaps.append(f"{LABELS[n]}: nothing to forget, it answers {p['known']} of {p['countries']} capital questions in chat mode "
+        if p and p.get("known", 0) < 2:
+            gaps.append(f"{LABELS[n]}: no fit (one known country to forget and one to keep are needed), it answers {p['known']} of "
+                        f"{p['countries']} capital questions in chat mode "
                         f"({r.get('chat_template', 'its')} template; e.g. {p['examples'][0][0]!r} → {p['examples'][0][1]!r}) and "
                         f"{p.get('known_raw', '?')} of {p['countries']} asked raw (e.g. → {p['examples_raw'][0][1]!r})")
         else:
@@ -360,9 +369,13 @@ def summary_table(s: dict[str, Any]) -> str:
             "same-entity (before → after) | gate FPR, unseen + general | target |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in s["models"].items():
+        for scope in ("entity", "fact", "topic"):
+            x = r.get(scope)
+            if x and "refused" in x:
+                rows.append(f"| {r['model']} | {scope} | fit refused: {x['refused']} | – | – | – | – | – | – |")
         for scope in ("entity", "fact"):
             x = r.get(scope)
-            if not x:
+            if not x or "refused" in x:
                 continue
             p, k, se = x["paraphrase"], x["retain"], x["same_entity"]
             same = f"{pct(se['accuracy_before'])} → {pct(se['accuracy_after'])}"
@@ -372,7 +385,7 @@ def summary_table(s: dict[str, Any]) -> str:
                         f"≤ 2%: {ok((p['accuracy_after'] or 0) <= 0.02)} | {pct(k['accuracy_before'])} → {pct(k['accuracy_after'])} ({k['n']}) | "
                         f"±1 pt: {ok(abs(_delta(k)) <= 0.01)} | {same} | {_fpr_cell(x['fpr'])} | ≤ 1%: {ok(x['fpr']['all'] <= 0.01)} |")
         t = r.get("topic")
-        if t:
+        if t and "refused" not in t:
             h, o = t["heldout_topic"], t["other_topic"]
             rows.append(f"| {r['model']} | topic | {pct(h['accuracy_before'])} → {pct(h['accuracy_after'])} ({h['n']}) | "
                         f"≤ 5%: {ok((h['accuracy_after'] or 0) <= 0.05)} | {pct(o['accuracy_before'])} → {pct(o['accuracy_after'])} ({o['n']}) | "
@@ -420,7 +433,7 @@ def render(s: dict[str, Any]) -> str:
     for name, r in s["models"].items():
         for scope in ("entity", "fact", "topic"):
             x = r.get(scope)
-            if not x:
+            if not x or "refused" in x:
                 continue
             by = "; ".join(f"{k}: {pct(v)}" for k, v in x["fpr"]["by_set"].items())
             gen = pct(x["general_unchanged"]) if "general_unchanged" in x else "–"

@@ -28,7 +28,8 @@ neighbours through at several times ``α``).
 **Scope** (:data:`SCOPES`): ``entity`` flags every prompt about a forget target (named, or
 judged so by the classifier); ``fact`` flags a prompt only when it names a forget target
 *and* the classifier finds it asks the forgotten fact (other facts about the entity pass);
-``topic`` has no entity: the classifier alone (on sentence embeddings) decides.
+``topic`` has no entity: the classifier alone (on sentence embeddings and content-word
+n-grams) decides.
 """
 
 from __future__ import annotations
@@ -401,9 +402,10 @@ class GateConfig:
     entity seen only at test time has them off too, so training on known others (where they
     are on) taught a rule unseen entities do not follow (unseen-country FPR 8.6% vs 0.0% off, dev)."""
     char_ngrams: bool = True
-    """Character n-grams (3-5) beside word n-grams. Off for entity and fact scope: they made a
-    new name score by its spelling's likeness to the training names, so names held out for
-    calibration did not stand for names met in use (the fuzzy matcher catches typos instead)."""
+    """Character n-grams (3-5) beside word n-grams. Off in every scope's fit (job.gate_config): in
+    entity and fact scope they made a new name score by its spelling's likeness to the training
+    names, so names held out for calibration did not stand for names met in use (the fuzzy
+    matcher catches typos instead); in topic scope they carried the templates' phrasing (stop_words)."""
     scope: str = "entity"
     """What is forgotten: ``entity`` (all about a target), ``fact`` (the listed facts only), ``topic`` (no entity)."""
     stop_words: bool = False
