@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from _common import command_line, loadavg, machine, machine_line, publish_results, save_results, today
-from crosstune_suite import keep, output_args
+from crosstune_suite import footer, keep, output_args, task_args
 
 FILLER = " *"  # the placeholder token whose embeddings the soft prompt replaces
-SUITE_TASKS = ("tweets-sentiment,fortunes-topic,fortunes-language,wordnet-supersense,wordnet-pos,"
-               "wordnet-sense-pair,fortunes-same-topic")
 
 
 def template(text: str, classes: list[str], prompt_tokens: int) -> str:
@@ -199,18 +197,13 @@ def render_section(name: str, results: dict[str, Any]) -> str:
         f"at CrossTune's budget BBT finishes at most one generation from its untuned prompt (CrossTune − untuned prompt: "
         f"{m(diff0):+.1f} points). BBT-style predicted exactly as accurately as its untuned prompt on {same} of {len(rows)} task-seeds.",
         "",
-        f"Command: `{info['command']}` ({info['date']}); {info['machine']}.",
-        *(["", results["note"]] if results.get("note") else []),
+        *footer(results),
     ])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default=SUITE_TASKS)
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--seed0", type=int, default=0)
-    ap.add_argument("--shots", type=int, default=16)
-    ap.add_argument("--n-test", type=int, default=80, help="test texts, a seeded random sample of the suite's test split")
+    task_args(ap, 80, "test texts, a seeded random sample of the suite's test split")
     ap.add_argument("--n-test-split", type=int, default=500, help="the suite's test split size (to draw the same split)")
     ap.add_argument("--prompt-tokens", type=int, default=5)
     ap.add_argument("--dim", type=int, default=20)

@@ -40,6 +40,8 @@ ARM_CONFIG = {
     "no-labels": {"method": "no-labels"},
 }
 DERIVED = ("head-only", "blend")
+SUITE_TASKS = ("tweets-sentiment,fortunes-topic,fortunes-language,wordnet-supersense,wordnet-pos,"
+               "wordnet-sense-pair,fortunes-same-topic")
 ARMS = list(ARM_CONFIG) + list(DERIVED)
 
 
@@ -206,6 +208,21 @@ def render_section(name: str, results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def task_args(ap: argparse.ArgumentParser, n_test: int, n_test_help: str = "test texts per task") -> None:
+    """--tasks, --seeds (1), --seed0, --shots and --n-test, for the scripts measured beside the suite."""
+    ap.add_argument("--tasks", default=SUITE_TASKS)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seed0", type=int, default=0, help="first seed")
+    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--n-test", type=int, default=n_test, help=n_test_help)
+
+
+def footer(results: dict[str, Any]) -> list[str]:
+    """The section's last lines: the command, date and machine, then the note if any."""
+    info = results["info"]
+    return [f"Command: `{info['command']}` ({info['date']}); {info['machine']}.", *(["", results["note"]] if results.get("note") else [])]
+
+
 def output_args(ap: argparse.ArgumentParser) -> None:
     """The per-seed log, a note for the section and the render flags (shared with crosstune_bbt.py)."""
     ap.add_argument("--log", default=None, help="append per-seed JSON lines here as they come")
@@ -217,8 +234,7 @@ def output_args(ap: argparse.ArgumentParser) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="tweets-sentiment,fortunes-topic,fortunes-language,wordnet-supersense,wordnet-pos,"
-                                       "wordnet-sense-pair,fortunes-same-topic")
+    ap.add_argument("--tasks", default=SUITE_TASKS)
     ap.add_argument("--features", default="minilm", choices=sorted(FEATURES))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed0", type=int, default=0, help="first seed")

@@ -49,3 +49,18 @@ def test_render_is_pure_and_states_both_budgets(bbt):
     assert "at least CrossTune's training queries on 2 of 2 task-seeds (8.5x to 8.5x)" in out
     assert "(CrossTune − untuned prompt: +15.0 points)" in out and "untuned prompt on 0 of 2 task-seeds." in out
 
+
+def test_describe_bench_render_is_pure():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import crosstune_describe
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    row = {"task": "x", "seed": 0, "classes": 2, "n_test": 500, "writer_queries": 6, "crosstune_used": True, "zero-shot_used": False,
+           "crosstune": {"template": 0.5, "generated": 0.6, "hand": 0.7}, "zero-shot": {"template": 0.4, "generated": 0.4, "hand": 0.5}}
+    info = {"command": "c", "date": "d", "machine": "m", "shots": 16, "n": 3, "writer": "w", "template": "This text is about {label}."}
+    res = {"info": info, "note": "", "rows": [row]}
+    out = crosstune_describe.render_section("crosstune_describe", res)
+    assert out == crosstune_describe.render_section("crosstune_describe", res)
+    assert "| x (2) | 1 | 40.0 | 40.0 | 50.0 | 50.0 | **60.0** | 70.0 | 1 / 0 | 6 |" in out
+    assert "CrossTune generated − template +10.0 (1W/0L), generated − hand-written -10.0 (0W/1L)" in out
