@@ -57,6 +57,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "spsa-gc:9f24b25": None,
     "spsa-gc:ends": ("spsa-gc", {"adapt_test": "ends"}),
     "spsa-gc:fixed": ("spsa-gc", {"adapt": False}),
+    "spsa-gc:hybrid": ("spsa-gc", {"adapt_test": "hybrid"}),
 }
 PEER_ARMS = ("ng-NGOpt", "ng-SPSA", "SepCMA")
 ARMS = (*OUR_ARMS, *PEER_ARMS)
@@ -364,7 +365,58 @@ def _table(summary: dict[str, Any], b: str) -> list[str]:
     return lines
 
 
-def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
+def paired_ratio(cell: dict[str, Any], arm: str, base: str, b: str) -> tuple[float, int, int] | None:
+    """Median over common seeds of arm/base excess (both floored at 1e-300), seeds where arm is
+    worse, and the number of common seeds; None without a common seed."""
+    if not (_has(cell, arm, b) and _has(cell, base, b)):
+        return None
+    x = dict(zip(cell[arm][b]["seeds"], cell[arm][b]["excess"]))
+    y = dict(zip(cell[base][b]["seeds"], cell[base][b]["excess"]))
+    common = sorted(set(x) & set(y))
+    if not common:
+        return None
+    r = [max(x[s], 1e-300) / max(y[s], 1e-300) for s in common]
+    return float(np.median(r)), sum(v > 1.0 for v in r), len(r)
+
+
+def _variants_table(summary: dict[str, Any], title: str = "The choice of rule") -> list[str]:
+    """Markdown lines of the 'choice of rule' table (20k queries), empty when no variant ran."""
+    lines: list[str] = []
+    var_arms = [v for v in VARIANTS if any(v in c for c in summary["cells"].values())]
+    if var_arms:
+        b = str(TARGET_BUDGET)
+        cols = [a for a in ("spsa-gc", "spsa", "zo-sgd") if any(a in c for c in summary["cells"].values())]
+        cols += var_arms
+        lines += [f"**{title}** (20k queries, seeds as marked; `spsa-gc` = the default now. Records of earlier "
+                  "code: `spsa-gc:before` = commit fcb43bd (guard tolerance from x0's noise only, two-ends test); "
+                  "`spsa-gc:9f24b25-ends` = the guard's tolerance from the run's noise, two-ends test; `spsa-gc:9f24b25` = "
+                  "that with the slope test (both before the anchor reset). Runnable: `spsa-gc:ends` = `adapt_test=ends`; "
+                  "`spsa-gc:fixed` = adaptation off; `spsa-gc:hybrid` = `adapt_test=hybrid`, the two-ends test with the "
+                  "slope only for a window that test cannot close)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for name in [n for n in SUITE if n in summary["cells"]]:
+            cell = summary["cells"][name]
+            row = []
+            for a in cols:
+                if _has(cell, a, b):
+                    n = len(cell[a][b]["excess"])
+                    row.append(fmt(cell[a][b]["median"]) + ("" if n == SEEDS else f" ({n})"))
+                else:
+                    row.append("–")
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+        lines += ["", "Paired on common seeds: median per-seed ratio variant / `spsa-gc` (worse on k of n seeds; "
+                  "excess losses at machine precision make ratios there noise)", "",
+                  "| problem | " + " | ".join(var_arms) + " |", "|---|" + "---:|" * len(var_arms)]
+        for name in [n for n in (*SUITE, *EXTRA) if n in summary["cells"]]:
+            cell = summary["cells"][name]
+            pr = [paired_ratio(cell, a, TARGET_ARM, b) for a in var_arms]
+            if not any(pr):
+                continue
+            lines.append(f"| {name} | " + " | ".join("–" if r is None else f"{r[0]:.3g} ({r[1]}/{r[2]})" for r in pr) + " |")
+        lines.append("")
+    return lines
+
+
+def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None, sweep: dict[str, Any] | None = None) -> str:
     """The markdown section for docs/benchmarks.md."""
     meta = summary["meta"]
     t = targets(summary)
@@ -385,27 +437,9 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
         lines += [f"**{int(b) // 1000}k queries** (bold: best arm; ✗ after spsa-gc: worse than NGOpt)", ""]
         lines += _table(summary, b)
         lines.append("")
-    var_arms = [v for v in VARIANTS if any(v in c for c in summary["cells"].values())]
-    if var_arms:
-        b = str(TARGET_BUDGET)
-        cols = [a for a in ("spsa-gc", "spsa", "zo-sgd") if any(a in c for c in summary["cells"].values())]
-        cols += var_arms
-        lines += ["**The choice of rule** (20k queries, seeds as marked; `spsa-gc` = the default now. Records of earlier "
-                  "code: `spsa-gc:before` = commit fcb43bd (guard tolerance from x0's noise only, two-ends test); "
-                  "`spsa-gc:9f24b25-ends` = the guard's tolerance from the run's noise, two-ends test; `spsa-gc:9f24b25` = "
-                  "that with the slope test (both before the anchor reset). Runnable: `spsa-gc:ends` = `adapt_test=ends`; "
-                  "`spsa-gc:fixed` = adaptation off)", "", "| problem | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-        for name in [n for n in SUITE if n in summary["cells"]]:
-            cell = summary["cells"][name]
-            row = []
-            for a in cols:
-                if _has(cell, a, b):
-                    n = len(cell[a][b]["excess"])
-                    row.append(fmt(cell[a][b]["median"]) + ("" if n == SEEDS else f" ({n})"))
-                else:
-                    row.append("–")
-            lines.append(f"| {name} | " + " | ".join(row) + " |")
-        lines.append("")
+    lines += _variants_table(summary)
+    if sweep is not None:
+        lines += _sweep_lines(sweep, summary)
     errs = sorted({(a, e["error"].split(" (ask")[0]) for c in summary["cells"].values() for a, bs in c.items()
                    for bc in bs.values() for e in bc.get("errors", [])})
     if errs:
@@ -445,6 +479,8 @@ def docs_body(summary: dict[str, Any], heldout: dict[str, Any] | None) -> str:
             f"(`{FULL_GRID.split(' && ')[1]}`; seeds marked when not {SEEDS})",
             "",
             *_table(heldout, str(TARGET_BUDGET)),
+            "",
+            *_variants_table(heldout, f"Held-out family, instance {heldout['instance']}: rule variants"),
         ]
     lines += ["", "Problems (f* and how it was obtained):", "", "| problem | d | stresses | f* | how |", "|---|---:|---|---:|---|"]
     for name, p in summary["problems"].items():
@@ -470,7 +506,7 @@ def load_log(path: Path) -> list[dict[str, Any]]:
 
 def render_section(name: str, results: dict[str, Any]) -> str:
     """The `optimizers` section of docs/benchmarks.md from bench/results/optimizers.json."""
-    return docs_body(results["suite"], results.get("heldout"))
+    return docs_body(results["suite"], results.get("heldout"), results.get("gain_sweep"))
 
 
 def summarise_logs(instances: list[int], commands: list[str] | None = None) -> None:
@@ -510,6 +546,80 @@ def render(write_docs: bool) -> None:
     publish_results("optimizers", render_section, write_docs)
 
 
+SWEEP_GRID = tuple(float(a) for a in np.logspace(-5, -1, 13))
+SWEEP_SEEDS = 3
+SWEEP_C = (1e-3, 1e-4, 1e-5)
+
+
+def gain_sweep(problem: str, instance: int = 0) -> None:
+    """A hindsight gain: spsa-gc with adaptation off and ``a`` fixed on a grid (power and
+    constant schedules, c = c_min, guard on), ``SWEEP_SEEDS`` seeds, into the results file.
+
+    What no gain rule can beat on this problem (a rule only picks a gain sequence; a fixed gain
+    chosen per problem with hindsight is the usual bound), to tell a miss of the rule from a miss
+    of the estimator.
+    """
+    prob = make_problem(problem, instance)
+    t0 = time.perf_counter()
+
+    def row(schedule: str, a: float, c: float) -> dict[str, Any]:
+        ex = []
+        for seed in range(SWEEP_SEEDS):
+            opt = make_optimizer("spsa-gc", np.zeros(prob.d), seed=seed, budget=TARGET_BUDGET, adapt=False, a=a, c=c,
+                                 schedule=schedule)
+            while opt.can_ask():
+                X = opt.ask()
+                opt.tell(_evaluate(prob, X, opt.candidate_seeds()))
+            ex.append(float(prob.excess(opt.recommend())[0]))
+        print(f"# {schedule} a={a:.2g} c={c:.2g}: {fmt(float(np.median(ex)))}", file=sys.stderr, flush=True)
+        return {"schedule": schedule, "a": a, "c": c, "excess": ex, "median": float(np.median(ex))}
+
+    rows = [row(schedule, a, 0.01) for schedule in ("power", "constant") for a in SWEEP_GRID]
+    # The best power-schedule gain again with smaller perturbations: is the finite-difference
+    # bias (O(c²)) what stops it?
+    best = min((r for r in rows if r["schedule"] == "power"), key=lambda r: r["median"])
+    c_rows = [row("power", best["a"], c) for c in SWEEP_C]
+    results = load_results("optimizers")
+    results.pop("script", None)
+    results.pop("sections", None)
+    results["gain_sweep"] = {"problem": problem, "instance": instance, "budget": TARGET_BUDGET, "seeds": SWEEP_SEEDS,
+                             "c": 0.01, "rows": rows, "c_rows": c_rows, "wall_s": time.perf_counter() - t0,
+                             "meta": {"date": today(), "machine": machine(),
+                                      "command": f"python bench/optimizers.py --gain-sweep {problem}"}}
+    save_results("optimizers", results, {"optimizers": "docs/benchmarks.md"}, script="bench/optimizers.py")
+
+
+def _sweep_lines(sweep: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The hindsight-gain paragraph: best fixed gain per schedule against the default and the best peer."""
+    b = str(sweep["budget"])
+    cell = summary["cells"].get(sweep["problem"], {})
+    p = summary["problems"][sweep["problem"]]
+    fl = floor_of(p["f0"] - p["f_star"])
+    peers = [max(cell[a][b]["median"], fl) for a in PEER_ARMS if _has(cell, a, b)]
+    best = {}
+    for r in sweep["rows"]:
+        if r["schedule"] not in best or r["median"] < best[r["schedule"]]["median"]:
+            best[r["schedule"]] = r
+    ours = cell.get(TARGET_ARM, {}).get(b, {}).get("median")
+    parts = [f"{s} schedule: a = {r['a']:.2g} gives {fmt(r['median'])} (per seed {', '.join(fmt(v) for v in r['excess'])})"
+             for s, r in best.items()]
+    return [
+        f"**A gain chosen with hindsight** on `{sweep['problem']}` (`{sweep['meta']['command']}`; {sweep['meta']['date']}, "
+        f"{machine_line(sweep['meta']['machine'])}): `spsa-gc` with adaptation off, `c` = {sweep['c']}, the guard on, "
+        f"`a` on {len(SWEEP_GRID)} values from {SWEEP_GRID[0]:.0e} to {SWEEP_GRID[-1]:.0e}, {sweep['seeds']} seeds, "
+        f"{int(b) // 1000}k queries. Best median per schedule — " + "; ".join(parts) + ". "
+        f"The default's adaptive gain: {fmt(ours)}; the best peer: {fmt(min(peers)) if peers else '–'} "
+        f"(3× of it: {fmt(3 * min(peers)) if peers else '–'}). Every gain on the grid:",
+        "",
+        "| a | " + " | ".join(f"{a:.1e}" for a in SWEEP_GRID) + " |",
+        "|---|" + "---:|" * len(SWEEP_GRID),
+        *[f"| {s} | " + " | ".join(fmt(r["median"]) for r in sweep["rows"] if r["schedule"] == s) + " |" for s in best],
+        "",
+    ] + ([f"Smaller perturbations at the best power-schedule gain (a = {best['power']['a']:.2g}): "
+          + "; ".join(f"c = {r['c']:.0e}: {fmt(r['median'])} (per seed {', '.join(fmt(v) for v in r['excess'])})"
+                      for r in sweep["c_rows"]) + ".", ""] if sweep.get("c_rows") else [])
+
+
 def _log_path(instance: int) -> Path:
     return Path("/tmp") / f"blackbox_optimizers_runs{instance}.jsonl"
 
@@ -528,10 +638,17 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only rebuild table, plot and docs from the JSON")
     ap.add_argument("--summarise", action="store_true", help="only rebuild bench/results/optimizers.json from the run logs")
     ap.add_argument("--commands", default=None, help="with --summarise: ';'-separated commands that filled the logs (recorded)")
+    ap.add_argument("--gain-sweep", default=None, metavar="PROBLEM",
+                    help="spsa-gc with a fixed gain on a grid on PROBLEM (instance 0), into the results file")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the `optimizers` section of docs/benchmarks.md")
     args = ap.parse_args()
     if args.render:
         render(args.write_docs)
+        return
+    if args.gain_sweep:
+        gain_sweep(args.gain_sweep)
+        if args.write_docs:
+            render(True)
         return
     if args.summarise:
         summarise_logs([0, 1], args.commands.split(";") if args.commands else None)

@@ -44,7 +44,7 @@ from .perturbations import get_perturbation
 from .schedules import Constant, PowerDecay, Schedule
 
 _MOMENTUM = ("none", "heavy-ball", "gc")
-_TESTS = ("slope", "ends")
+_TESTS = ("slope", "ends", "hybrid")
 _EMA = 0.9  # smoothing of the per-step mean loss watched by the guard (~10-step horizon)
 _EMA_WARMUP = 20  # steps after a (re)start before "no progress" can fire
 MAX_BACKOFFS = 40  # past this the guard stands down (a = a0 * 0.25^40 is negligible anyway)
@@ -85,7 +85,7 @@ class FDConfig(OptimizerConfig):
     adapt_rate: float = field(default=1.0, metadata={"help": "log-gain change per unit of ratio error at each test (> 0)"})
     adapt_grow: bool = field(default=True, metadata={"help": "grow the gain when a test window stays below the noise for 20 windows' length (steps too small to measure)"})
     adapt_window: int = field(default=5, metadata={"help": "steps per loss-decrease test at least (longer while the predicted decrease is below 3x the loss noise)"})
-    adapt_test: str = field(default="slope", metadata={"help": "how a test window measures the loss decrease: slope (least squares over every level in the window) or ends (first and last level)"})
+    adapt_test: str = field(default="slope", metadata={"help": "how a test window measures the loss decrease: slope (least squares over every level in the window), ends (first and last level) or hybrid (ends; slope only for a window ends cannot close)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -451,7 +451,9 @@ class FiniteDifferenceOptimizer(Optimizer):
         ``adapt_test=slope`` (default) reads ρ as minus the least-squares slope of the window's
         levels against the cumulative predicted drop, and closes the window once that slope's
         standard error is below sqrt(2)/``_NOISE_Z``; ``ends`` uses start level − end level
-        over the predicted drop and closes once the prediction is ``_NOISE_Z`` noise sds.
+        over the predicted drop and closes once the prediction is ``_NOISE_Z`` noise sds;
+        ``hybrid`` is ``ends``, except that a window ``ends`` leaves open for ``_MAX_WINDOW``
+        windows' length is read by its slope (when resolved) instead of growing the gain.
         """
         cfg = self.config
         lv = self.levels
@@ -472,7 +474,7 @@ class FiniteDifferenceOptimizer(Optimizer):
             self.win_start, self.win_steps, self.win_pred = level, 0, 0.0
             self.win_noise = math.sqrt(max(self.level_var, (self.noise_std or 0.0) ** 2))
             self.win_fit = [0.0, 0.0, 0.0, 0.0, 0.0]
-        slope = cfg.adapt_test == "slope"
+        slope = cfg.adapt_test != "ends"
         if slope:
             # Least squares of the level on the cumulative predicted decrease x (Welford
             # updates): ρ = −slope uses every level of the window, so its noise falls like
@@ -492,12 +494,18 @@ class FiniteDifferenceOptimizer(Optimizer):
         # start) is a test too, whatever the running noise estimate has become since.
         rise = level - self.win_start
         diverging = rise > max(_NOISE_Z * self.win_noise, abs(self.win_start))
+        ends_ok = self.win_pred > _NOISE_Z * sigma and self.win_pred > 0.0
         if slope:
             # Resolved once ρ's standard error σ/sqrt(Sxx) is below sqrt(2)/_NOISE_Z, the
             # error of the two-ends ratio at its gate (a predicted drop of _NOISE_Z·σ).
             resolved = self.win_fit[3] > 0.0 and self.win_pred > 0.0 and self.win_fit[3] * 2.0 > (_NOISE_Z * sigma) ** 2
+            if cfg.adapt_test == "hybrid":
+                if ends_ok:
+                    resolved, slope = True, False
+                elif self.win_steps < _MAX_WINDOW * cfg.adapt_window:
+                    resolved = False
         else:
-            resolved = self.win_pred > _NOISE_Z * sigma and self.win_pred > 0.0
+            resolved = ends_ok
         if resolved or diverging:
             if slope and resolved and not diverging:
                 rho = -self.win_fit[4] / self.win_fit[3]

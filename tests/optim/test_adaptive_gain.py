@@ -97,7 +97,7 @@ def test_probe_c_changes_only_between_tests(kit) -> None:
     ("adapt_target", 1.0, "adapt_target: expected a number in (0.0, 1.0), received 1.0"),
     ("adapt_rate", 0.0, "adapt_rate: expected a finite number > 0, received 0.0"),
     ("adapt_window", 0, "adapt_window: expected an integer >= 1, received 0"),
-    ("adapt_test", "mean", "adapt_test: expected one of ('slope', 'ends'), received 'mean'"),
+    ("adapt_test", "mean", "adapt_test: expected one of ('slope', 'ends', 'hybrid'), received 'mean'"),
 ])
 def test_bad_adaptation_settings_name_the_field(field: str, value, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
@@ -135,14 +135,37 @@ def test_noise_invisible_at_x0_is_not_read_as_lack_of_progress(name: str, seed: 
     assert prob.excess(opt.recommend())[0] < 0.8 * start, (prob.excess(opt.recommend())[0], start)
 
 
+def _minibatch_ends(tests: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Excess loss and final gain of spsa-gc on minibatch_logistic (seed 1, 12k queries) per adapt_test."""
+    prob = make_problem("minibatch_logistic")
+    ends = {}
+    for test in tests:
+        opt = make_optimizer("spsa-gc", np.zeros(prob.d), seed=1, budget=12000, adapt_test=test)
+        _drive_seeded(opt, prob)
+        ends[test] = (float(prob.excess(opt.recommend())[0]), opt.gain)
+    return ends
+
+
 def test_slope_test_shrinks_the_gain_at_a_noise_floor(kit) -> None:
     """At a noise floor the loss stops falling while the (noise-inflated) prediction does not:
     the least-squares slope over a long window reads ρ ≈ 0 and shrinks the gain, where the two
     ends alone stay below the noise gate and grow it as if steps were too small."""
-    prob = make_problem("minibatch_logistic")
-    ends = {}
-    for test in ("slope", "ends"):
-        opt = make_optimizer("spsa-gc", np.zeros(prob.d), seed=1, budget=12000, adapt_test=test)
-        _drive_seeded(opt, prob)
-        ends[test] = (float(prob.excess(opt.recommend())[0]), opt.gain)
+    ends = _minibatch_ends(("slope", "ends"))
     assert ends["slope"][0] < ends["ends"][0], ends
+
+
+def test_hybrid_test_is_the_two_ends_test_until_a_window_cannot_close(kit) -> None:
+    """``adapt_test=hybrid`` reads ρ from the two ends while that test can close a window (a
+    deterministic quadratic: the same iterates as ``ends``) and from the slope only for a window
+    the two ends leave open for 20 windows' length (a noise floor: the gain shrinks there, where
+    ``ends`` grows it)."""
+    prob = make_problem("quad_far")
+    runs = {}
+    for test in ("ends", "hybrid"):
+        opt = make_optimizer("spsa-gc", np.zeros(prob.d), seed=1, budget=3000, adapt_test=test)
+        kit.drive(opt, prob.fn)
+        runs[test] = (opt.recommend(), opt.tests)
+    assert runs["ends"][1] > 100
+    np.testing.assert_array_equal(runs["ends"][0], runs["hybrid"][0])
+    ends = _minibatch_ends(("ends", "hybrid"))
+    assert ends["hybrid"][1] < 0.5 * ends["ends"][1] and ends["hybrid"][0] < ends["ends"][0], ends
