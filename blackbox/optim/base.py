@@ -114,7 +114,7 @@ class OptimizerConfig(Config):
 
     def __post_init__(self) -> None:
         if self.on_nonfinite not in _NONFINITE:
-            raise bad_value("on_nonfinite", f"one of {_NONFINITE}", self.on_nonfinite)
+            raise bad_value("on_nonfinite", f"one of {', '.join(_NONFINITE)}", self.on_nonfinite)
 
 
 def check_positive(name: str, value: float | None, *, allow_none: bool = True) -> None:
@@ -144,9 +144,9 @@ class Optimizer(ABC):
     def __init__(self, config: OptimizerConfig, x0: np.ndarray, *, seed: int = 0, budget: int | None = None) -> None:
         x0 = np.asarray(x0, dtype=np.float64)
         if x0.ndim != 1 or x0.size == 0:
-            raise bad_value("x0", "a non-empty 1-D vector", f"array of shape {x0.shape}")
+            raise ConfigError(f"x0: expected a non-empty 1-D vector, received an array of shape {x0.shape}")
         if not np.all(np.isfinite(x0)):
-            raise bad_value("x0", "finite values", "an array containing NaN or inf")
+            raise ConfigError("x0: expected finite values, received an array containing NaN or inf")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise bad_value("seed", "an integer >= 0", seed)
         if budget is not None and (not isinstance(budget, (int, np.integer)) or budget < 1):

@@ -31,7 +31,7 @@ class CMAConfig(OptimizerConfig):
         if self.popsize is not None and (not isinstance(self.popsize, int) or self.popsize < 2):
             raise bad_value("popsize", "an integer >= 2 or None", self.popsize)
         if self.variant not in ("auto", "full", "sep"):
-            raise bad_value("variant", "one of ('auto', 'full', 'sep')", self.variant)
+            raise bad_value("variant", "one of auto, full, sep", self.variant)
 
 
 class CMAES(Optimizer):

@@ -97,10 +97,10 @@ class FDConfig(OptimizerConfig):
             check_range("o", self.o, 0.0, math.inf, hi_open=True)
         get_perturbation(self.perturbation)
         if self.momentum not in _MOMENTUM:
-            raise bad_value("momentum", f"one of {_MOMENTUM}", self.momentum)
+            raise bad_value("momentum", f"one of {', '.join(_MOMENTUM)}", self.momentum)
         check_range("beta", self.beta, 0.0, 1.0, hi_open=True)
         if self.schedule not in ("power", "constant"):
-            raise bad_value("schedule", "one of ('power', 'constant')", self.schedule)
+            raise bad_value("schedule", "one of power, constant", self.schedule)
         check_positive("step0", self.step0)
         check_positive("step0_factor", self.step0_factor, allow_none=False)
         check_range("backoff", self.backoff, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -119,7 +119,7 @@ class FDConfig(OptimizerConfig):
         if not isinstance(self.adapt_window, int) or isinstance(self.adapt_window, bool) or self.adapt_window < 1:
             raise bad_value("adapt_window", "an integer >= 1", self.adapt_window)
         if self.adapt_test not in _TESTS:
-            raise bad_value("adapt_test", f"one of {_TESTS}", self.adapt_test)
+            raise bad_value("adapt_test", f"one of {', '.join(_TESTS)}", self.adapt_test)
 
 
 class FiniteDifferenceOptimizer(Optimizer):
@@ -622,7 +622,7 @@ class FiniteDifferenceOptimizer(Optimizer):
     def _load(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         theta = arrays["theta"]
         if theta.shape != (self.dim,):
-            raise bad_value("state theta", f"shape ({self.dim},)", theta.shape)
+            raise ConfigError(f"state theta: expected shape ({self.dim},), received shape {theta.shape}")
         if "gain" not in meta or "c_index" not in meta:
             # Written before the gains adapted: resuming would follow another path than the run
             # that wrote it, so exact resume cannot hold.

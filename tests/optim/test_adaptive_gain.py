@@ -97,7 +97,7 @@ def test_probe_c_changes_only_between_tests(kit) -> None:
     ("adapt_target", 1.0, "adapt_target: expected a number in (0.0, 1.0), received 1.0"),
     ("adapt_rate", 0.0, "adapt_rate: expected a finite number > 0, received 0.0"),
     ("adapt_window", 0, "adapt_window: expected an integer >= 1, received 0"),
-    ("adapt_test", "mean", "adapt_test: expected one of ('slope', 'ends', 'hybrid'), received 'mean'"),
+    ("adapt_test", "mean", "adapt_test: expected one of slope, ends, hybrid, received 'mean'"),
 ])
 def test_bad_adaptation_settings_name_the_field(field: str, value, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):

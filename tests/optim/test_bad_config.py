@@ -50,9 +50,9 @@ FD_BAD = [
     ("noise_samples", 0, "an integer >= 1"),
     ("c_min", 0.0, "a finite number > 0"),
     ("c_max", 0.001, "a number >= c_min (0.01)"),
-    ("schedule", "cosine", "one of ('power', 'constant')"),
-    ("momentum", "nesterov", "one of ('none', 'heavy-ball', 'gc')"),
-    ("on_nonfinite", "ignore", "one of ('error', 'skip')"),
+    ("schedule", "cosine", "one of power, constant"),
+    ("momentum", "nesterov", "one of none, heavy-ball, gc"),
+    ("on_nonfinite", "ignore", "one of error, skip"),
 ]
 
 
@@ -84,8 +84,8 @@ CMA_BAD = [
     ("sigma", -1.0, "a finite number > 0"),
     ("popsize", 1, "an integer >= 2 or None"),
     ("popsize", 4.5, "an integer >= 2 or None"),
-    ("variant", "diag", "one of ('auto', 'full', 'sep')"),
-    ("on_nonfinite", "raise", "one of ('error', 'skip')"),
+    ("variant", "diag", "one of auto, full, sep"),
+    ("on_nonfinite", "raise", "one of error, skip"),
 ]
 
 
@@ -122,10 +122,10 @@ def test_unknown_optimizer_lists_the_builtins() -> None:
 @pytest.mark.parametrize(
     "x0, received",
     [
-        (np.zeros((2, 3)), "array of shape (2, 3)"),
-        (np.zeros(0), "array of shape (0,)"),
-        (np.array([0.0, np.nan]), "an array containing NaN or inf"),
-        (np.array([np.inf, 1.0]), "an array containing NaN or inf"),
+        (np.zeros((2, 3)), "received an array of shape (2, 3)"),
+        (np.zeros(0), "received an array of shape (0,)"),
+        (np.array([0.0, np.nan]), "received an array containing NaN or inf"),
+        (np.array([np.inf, 1.0]), "received an array containing NaN or inf"),
     ],
 )
 def test_invalid_x0(x0: np.ndarray, received: str) -> None:
