@@ -223,6 +223,11 @@ class Client(Provider):
         """The wrapped provider's ``decode_step``, billed as one query and one token read per row."""
         return self._decode_call("decode_step", len(next_ids), len(next_ids), lambda: self.provider.decode_step(state, next_ids))
 
+    def metered_decode(self, method: str, rows: int, tokens: int, run: Callable[[], Any]) -> Any:
+        """``run()``: a forward pass on the wrapped provider made outside ``decode_start``/``decode_step``
+        (the serve engine batches KV caches itself), billed as ``method`` bills: ``rows`` queries, ``tokens`` read."""
+        return self._decode_call(method, rows, tokens, run)
+
     def _decode_call(self, method: str, rows: int, tokens: int, run: Callable[[], Any]) -> Any:
         if self._closed:
             raise ProviderError(f"client for provider {self.name}: closed; create a new Client")

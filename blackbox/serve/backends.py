@@ -44,6 +44,7 @@ class Backend:
     kind = "generate"
     models: list[Any]
     ref: Any
+    meters: Sequence[Any] = ()  # per stepped model: the Client to bill its forward passes to, or None
 
     # prompts --------------------------------------------------------------------------------
     @property
@@ -94,6 +95,12 @@ class Backend:
     def combine(self, logits: Sequence[Any]) -> Any:
         """The ``(B, V)`` rows tokens are picked from, given each model's last-position logits."""
         raise NotImplementedError
+
+    def metered(self, m: int, method: str, rows: int, tokens: int, run: Callable[[], Any]) -> Any:
+        """Model ``m``'s forward pass ``run()``, billed to the Client that model came wrapped in
+        (as ``decode_start``/``decode_step`` bill it in process: ``rows`` queries, ``tokens`` ids read)."""
+        meter = self.meters[m] if m < len(self.meters) else None
+        return run() if meter is None else meter.metered_decode(method, rows, tokens, run)
 
     def describe(self) -> dict[str, Any]:
         """What is served (for /v1/models and logs); never secrets."""
@@ -186,8 +193,22 @@ class FusedBackend(Backend):
         if getattr(fusion, "api_large", False) or fusion.config.large_top_k is not None:
             raise CapabilityError("serve: fused models need full-vocabulary local models (no large_top_k)")
         self.fusion = fusion
-        self.models = list(fusion.roles.values())  # large, small, expert 1..T
-        self.ref = fusion.large  # LogitFusion's text and stop bookkeeping uses the large model
+        roles = list(fusion.roles.values())  # large, small, expert 1..T: providers, or Clients around them
+        # One stepped model per distinct provider, as LogitFusion steps them: a model holding two
+        # roles (the same spec twice in a fused spec) runs one forward pass, billed once.
+        distinct: dict[int, Any] = {}
+        for p in roles:
+            distinct.setdefault(id(p), p)
+        self._role_model = [list(distinct).index(id(p)) for p in roles]
+        # The engine steps the providers themselves (its own KV-cache batching); a role given as a
+        # Client has those forward passes billed to it, so its ledger counts what in-process
+        # generate() would (decode_start/decode_step go through it there).
+        self.models = [_unwrap(p) for p in distinct.values()]
+        self.meters = [p if p is not m else None for p, m in zip(distinct.values(), self.models)]
+        for m in self.models:
+            _check_local(m, "serve (fused)")
+        self.ref = _unwrap(fusion.large)  # LogitFusion's text and stop bookkeeping uses the large model
+        self._small = _unwrap(fusion.small)  # and its prompts are encoded by the small base
         self.n_experts = len(fusion.experts)
 
     @property
@@ -195,23 +216,23 @@ class FusedBackend(Backend):
         return self.fusion.tokenizer
 
     def completion_prompt(self, text: str) -> Prompt:
-        return Prompt(text, list(self.fusion.small.encode(text)), True, [(text, 0)])
+        return Prompt(text, list(self._small.encode(text)), True, [(text, 0)])
 
     def combine(self, logits: Sequence[Any]) -> Any:
         import torch
 
         n = self.fusion.n_vocab
-        rows = [z[:, -1, :n].to(torch.float64) for z in logits]
+        rows = [logits[i][:, -1, :n].to(torch.float64) for i in self._role_model]
         fused, _ = self.fusion.fuse_batch(rows[0], rows[1], torch.stack(rows[2:], dim=1))
         return fused
 
     def describe(self) -> dict[str, Any]:
         c = self.fusion.config
-        return {"kind": "fused", "mode": c.mode, "alpha": c.alpha, "models": [m.describe() for m in self.models]}
+        return {"kind": "fused", "mode": c.mode, "alpha": c.alpha, "models": [self.models[i].describe() for i in self._role_model]}
 
     def close(self) -> None:
-        for m in self.models:
-            m.close()
+        for m, meter in zip(self.models, self.meters):
+            (meter or m).close()
 
 
 class EmbedBackend(Backend):
@@ -246,6 +267,15 @@ class EmbedBackend(Backend):
 
     def close(self) -> None:
         self.provider.close()
+
+
+def _unwrap(provider: Any) -> Any:
+    """The provider under any wrappers (a Client): the object whose forward passes the engine runs."""
+    from blackbox.provider import Provider
+
+    while isinstance(getattr(provider, "provider", None), Provider):
+        provider = provider.provider
+    return provider
 
 
 def _check_local(provider: Any, what: str) -> None:

@@ -24,10 +24,10 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from blackbox.errors import BlackboxError
+from blackbox.errors import BlackboxError, BudgetError
 
 from .backends import Backend, Prompt
 
@@ -254,7 +254,8 @@ class Engine:
                 jobs = {id(r.job): r.job for r in self._rows}
                 jobs.update({id(j): j for j in new})
                 for job in jobs.values():
-                    job.emit(JobError(f"model error: {type(exc).__name__}"))
+                    # A spent budget is the user's own limit, not a fault: say which (ledger messages hold no secrets).
+                    job.emit(JobError(f"model error: {type(exc).__name__}" + (f": {exc}" if isinstance(exc, BudgetError) else "")))
                 with self._cv:
                     self._reset()
 
@@ -360,9 +361,10 @@ class Engine:
                     row_embeds[m].append(embeds[m][k])
         outs, caches = [], []
         inputs = None
+        tokens = sum(len(s) for s in seqs)
         for m, model in enumerate(b.models):
             inputs = model.model_inputs(seqs, row_embeds[m])
-            out = model.model_forward(inputs, keep=1, use_cache=True)
+            out = b.metered(m, "decode_start", len(seqs), tokens, lambda: model.model_forward(inputs, keep=1, use_cache=True))
             outs.append(out.logits)
             caches.append(model.cache_of(out))
         self.prefills += 1
@@ -399,9 +401,11 @@ class Engine:
         mask = torch.cat([self._mask, torch.ones((len(next_ids), 1), dtype=self._mask.dtype, device=self._mask.device)], dim=1)
         pos = self._pos + 1
         outs, caches = [], []
-        for model, cache in zip(b.models, self._caches):
+        for m, (model, cache) in enumerate(zip(b.models, self._caches)):
             ids = torch.tensor(next_ids, dtype=torch.long, device=model.device)[:, None]
-            out = model.model_forward({"input_ids": ids, "attention_mask": mask, "position_ids": pos}, use_cache=True, **{model.cache_kwarg: cache})
+            out = b.metered(m, "decode_step", len(next_ids), len(next_ids),
+                            lambda: model.model_forward({"input_ids": ids, "attention_mask": mask, "position_ids": pos}, use_cache=True,
+                                                        **{model.cache_kwarg: cache}))
             outs.append(out.logits)
             caches.append(model.cache_of(out))
         logits = b.combine(outs)

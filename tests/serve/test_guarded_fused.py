@@ -172,3 +172,37 @@ def test_fused_spec_file(fused_parts, tmp_path):
     bad.write_text('{"large": "hf-causal:x", "small": "hf-causal:y", "experts": [], "mode": "proxy"}')
     with pytest.raises(ValueError, match="experts"):
         load_backend(str(bad))
+
+
+def test_fused_roles_behind_clients_serve_and_bill_as_in_process(fused_parts):
+    """A fusion whose models come wrapped in Clients (ledgers): the served text equals in-process
+    fusion, each ledger counts the same queries and tokens served as in process (the small model
+    doubling as the expert: one forward pass, billed once, both ways), and a spent budget fails the
+    request with the ledger's own line."""
+    from blackbox.client import Client, Ledger
+    from blackbox.methods.fusion.decode import FusionConfig, LogitFusion
+
+    def fused(ledgers, **limit):
+        large, small = (Client(p, ledger=led) for p, led in zip(fused_parts[:2], ledgers))
+        return LogitFusion(large, small, [small], FusionConfig(mode="proxy", alpha=0.8, max_tokens=6))
+
+    here, served = [Ledger(), Ledger()], [Ledger(), Ledger()]
+    fusion = fused(here)
+    backend = FusedBackend(fused(served))
+    assert len(backend.models) == 2 and backend.context_length == fused_parts[0].context_length
+    engine = Engine(backend, max_batch=4).start()
+    try:
+        for p in WORDS[:3]:  # one prompt at a time: the same batches both ways
+            want = fusion.generate([p]).texts[0]
+            assert engine.run([backend.completion_prompt(p)], Sampling(max_tokens=6))[0]["texts"][0] == want
+    finally:
+        engine.close()
+    for a, b in zip(here, served):
+        assert (b.queries, b.prompt_tokens) == (a.queries, a.prompt_tokens) and a.queries > 3
+    capped = FusedBackend(fused([Ledger(max_queries=3), Ledger()]))
+    engine = Engine(capped, max_batch=4).start()
+    try:
+        out = engine.run([capped.completion_prompt(WORDS[0])], Sampling(max_tokens=6))[0]
+    finally:
+        engine.close()
+    assert out["error"].startswith("model error: BudgetExceededError: ledger: decode_step() of 1 rows needs 1 queries but max_queries=3")
