@@ -41,7 +41,7 @@ Source = "str | Callable[[], Provider]"
 class _Replica:
     """The actor body: one provider instance built in the replica's own process."""
 
-    def __init__(self, source: Any, threads: int = 1) -> None:
+    def __init__(self, source: Any, threads: int = 1, chat_template: str | None = None) -> None:
         import sys
 
         from ..provider import load_provider
@@ -53,6 +53,8 @@ class _Replica:
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
         self.provider = source() if callable(source) else load_provider(source)
+        if chat_template is not None:
+            self.set_chat_template(chat_template)
 
     def info(self) -> dict[str, Any]:
         p = self.provider
@@ -73,6 +75,10 @@ class _Replica:
         """A token helper (prompt_text, encode, token_embeddings) or, without args, an attribute."""
         value = getattr(self.provider, name)
         return value(*args) if callable(value) and name != "tokenizer" else value
+
+    def set_chat_template(self, template: str) -> None:
+        """Put ``template`` on this replica's tokenizer (``provider.tokenizer.chat_template``)."""
+        self.provider.tokenizer.chat_template = template
 
     def close(self) -> None:
         self.provider.close()
@@ -128,6 +134,7 @@ class ReplicaPool(Provider):
         self.replacements: list[dict[str, Any]] = []  # one entry per replaced replica: slot, reason, pids
         self._closed = False
         self.threads = max(1, int(num_cpus))  # torch/OpenMP threads per replica
+        self._chat_template: str | None = None  # put on every replica's tokenizer, replacements included
         self._actors: list[Any] = [self._actor_cls.remote(source, self.threads) for _ in range(replicas)]
         self._infos: list[dict[str, Any]] = self._wait_ready(self._actors)
         info = self._infos[0]
@@ -174,11 +181,30 @@ class ReplicaPool(Provider):
         with self._lock:
             old, old_pid = self._actors[slot], self._infos[slot]["pid"]
             self._kill([old])
-            fresh = self._actor_cls.remote(self.source, self.threads)
+            fresh = self._actor_cls.remote(self.source, self.threads, self._chat_template)
             info = self._wait_ready([fresh])[0]
             self._actors[slot], self._infos[slot] = fresh, info
             self.replacements.append({"slot": slot, "reason": reason, "old_pid": old_pid, "new_pid": info["pid"]})
             return fresh
+
+    def set_chat_template(self, template: str) -> None:
+        """Put ``template`` on every replica's tokenizer, now and on replicas started later.
+
+        ``pool.tokenizer`` is a copy of replica 0's: a template set on it alone would never reach the
+        replicas that render chat prompts (ECO's automatic Gemma template, ``--chat-template``)."""
+        if not isinstance(template, str) or not template:
+            raise bad_value("chat_template", "a non-empty Jinja template string", template)
+        with self._lock:
+            self._chat_template = template
+        for slot in range(self.size):
+            try:
+                self.ray.get(self._actors[slot].set_chat_template.remote(template), timeout=self.start_timeout)
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as exc:
+                self._replace(slot, f"set_chat_template() failed ({type(exc).__name__})")  # the fresh one starts with it
+            except self.ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                raise cause if isinstance(cause, BaseException) else ProviderError(str(exc).splitlines()[0]) from None
+        self._memo.clear()  # the tokenizer copy and prompts rendered under the old template
 
     @property
     def size(self) -> int:

@@ -407,3 +407,39 @@ def test_fuse_generate_prompt_set_identical_with_1_and_2_replicas(cluster, fusio
     assert res.exit_code == 1 and res.stderr.strip().splitlines() == [
         "error: replicas: sampled fusion (temperature > 0) seeds each prompt from its position in the set, so a share of the set "
         "would draw other samples; use --replicas 1, or --temperature 0 (greedy)"]
+
+
+def test_automatic_gemma_template_reaches_every_replica(cluster, one_thread, tmp_path):
+    """ECO's automatic chat template (a tokenizer with Gemma's turn tokens and no template of its
+    own), installed through a Client on a replica pool, is on every replica's tokenizer, and on a
+    replica started later: chat generations equal one process's (before, only the driver's copy
+    of the tokenizer had it and every replica refused chat=True)."""
+    need("torch")
+    need("transformers")
+    from tiny_lm import tiny_llama, tiny_tokenizer
+
+    from blackbox.methods.eco.chat import CHAT_TEMPLATES, install
+    from blackbox.provider import load_provider
+    from blackbox.scale import ReplicaPool
+    from blackbox.types import GenerateRequest
+
+    tok = tiny_tokenizer([t.format(c=c) for t in TEMPLATES for c in COUNTRIES] + ["user model"] * 5)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tiny_llama(tok, ctx=128).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    spec = f"hf-causal:{tmp_path}"
+    one = load_provider(spec)
+    assert one.tokenizer.chat_template is None and install(one, None) == "gemma"
+    request = GenerateRequest(tuple(TEMPLATES[0].format(c=c) for c in COUNTRIES[:4]), max_tokens=3, chat=True)
+    want = one.generate(request).texts
+    pool = ReplicaPool(spec, 2, num_cpus=0.5)
+    try:
+        client = Client(pool, ledger=Ledger())
+        assert client.tokenizer.chat_template is None
+        assert install(client, None) == "gemma" and client.tokenizer.chat_template == CHAT_TEMPLATES["gemma"]
+        assert client.prompt_text("Hi", True) == one.prompt_text("Hi", True)
+        assert client.generate(request).texts == want  # two shards: both replicas render the template
+        pool._replace(1, "test: a replica started after the install")
+        assert client.generate(GenerateRequest(request.prompts[::-1], max_tokens=3, chat=True)).texts == want[::-1]
+    finally:
+        pool.close()

@@ -63,11 +63,23 @@ def install(provider: Any, name: str | None, *, fallback: bool = True) -> str | 
         text = template_text(name)
         if tok is None:
             raise bad_value("chat_template", "a provider with a local tokenizer (e.g. hf-causal)", type(provider).__name__)
-        tok.chat_template = text
+        _put(provider, tok, text)
         return name
     if tok is None or not fallback or getattr(tok, "chat_template", None):
         return None
     found = known_format(tok)
     if found is not None:
-        tok.chat_template = CHAT_TEMPLATES[found]
+        _put(provider, tok, CHAT_TEMPLATES[found])
     return found
+
+
+def _put(provider: Any, tok: Any, text: str) -> None:
+    """Set the template on ``tok`` and, for Ray replicas (a ReplicaPool, maybe inside Client
+    wrappers), on every replica's own tokenizer: ``tok`` is then only the driver's copy."""
+    tok.chat_template = text
+    p = provider
+    while p is not None:
+        if callable(getattr(type(p), "set_chat_template", None)):
+            p.set_chat_template(text)
+            return
+        p = vars(p).get("provider") if hasattr(p, "__dict__") else None
