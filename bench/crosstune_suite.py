@@ -6,7 +6,10 @@ ensemble with the model selection on the shots), and the ablations that separate
 the head without selection (``head-only``, read from the same fit), descriptions in attention
 without the zero-shot prior (``no-prior``), the prior without attention (``prior-only``: a
 learnt scale and class biases on the zero-shot cosine), the ensemble of linear probes without
-attention (``probe-ensemble``) and the head without label descriptions (``no-labels``).
+attention (``probe-ensemble``) and the head without label descriptions (``no-labels``); and the
+first version's default and probe (``crosstune-v1``, ``linear-probe-v1``: no pair cosine), so the
+change chosen on development splits by ``bench/crosstune_dev.py`` is compared paired, on the same
+shots. Nothing here is chosen on the test split.
 Per-seed lines are appended to ``--log`` as they come (a stopped run keeps them;
 ``--from-log`` summarises such a log); the summary goes to ``bench/results/crosstune_suite.json``
 and renders the ``crosstune_suite`` section of docs/crosstune.md.
@@ -38,6 +41,9 @@ ARM_CONFIG = {
     "prior-only": {"attention": False, "select": False},
     "probe-ensemble": {"method": "probe-ensemble"},
     "no-labels": {"method": "no-labels"},
+    # the first version's defaults (before pair_similarity; bench/crosstune_dev.py chose the change)
+    "crosstune-v1": {"pair_similarity": 0.0, "select_rule": "margin"},
+    "linear-probe-v1": {"method": "linear-probe", "pair_similarity": 0.0},
 }
 DERIVED = ("head-only", "blend")
 SUITE_TASKS = ("tweets-sentiment,fortunes-topic,fortunes-language,wordnet-supersense,wordnet-pos,"
@@ -54,7 +60,8 @@ def keep(rec: dict[str, Any], records: list[dict[str, Any]], log: Any) -> None:
         log.flush()
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace, arm_config: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Measure ``args.arms`` (names in ``arm_config``, default :data:`ARM_CONFIG`) on every task and seed."""
     import numpy as np
     import torch
 
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for arm in args.arms.split(","):
                 if (task, seed, arm) in done:  # measured by an earlier, stopped run (its line is in the log)
                     continue
-                over = ARM_CONFIG[arm]
+                over = (arm_config or ARM_CONFIG)[arm]
                 cfg = CrossTuneConfig(**{"seed": seed, **over})
                 clf = CrossTuneClassifier(featurizer, cfg, s.descriptions)
                 c0 = time.process_time()
@@ -107,13 +114,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if sel:
                     # every candidate's test accuracy, for the ablations and to compare selection rules
                     rec["candidate_acc"] = {}
-                    for cand in SELECT_ORDER:
+                    for cand in SELECT_ORDER + (("stacked",) if sel.get("rule") == "stacked" else ()):
                         pred = [s.classes[i] for i in clf.candidate_scores(test.texts, cand).argmax(1)]
                         acc = float(np.mean([p == t for p, t in zip(pred, test.labels)]))
                         rec["candidate_acc"][cand] = acc
                         d = "head-only" if cand == "crosstune" else cand
                         if d in DERIVED:
-                            out.append({**rec, "arm": d, "accuracy": acc, "macro_f1": macro_f1(test.labels, pred, s.classes)})
+                            # derived arms of another fit than the default's are named after it
+                            name = d if arm == "crosstune" else f"{arm}:{d}"
+                            out.append({**rec, "arm": name, "accuracy": acc, "macro_f1": macro_f1(test.labels, pred, s.classes)})
                 for r in out:
                     keep(r, records, log)
     return records
@@ -160,18 +169,27 @@ def render_section(name: str, results: dict[str, Any]) -> str:
         few = f" ({r['seeds']} seeds)" if ct and r["seeds"] < ct["seeds"] else ""
         return f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f}{few}"
 
-    lines = ["| task (classes, test texts; source) | seeds | zero-shot | linear probe | **CrossTune** (default) | chosen on the shots "
-             "(of the seeds) | CrossTune − best baseline (paired) |", "|" + "---|" * 7]
-    gains, worst = [], []
+    # the first version's default and probe, where the run measured them (paired with the default)
+    v1 = all((t, "crosstune-v1") in by for t in tasks)
+    v1_cols = " | linear probe v1 | CrossTune v1" if v1 else ""
+    lines = [f"| task (classes, test texts; source) | seeds | zero-shot | linear probe{v1_cols} | **CrossTune** (default) | chosen on the shots "
+             "(of the seeds) | CrossTune − best baseline (paired) |" + (" CrossTune − v1 (paired) |" if v1 else ""), "|" + "---|" * (9 if v1 else 7)]
+    gains, worst, vs_v1 = [], [], []
     for t in tasks:
         ct = by[(t, "crosstune")]
-        base = max((by[(t, a)] for a in ("zero-shot", "linear-probe") if (t, a) in by), key=lambda r: r["acc_mean"])
+        base = max((by[(t, a)] for a in ("zero-shot", "linear-probe", "linear-probe-v1") if (t, a) in by), key=lambda r: r["acc_mean"])
         m, se, w, l = _paired(ct, base)
         gains.append(m)
         worst.append((m, t))
         ch = ", ".join(f"{k} {v}" for k, v in ct.get("choices", {}).items())
-        lines.append(f"| {t} ({ct['classes']}, {ct['n_test']}; {ct['source']}) | {ct['seeds']} | {cell(t, 'zero-shot')} | {cell(t, 'linear-probe')} | "
-                     f"**{cell(t, 'crosstune')}** | {ch} | {m:+.1f} ± {se:.1f} ({w}W/{l}L) vs {base['arm']} |")
+        mid = f" | {cell(t, 'linear-probe-v1')} | {cell(t, 'crosstune-v1')}" if v1 else ""
+        row = (f"| {t} ({ct['classes']}, {ct['n_test']}; {ct['source']}) | {ct['seeds']} | {cell(t, 'zero-shot')} | {cell(t, 'linear-probe')}{mid} | "
+               f"**{cell(t, 'crosstune')}** | {ch} | {m:+.1f} ± {se:.1f} ({w}W/{l}L) vs {base['arm']} |")
+        if v1:
+            m1, se1, w1, l1 = _paired(ct, by[(t, "crosstune-v1")])
+            vs_v1.append(m1)
+            row += f" {m1:+.1f} ± {se1:.1f} ({w1}W/{l1}L) |"
+        lines.append(row)
     avg = statistics.mean(gains)
     lowest = min(worst)
     flat = [f"{t} ({m:+.1f})" for m, t in worst if m < 1.0]
@@ -182,10 +200,15 @@ def render_section(name: str, results: dict[str, Any]) -> str:
            "baseline* is whichever of zero-shot and the linear probe has the higher mean on that task (picked on the test "
            "split, which flatters the baselines); paired differences are mean ± standard error over the seeds, with wins and "
            "losses. The default predicts with the blend of the head ensemble and the probe unless the head, the probe or "
-           "zero-shot beats the blend's out-of-fold accuracy on the shots by more than 5 points.",
+           "zero-shot beats the blend's out-of-fold accuracy on the shots by more than 5 points."
+           + (" On sentence pairs the probe (alone and in the blend) also reads the cosine of the two segments "
+              "(`pair_similarity = 10`, chosen on development splits: see below); *v1* is the first version "
+              "without it, measured in the same run on the same shots, and the best baseline is the better of "
+              "zero-shot and both probes." if v1 else ""),
            "", *lines, "",
            f"Suite average of CrossTune − best baseline: **{avg:+.1f} points** (target ≥ +2.0); lowest task: {lowest[1]} "
-           f"**{lowest[0]:+.1f}** (target ≥ −1.0).", "",
+           f"**{lowest[0]:+.1f}** (target ≥ −1.0)."
+           + (f" Suite average of CrossTune − CrossTune v1: **{statistics.mean(vs_v1):+.1f} points**." if v1 else ""), "",
            "**Where CrossTune does not help** (less than one point over the better baseline): "
            + (", ".join(flat) if flat else "none") + ".", ""]
     abl = ["head-only", "blend", "no-prior", "prior-only", "probe-ensemble", "no-labels"]
@@ -197,7 +220,7 @@ def render_section(name: str, results: dict[str, Any]) -> str:
     for t in tasks:
         out.append(f"| {t} | " + " | ".join(cell(t, a) for a in abl) + " |")
     avgs = []
-    for a in ["zero-shot", "linear-probe", "crosstune", *abl]:
+    for a in ["zero-shot", "linear-probe", "linear-probe-v1", "crosstune", "crosstune-v1", *abl]:
         if all((t, a) in by and by[(t, a)]["seeds"] == by[(t, "crosstune")]["seeds"] for t in tasks):
             avgs.append(f"{a} {100 * statistics.mean(by[(t, a)]['acc_mean'] for t in tasks):.1f}")
     out += ["", "Suite means: " + ", ".join(avgs) + ".", "",
@@ -232,6 +255,14 @@ def output_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--write-docs", action="store_true", help="write the rendered section into its docs file")
 
 
+def run_args(ap: argparse.ArgumentParser) -> None:
+    """--threads, --cache, --skip-done and the output flags, for :func:`run` (shared with crosstune_dev.py)."""
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "blackbox" / "bench-crosstune-suite.sqlite"))
+    ap.add_argument("--skip-done", action="store_true", help="skip the (task, seed, arm) lines already in --log")
+    output_args(ap)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=SUITE_TASKS)
@@ -243,10 +274,7 @@ def main() -> None:
                                                        "writes only --log, never the results file")
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--n-test", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "blackbox" / "bench-crosstune-suite.sqlite"))
-    ap.add_argument("--skip-done", action="store_true", help="skip the (task, seed, arm) lines already in --log")
-    output_args(ap)
+    run_args(ap)
     args = ap.parse_args()
     if args.render:
         publish_results("crosstune_suite", render_section, args.write_docs)

@@ -143,6 +143,68 @@ def test_selection_falls_back_when_the_head_is_useless(featurizer):
     assert clf.score(te_x, te_y) > float(np.mean([clf.classes_[i] == y for i, y in zip(clf.candidate_scores(te_x, "crosstune").argmax(1), te_y)])) + 0.3
 
 
+def test_stacked_rule_weights_head_probe_and_zero_shot(featurizer, tmp_path):
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, _ = make_texts(6, 1)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, select_rule="stacked", **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    sel = clf.train_info_["selection"]
+    w = clf.stack_weights_
+    assert clf.choice_ == sel["choice"] == "stacked" and sel["rule"] == "stacked"
+    assert abs(sum(w) - 1) < 1e-12 and all(4 * v == int(4 * v) for v in w)  # a grid of quarters
+    assert sel["weights"] == dict(zip(("crosstune", "linear-probe", "zero-shot"), w))
+    # the chosen weights have the lowest out-of-fold log-loss on the grid (recorded as "stacked")
+    assert sel["oof_loss"]["stacked"] <= min(sel["oof_loss"][k] for k in ("blend", "crosstune", "linear-probe")) + 1e-9
+    np.testing.assert_allclose(clf.decision_function(te_x), clf.candidate_scores(te_x, "stacked"))
+    back = CrossTuneClassifier.load(clf.save(tmp_path / "st"), featurizer)
+    assert back.stack_weights_ == w
+    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
+    with pytest.raises(ConfigError, match="select_rule: expected one of margin, stacked, received 'best'"):
+        CrossTuneConfig(select_rule="best")
+
+
+def test_pair_similarity_joins_the_probe(featurizer):
+    from blackbox.methods.crosstune.features import segment_cosine
+
+    tr_x, tr_y = make_pairs(32, 1)
+    f = featurizer(tr_x)
+    a, b = (featurizer.arrays([seg])[0] for seg in tr_x[0].split(ct_data.PAIR_SEP))
+    assert f.sim.shape == (32,) and f.sim[0] == pytest.approx(segment_cosine(a, b))
+    assert f.probe_input(True).shape[1] == f.probe_input().shape[1] + 1 and np.array_equal(f.probe_input(True)[:, -1], f.sim)
+    assert featurizer(make_texts(2, 0)[0]).sim is None  # single texts have no pair cosine
+    cfg = dict(method="linear-probe", seed=0)
+    with_sim = CrossTuneClassifier(featurizer, CrossTuneConfig(pair_similarity=10.0, **cfg), PAIR_DESCRIPTIONS).fit(tr_x, tr_y)
+    without = CrossTuneClassifier(featurizer, CrossTuneConfig(pair_similarity=0.0, **cfg), PAIR_DESCRIPTIONS).fit(tr_x, tr_y)
+    p, z = with_sim.probe_, f.probe_input(True)
+    assert p["coef"].shape[1] == without.probe_["coef"].shape[1] + 1
+    assert p["sd"][-1] == pytest.approx((z[:, -1].std() + 1e-6) / 10.0)  # scaled up tenfold: a tenth of the scale
+    # single texts: the option changes nothing
+    sx, sy = make_texts(8, 0)
+    one = CrossTuneClassifier(featurizer, CrossTuneConfig(pair_similarity=10.0, **cfg), DESCRIPTIONS).fit(sx, sy)
+    two = CrossTuneClassifier(featurizer, CrossTuneConfig(pair_similarity=0.0, **cfg), DESCRIPTIONS).fit(sx, sy)
+    np.testing.assert_array_equal(one.decision_function(sx), two.decision_function(sx))
+    with pytest.raises(ConfigError, match="pair_similarity: expected a number in"):
+        CrossTuneConfig(pair_similarity=-1.0)
+
+
+def test_models_saved_before_the_new_options_load_as_they_were_fitted(featurizer, tmp_path):
+    from blackbox.methods.crosstune.config import LEGACY
+    from blackbox.runs import load_tensors, save_tensors
+
+    tr_x, tr_y = make_pairs(32, 1)
+    te_x, _ = make_pairs(10, 2)
+    for method in ("crosstune", "linear-probe"):
+        clf = CrossTuneClassifier(featurizer, CrossTuneConfig(method=method, seed=0, **FAST, **LEGACY), PAIR_DESCRIPTIONS).fit(tr_x, tr_y)
+        d = clf.save(tmp_path / method)
+        # an artifact of the first version: its config has none of the new keys
+        arrays, meta = load_tensors(d / "model.safetensors")
+        for k in LEGACY:
+            del meta["config"][k]
+        save_tensors(d / "model.safetensors", arrays, meta)
+        back = CrossTuneClassifier.load(d, featurizer)
+        assert {k: getattr(back.config, k) for k in LEGACY} == LEGACY
+        np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
+
+
 # --- ablations -----------------------------------------------------------------------------
 def test_prior_without_attention_is_a_calibrated_zero_shot(featurizer):
     tr_x, tr_y = make_texts(8, 0)

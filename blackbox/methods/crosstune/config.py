@@ -9,6 +9,9 @@ from blackbox.config import Config
 from blackbox.errors import bad_value
 
 METHODS = ("crosstune", "no-labels", "linear-probe", "zero-shot", "probe-ensemble")
+SELECT_RULES = ("margin", "stacked")
+# values that models saved before an option existed were fitted with (load fills them in)
+LEGACY = {"select_rule": "margin", "pair_similarity": 0.0}
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -46,6 +49,8 @@ class CrossTuneConfig(Config):
     select: bool = field(default=True, metadata={"help": "method crosstune with folds >= 2: predict with the blend of the head ensemble and the linear probe, or with the head, the probe or zero-shot when its out-of-fold accuracy on the few-shot set is clearly better (select_margin); recorded in train_info['selection']"})
     select_by: str = field(default="accuracy", metadata={"help": "criterion of the selection: accuracy or log-loss, out of fold on the few-shot set"})
     select_margin: float = field(default=0.05, metadata={"help": "the blend of head and probe predicts unless another candidate beats its criterion by more than this (accuracy: a fraction of the shots)"})
+    select_rule: str = field(default="margin", metadata={"help": "margin: the blend of head and probe unless another candidate beats it by select_margin; stacked: predict with a weighted product of head, probe and zero-shot, the weights (a grid of quarters summing to one) picked by out-of-fold log-loss on the few-shot set"})
+    pair_similarity: float = field(default=10.0, metadata={"help": "sentence pairs: the cosine of the two segments joins the linear probe's input (alone, in the probe ensemble and in CrossTune's blend) as a feature this many times the scale of a standardised one, so its L2 penalty is this squared times weaker; 0 leaves it out (models saved before this option)"})
     attention: bool = field(default=True, metadata={"help": "the cross-attention term of the head; false leaves the learnt prior and class biases (ablation)"})
     linear: bool = field(default=False, metadata={"help": "add a residual linear term on the pooled, projected input to the cross-attention score"})
     probe_cs: tuple[float, ...] = field(default=(0.01, 0.1, 1.0, 10.0), metadata={"help": "inverse regularisation strengths the linear probe picks from on the held-out part"})
@@ -91,6 +96,9 @@ class CrossTuneConfig(Config):
         if self.select_by not in ("log-loss", "accuracy"):
             raise bad_value("select_by", "log-loss or accuracy", self.select_by)
         _float("select_margin", self.select_margin, 0.0, 10.0)
+        if self.select_rule not in SELECT_RULES:
+            raise bad_value("select_rule", f"one of {', '.join(SELECT_RULES)}", self.select_rule)
+        _float("pair_similarity", self.pair_similarity, 0.0, 1e4)
         if not self.attention and not self.prior and self.method == "crosstune":
             raise bad_value("attention", "true when prior is false (the head would have class biases only)", self.attention)
         if not isinstance(self.linear, bool):

@@ -29,7 +29,7 @@ import numpy as np
 from blackbox.errors import ConfigError, RunError, bad_value
 from blackbox.runs import atomic_write_json, load_tensors, save_tensors
 
-from .config import CrossTuneConfig
+from .config import LEGACY, CrossTuneConfig
 from .data import PAIR_SEP, describe_labels
 from .features import Featurizer, Features
 
@@ -37,6 +37,8 @@ MODEL_FILE, MODEL_JSON = "model.safetensors", "model.json"
 # candidates of the model selection (config.select): the blend is the default, the others must beat it
 SELECT_ORDER = ("blend", "crosstune", "linear-probe", "zero-shot")
 ZS_SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # zero-shot temperatures tried when selecting
+# select_rule "stacked": weights of (head, probe, zero-shot) on a grid of quarters summing to one
+STACK_GRID = tuple((a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5 - a))
 
 
 def _log_softmax(s: np.ndarray) -> np.ndarray:
@@ -146,6 +148,7 @@ class CrossTuneClassifier:
             raise bad_value("texts", "all single texts or all sentence pairs", "a mix of both")
         self.classes_ = classes
         self.pairs_ = pairs.pop()
+        self.stack_weights_ = None  # set by select_rule "stacked"
         self.descriptions_ = describe_labels(classes, self.descriptions, self.config.description_template)
         q0 = self.features.queries
         feats = self.features(texts, progress)
@@ -231,6 +234,8 @@ class CrossTuneClassifier:
         self.center_ = teacher.center_
         self.head_, self.label_vectors_ = teacher.head_, teacher.label_vectors_
         self.choice_ = getattr(teacher, "choice_", None)
+        self.stack_weights_ = getattr(teacher, "stack_weights_", None)
+        self.zero_shot_scale_ = getattr(teacher, "zero_shot_scale_", None)
         if hasattr(teacher, "probe_"):
             self.probe_ = teacher.probe_
         return {**teacher.train_info_, "train_seconds": seconds, "train_cpu_seconds": cpu}
@@ -255,6 +260,19 @@ class CrossTuneClassifier:
     def _proba_features(self, feats: Features) -> np.ndarray:
         return _softmax(self._scores(feats))
 
+    def _similarity(self) -> bool:
+        """Whether the probe's input ends with the pair's cosine (``pair_similarity`` on pairs)."""
+        return bool(getattr(self, "pairs_", False)) and self.config.pair_similarity > 0
+
+    def _standardise(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and scale of the probe's input; the pair cosine (last column, with
+        ``pair_similarity``) is scaled up so that the L2 penalty barely holds it back: one
+        similarity is worth more than any of the many pooled coordinates on a pair task."""
+        mu, sd = z.mean(0), z.std(0) + 1e-6
+        if self._similarity():
+            sd[-1] /= self.config.pair_similarity
+        return mu, sd
+
     def _fit_method(self, x: np.ndarray, mask: np.ndarray, y: np.ndarray, orig: Features, weights: np.ndarray | None = None) -> dict[str, Any]:
         method = self.config.method
         pooled_orig = orig.pooled()
@@ -265,9 +283,9 @@ class CrossTuneClassifier:
         if orig.extra is not None and len(x) != len(orig):
             raise bad_value("generated", "no generated examples for sentence pairs (augmentation writes single texts)", f"{len(x) - len(orig)} examples")
         if method == "linear-probe":
-            return self._fit_probe(orig.probe_input() if len(x) == len(orig) else Features(x, mask).pooled(), y)
+            return self._fit_probe(orig.probe_input(self._similarity()) if len(x) == len(orig) else Features(x, mask).pooled(), y)
         if method == "probe-ensemble":
-            return self._fit_probe_ensemble(orig.probe_input(), y)
+            return self._fit_probe_ensemble(orig.probe_input(self._similarity()), y)
         from .head import fit_head
 
         labels = self._label_vectors() if method == "crosstune" else None
@@ -292,7 +310,7 @@ class CrossTuneClassifier:
             oof, models = np.zeros((n, k)), []
             for vi in self.fold_index_:
                 tr = np.setdiff1d(np.arange(n), vi)
-                mu, sd = z[tr].mean(0), z[tr].std(0) + 1e-6
+                mu, sd = self._standardise(z[tr])
                 m = LogisticRegression(C=c, max_iter=2000).fit((z[tr] - mu) / sd, y[tr])
                 oof[vi] = np.log(np.clip(m.predict_proba((z[vi] - mu) / sd), 1e-12, None))
                 models.append({"mu": mu, "sd": sd, "coef": m.coef_, "intercept": m.intercept_, "C": c})
@@ -310,7 +328,7 @@ class CrossTuneClassifier:
         temperature (for the log-loss) is fitted on the shots. The evidence is returned."""
         from sklearn.linear_model import LogisticRegression
 
-        z = orig.probe_input()
+        z = orig.probe_input(self._similarity())
         c, probe_oof, _ = self._probe_oof(z, y)
         zs = self._zero_shot_scores(orig) / 20.0  # cosines
         rows = np.arange(len(y))
@@ -323,11 +341,27 @@ class CrossTuneClassifier:
         crit = accs if self.config.select_by == "accuracy" else {k: -v for k, v in nlls.items()}
         best = max(SELECT_ORDER, key=lambda k: (crit[k], -SELECT_ORDER.index(k)))  # ties: the earlier one
         choice = best if crit[best] > crit["blend"] + self.config.select_margin else "blend"
-        mu, sd = z.mean(0), z.std(0) + 1e-6
+        extra: dict[str, Any] = {}
+        if self.config.select_rule == "stacked":
+            # one weight per candidate, fitted on the out-of-fold log-loss; ties keep the
+            # grid point nearest the plain head + probe blend (the margin rule's default)
+            stack = [cands["crosstune"], probe_oof, cands["zero-shot"]]
+
+            def loss(w: tuple[float, float, float]) -> tuple[float, float]:
+                s = _log_softmax(sum(wi * c for wi, c in zip(w, stack)))
+                return round(float(-s[rows, y].mean()), 9), abs(w[0] - 0.5) + abs(w[1] - 0.5) + w[2]
+
+            w = min(STACK_GRID, key=loss)
+            s = _log_softmax(sum(wi * c for wi, c in zip(w, stack)))
+            self.stack_weights_, self.zero_shot_scale_ = [float(v) for v in w], float(temp)
+            choice = "stacked"
+            accs["stacked"], nlls["stacked"] = float((s.argmax(1) == y).mean()), float(-s[rows, y].mean())
+            extra = {"weights": dict(zip(("crosstune", "linear-probe", "zero-shot"), self.stack_weights_))}
+        mu, sd = self._standardise(z)
         m = LogisticRegression(C=c, max_iter=2000).fit((z - mu) / sd, y)
         self.probe_ = {"mu": mu, "sd": sd, "coef": m.coef_, "intercept": m.intercept_, "C": c}
-        return choice, {"choice": choice, "by": self.config.select_by, "margin": self.config.select_margin, "oof_acc": accs,
-                        "oof_loss": nlls, "probe_C": c, "zero_shot_scale": temp, "n": int(len(y))}
+        return choice, {"choice": choice, "by": self.config.select_by, "margin": self.config.select_margin, "rule": self.config.select_rule,
+                        "oof_acc": accs, "oof_loss": nlls, "probe_C": c, "zero_shot_scale": temp, "n": int(len(y)), **extra}
 
     def _fit_probe_ensemble(self, z: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """The ablation without attention: one linear probe per fold (trained on the other
@@ -342,7 +376,7 @@ class CrossTuneClassifier:
         from sklearn.linear_model import LogisticRegression
 
         t0 = time.perf_counter()
-        mu, sd = pooled.mean(0), pooled.std(0) + 1e-6
+        mu, sd = self._standardise(pooled)
         z = (pooled - mu) / sd
         val = self.val_index_
         best_c = self.config.probe_cs[len(self.config.probe_cs) // 2]
@@ -383,9 +417,8 @@ class CrossTuneClassifier:
         b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         return 20.0 * a @ b.T
 
-    @staticmethod
-    def _probe_scores(p: dict[str, Any], feats: Features) -> np.ndarray:
-        z = (feats.probe_input() - p["mu"]) / p["sd"]
+    def _probe_scores(self, p: dict[str, Any], feats: Features) -> np.ndarray:
+        z = (feats.probe_input(self._similarity()) - p["mu"]) / p["sd"]
         s = z @ np.asarray(p["coef"]).T + p["intercept"]
         if s.shape[1] == 1:  # binary logistic regression
             s = np.concatenate([np.zeros_like(s), s], 1)
@@ -393,10 +426,12 @@ class CrossTuneClassifier:
 
     def candidate_scores(self, texts: Sequence[str], choice: str) -> np.ndarray:
         """``(n, C)`` scores of one candidate of the selection (``crosstune``, ``blend``,
-        ``linear-probe``, ``zero-shot``), whichever was chosen; for ablations and reports."""
+        ``linear-probe``, ``zero-shot``; ``stacked`` with select_rule stacked), whichever was
+        chosen; for ablations and reports."""
         self._check_fitted()
-        if choice not in SELECT_ORDER or getattr(self, "choice_", None) is None:
-            raise bad_value("choice", f"one of {', '.join(SELECT_ORDER)} on a model fitted with select=true", choice)
+        valid = SELECT_ORDER + (("stacked",) if getattr(self, "stack_weights_", None) is not None else ())
+        if choice not in valid or getattr(self, "choice_", None) is None:
+            raise bad_value("choice", f"one of {', '.join(valid)} on a model fitted with select=true", choice)
         return self._scores(self.features(list(texts)), choice)
 
     def _scores(self, feats: Features, choice: str | None = None) -> np.ndarray:
@@ -407,6 +442,11 @@ class CrossTuneClassifier:
                 return self._zero_shot_scores(feats)
             if choice == "linear-probe":
                 return self._probe_scores(self.probe_, feats)
+            if choice == "stacked":
+                w = self.stack_weights_
+                zs = self.zero_shot_scale_ / 20.0 * self._zero_shot_scores(feats)
+                return (w[0] * _log_softmax(self._head_scores(feats)) + w[1] * _log_softmax(self._probe_scores(self.probe_, feats))
+                        + w[2] * _log_softmax(zs))
             return 0.5 * (_log_softmax(self._head_scores(feats)) + _log_softmax(self._probe_scores(self.probe_, feats)))
         if method == "probe-ensemble":
             return np.mean([_log_softmax(self._probe_scores(p, feats)) for p in self.probes_], 0)
@@ -488,6 +528,8 @@ class CrossTuneClassifier:
             "choice": getattr(self, "choice_", None),
             "pairs": getattr(self, "pairs_", False),
         }
+        if getattr(self, "stack_weights_", None) is not None:
+            meta.update(stack_weights=self.stack_weights_, zero_shot_scale=self.zero_shot_scale_)
         save_tensors(d / MODEL_FILE, arrays, meta)
         atomic_write_json(d / MODEL_JSON, meta)
         return d
@@ -499,7 +541,8 @@ class CrossTuneClassifier:
         if not (d / MODEL_FILE).is_file():
             raise RunError(f"run directory: expected a fitted CrossTune model ({MODEL_FILE}) in {d}, found none")
         arrays, meta = load_tensors(d / MODEL_FILE)
-        config = CrossTuneConfig.from_json(meta["config"])
+        # a model saved before an option existed was fitted as that option's legacy value says
+        config = CrossTuneConfig.from_json({**LEGACY, **meta["config"]})
         if features is None:
             spec = meta["features"].get("spec")
             if not spec:
@@ -511,6 +554,8 @@ class CrossTuneClassifier:
         self.center_ = arrays["center"]
         self.label_vectors_ = arrays.get("label_vectors")
         self.choice_, self.pairs_ = meta.get("choice"), bool(meta.get("pairs", False))
+        if meta.get("stack_weights") is not None:
+            self.stack_weights_, self.zero_shot_scale_ = list(meta["stack_weights"]), float(meta["zero_shot_scale"])
         if "probe.mu" in arrays:
             self.probe_ = {k: arrays[f"probe.{k}"] for k in ("mu", "sd", "coef", "intercept")}
         if config.method == "probe-ensemble":

@@ -29,22 +29,30 @@ class Features:
 
     Vector features are the case ``T == 1``. Sentence pairs carry ``extra (n, 2d)``: the
     comparison of the two segments' mean states (``|a - b|`` and ``a * b``), which the linear
-    probe appends to the pooled input (the head sees the same two rows as extra tokens).
+    probe appends to the pooled input (the head sees the same two rows as extra tokens), and
+    ``sim (n,)``: the cosine of the two mean states, the classic similarity of a pair.
     """
 
     x: np.ndarray
     mask: np.ndarray
     extra: np.ndarray | None = None
+    sim: np.ndarray | None = None
 
     def pooled(self) -> np.ndarray:
         """Masked mean over tokens, ``(n, d)`` float64."""
         m = self.mask[..., None].astype(np.float64)
         return (self.x.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1.0)
 
-    def probe_input(self) -> np.ndarray:
-        """The pooled input, with the pair comparison appended for sentence pairs."""
+    def probe_input(self, similarity: bool = False) -> np.ndarray:
+        """The pooled input, with the pair comparison appended for sentence pairs (and, with
+        ``similarity``, the pair's cosine as the last column)."""
         p = self.pooled()
-        return p if self.extra is None else np.concatenate([p, self.extra.astype(np.float64)], 1)
+        if self.extra is None:
+            return p
+        cols = [p, self.extra.astype(np.float64)]
+        if similarity:
+            cols.append(self.sim.astype(np.float64)[:, None])
+        return np.concatenate(cols, 1)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -59,9 +67,15 @@ def pair_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([np.abs(ma - mb), prod / scale]).astype(np.float32)
 
 
-def stack(arrays: Sequence[np.ndarray], extra: Sequence[np.ndarray | None] | None = None) -> Features:
+def segment_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the mean states of segments ``a (t_a, d)`` and ``b (t_b, d)``."""
+    ma, mb = a.mean(0).astype(np.float64), b.mean(0).astype(np.float64)
+    return float(ma @ mb / max(np.linalg.norm(ma) * np.linalg.norm(mb), 1e-12))
+
+
+def stack(arrays: Sequence[np.ndarray], extra: Sequence[np.ndarray | None] | None = None, sim: Sequence[float | None] | None = None) -> Features:
     """Pad ``(t_i, d)`` arrays to one ``(n, T, d)`` batch with a mask (``extra``: one pair
-    comparison per row, or None for a single text)."""
+    comparison per row, or None for a single text; ``sim``: the pair's cosine, or None)."""
     if not arrays:
         raise bad_value("texts", "at least one text", "none")
     d = arrays[0].shape[1]
@@ -74,7 +88,10 @@ def stack(arrays: Sequence[np.ndarray], extra: Sequence[np.ndarray | None] | Non
     ext = None
     if extra is not None and any(e is not None for e in extra):
         ext = np.stack([np.zeros(2 * d, dtype=np.float32) if e is None else e.reshape(-1) for e in extra])
-    return Features(x, mask, ext)
+    cos = None
+    if sim is not None and any(v is not None for v in sim):
+        cos = np.array([0.0 if v is None else v for v in sim], dtype=np.float64)
+    return Features(x, mask, ext, cos)
 
 
 class Featurizer:
@@ -190,7 +207,8 @@ class Featurizer:
 
         arrays = self.arrays(texts, progress)
         extra = [a[-2:] if PAIR_SEP in t else None for t, a in zip(texts, arrays)]
-        return stack(arrays, extra)
+        sim = [segment_cosine(*(self._memory[p] for p in t.split(PAIR_SEP))) if PAIR_SEP in t else None for t in texts]
+        return stack(arrays, extra, sim)
 
     def close(self) -> None:
         """Close the client (and the provider it wraps)."""
