@@ -173,7 +173,7 @@ def render_section(name: str, results: dict[str, Any]) -> str:
     v1 = all((t, "crosstune-v1") in by for t in tasks)
     v1_cols = " | linear probe v1 | CrossTune v1" if v1 else ""
     lines = [f"| task (classes, test texts; source) | seeds | zero-shot | linear probe{v1_cols} | **CrossTune** (default) | chosen on the shots "
-             "(of the seeds) | CrossTune − best baseline (paired) |" + (" CrossTune − v1 (paired) |" if v1 else ""), "|" + "---|" * (9 if v1 else 7)]
+             "(of the seeds) | CrossTune − best baseline (paired) |" + (" CrossTune − v1 (paired) |" if v1 else ""), "|" + "---|" * (10 if v1 else 7)]
     gains, worst, vs_v1 = [], [], []
     for t in tasks:
         ct = by[(t, "crosstune")]
@@ -197,7 +197,7 @@ def render_section(name: str, results: dict[str, Any]) -> str:
            "",
            "Accuracy (%) on a fixed test split per task, mean ± std over the seeds given per row (seeds 0, 1, ...; each seed "
            "draws its own few-shot set, and every arm of a seed sees the same shots and the same cached features). *Best "
-           "baseline* is whichever of zero-shot and the linear probe has the higher mean on that task (picked on the test "
+           f"baseline* is whichever of zero-shot and the linear probe{' (either version)' if v1 else ''} has the higher mean on that task (picked on the test "
            "split, which flatters the baselines); paired differences are mean ± standard error over the seeds, with wins and "
            "losses. The default predicts with the blend of the head ensemble and the probe unless the head, the probe or "
            "zero-shot beats the blend's out-of-fold accuracy on the shots by more than 5 points."
