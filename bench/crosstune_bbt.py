@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "bbt": test_acc["bbt"], "prompt_zero": test_acc["prompt-zero"], "crosstune": test_acc["crosstune"],
                    "linear_probe": test_acc["linear-probe"], "bbt_train_queries": train_q, "generations": len(trace),
                    "batch": batch, "loss_trace": trace, "crosstune_fit_queries": len(s) + len(classes),
+                   # which CrossTune default this row's CrossTune and probe are (0: the first version's, no pair cosine)
+                   "pair_similarity": CrossTuneConfig().pair_similarity,
                    "bbt_train_seconds": round(train_s, 1)}
             keep(rec, out, log)
     return out
@@ -197,8 +199,21 @@ def render_section(name: str, results: dict[str, Any]) -> str:
         f"at CrossTune's budget BBT finishes at most one generation from its untuned prompt (CrossTune − untuned prompt: "
         f"{m(diff0):+.1f} points). BBT-style predicted exactly as accurately as its untuned prompt on {same} of {len(rows)} task-seeds.",
         "",
+        *_versions(rows),
         *footer(results),
     ])
+
+
+def _versions(rows: list[dict[str, Any]]) -> list[str]:
+    """A line naming the rows whose CrossTune and probe are the first version's (before the
+    pair cosine), when the table mixes versions; rows without the field predate it."""
+    old = sorted({(r["task"], r["seed"]) for r in rows if r.get("pair_similarity", 0.0) == 0.0})
+    if not old or len(old) == len(rows):
+        return []
+    pairs = sorted({f"{t} seed {s}" for t, s in old if "pair" in t})
+    return ["", f"{len(old)} of {len(rows)} task-seeds (seed {', '.join(str(s) for s in sorted({s for _, s in old}))}) were measured before "
+            "the pair cosine (`pair_similarity`) became the default: their CrossTune and probe columns are the first version's, "
+            "identical on single texts; it matters only for " + (", ".join(pairs) if pairs else "none") + "."]
 
 
 def main() -> None:
