@@ -290,3 +290,31 @@ def test_token_level_embeddings_are_mean_pooled():
 
     resp = {"data": [{"index": 1, "embedding": [[1.0, 2.0], [3.0, 4.0]]}, {"index": 0, "embedding": [0.5, 0.5]}]}
     np.testing.assert_array_equal(op.parse_embeddings(resp, 2), [[0.5, 0.5], [2.0, 3.0]])
+
+
+# --- the development protocol's decision rule (bench/crosstune_dev.py) ---------------------------
+def test_dev_decision_rule():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import crosstune_dev
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+    def rows(acc: dict[str, tuple[float, float]]) -> list[dict]:
+        return [{"task": t, "arm": a, "acc_mean": v[i], "seeds": 5} for a, v in acc.items() for i, t in enumerate(("x", "y"))]
+
+    base = {"crosstune-v1": (0.60, 0.50), "stacked": (0.60, 0.50), "crosstune-v1:blend": (0.60, 0.50)}
+    # A lifts the mean by 1.0 with no task down: it ships; then stacked (+1.0 over A) beats always-blend (+0.5, one task -1.5)
+    d = crosstune_dev.decide(rows({**base, "pair-similarity": (0.60, 0.52), "pair-similarity:blend": (0.64, 0.495),
+                                   "stacked-pair-similarity": (0.62, 0.52)}))
+    assert d["pair_similarity"]["ships"] and d["rules"]["always blend"]["passes"] is False and d["rule"] == "stacked"
+    assert d["arm"] == "stacked-pair-similarity"
+    # A lifts the mean but drops one task by 2 points: it does not ship, and nothing beats the margin rule
+    d = crosstune_dev.decide(rows({**base, "pair-similarity": (0.58, 0.56), "pair-similarity:blend": (0.6, 0.5),
+                                   "stacked-pair-similarity": (0.6, 0.5)}))
+    assert not d["pair_similarity"]["ships"] and d["rule"] == "margin" and d["arm"] == "crosstune-v1"
+    res = {"rows": rows({**base, "pair-similarity": (0.6, 0.5), "pair-similarity:blend": (0.6, 0.5), "stacked-pair-similarity": (0.6, 0.5)}),
+           "info": {"seeds": "100-104", "command": "c", "date": "d", "machine": "m"}}
+    res["decision"] = crosstune_dev.decide(res["rows"])
+    out = crosstune_dev.render_section("crosstune_dev", res)
+    assert "Chosen: **margin**" in out and out == crosstune_dev.render_section("crosstune_dev", res)
