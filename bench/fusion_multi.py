@@ -65,13 +65,15 @@ def run_arm(arm: str, m: dict[str, Any], prompts: list[str], max_tokens: int = M
     from blackbox.types import GenerateRequest
 
     t0 = time.perf_counter()
-    if arm in ("base", "expert capital", "expert region"):
-        p = m["base" if arm == "base" else arm.split()[1]]
+    if arm in ("base", "large", "small", "expert capital", "expert region"):
+        p = m[arm.split()[-1]]
         res = p.generate(GenerateRequest(prompts=tuple(prompts), max_tokens=max_tokens, stop=stop))
         return {"texts": list(res.texts), "seconds": time.perf_counter() - t0, "weights": None}
     experts = [m["capital"], m["region"]] if arm.endswith("both") else [m[arm.split()[1]]]
     mode = "dynamic" if arm.startswith("dynamic") else "proxy"
-    fusion = LogitFusion(m["base"], m["base"], experts, FusionConfig(mode=mode, max_tokens=max_tokens, stop=stop, batch_size=16))
+    # m holds "base" (large = small, this script) or "large" and "small" (bench/fusion_qwen_multi.py)
+    large, small = (m["large"], m["small"]) if "large" in m else (m["base"], m["base"])
+    fusion = LogitFusion(large, small, experts, FusionConfig(mode=mode, max_tokens=max_tokens, stop=stop, batch_size=16))
     out = fusion.generate(prompts)
     return {"texts": out.texts, "seconds": time.perf_counter() - t0, "weights": out.weights, "n_tokens": out.n_tokens,
             "token_texts": [[fusion.tokenizer.decode([t]) for t in toks] for toks in out.tokens]}

@@ -134,15 +134,16 @@ def correct(row: dict[str, Any], text: str) -> bool:
 
 
 def train(skill: str, steps: int, threads: int, cache: Path = CACHE, lr: float = 3e-3, batch: int = 8, top_layers: int = 4,
-          preserve: int = 0) -> Path:
-    """LoRA-tune SmolLM2 on one skill (plus the off-task KL term); save the merged expert."""
+          preserve: int = 0, base: Path | None = None, out: Path | None = None) -> Path:
+    """LoRA-tune SmolLM2 (or the model directory ``base``) on one skill (plus the off-task KL term); save the merged expert
+    (to ``out``, default the cache's expert directory)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
-    base = base_dir(cache)
+    base = base or base_dir(cache)
     tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
     n = model.config.num_hidden_layers
@@ -201,7 +202,7 @@ def train(skill: str, steps: int, threads: int, cache: Path = CACHE, lr: float =
         opt.zero_grad()
         print(json.dumps({"skill": skill, "step": step + 1, "loss": round(float(loss), 4), "kl": round(float(kl), 4), "s": round(time.time() - t0, 1)}), flush=True)
     merged = model.merge_and_unload().eval()
-    out = expert_dir(skill, cache)
+    out = out or expert_dir(skill, cache)
     tmp = out.with_name(out.name + ".part")
     save_plain(merged, tok, tmp)
     (tmp / "train_info.json").write_text(json.dumps({"skill": skill, "steps": steps, "lr": lr, "batch": batch, "lora_layers": top_layers,

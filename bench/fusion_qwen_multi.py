@@ -1,0 +1,434 @@
+"""Logit fusion with two experts (T = 2) on the Qwen2.5-Coder pair: 1.5B large, 0.5B small base.
+
+Issue 21 item 1 on the real pair (bench/fusion_multi.py runs the same design on a SmolLM2
+substitute). Models: Qwen2.5-Coder-1.5B-Instruct as the large model and
+Qwen2.5-Coder-0.5B-Instruct as the small base (the GGUF of bench/fusion_assets.py, converted
+once to fp32 safetensors), and two experts LoRA-tuned from the 0.5B by bench/fusion_smol.py's
+trainer, data and recipe (``capital`` → `` [[X]]``, ``region`` → `` {{X}}``), merged and kept on
+disk in the Qwen cache. Prompt sets, scoring, stop strings and token limit are
+bench/fusion_smol.py's / bench/fusion_multi.py's, fixed before any result: the reported set
+is 20 capital, 20 region and 10 general prompts. Each expert's accuracy on the development
+set is recorded with its training.
+
+Arms (greedy): the large model alone, the small base alone, each expert alone,
+proxy-tuning (α = 1) with each expert and with both, and dynamic fusion with both (the
+shipped defaults; nothing chosen on this set). Paired per-prompt differences and the speed
+comparison (proxy vs dynamic, both experts, 16 prompts × 12 tokens, rotating order) are
+bench/fusion_multi.py's functions.
+
+The run is long on 2 CPU cores: every finished arm is written to
+bench/results/fusion_qwen_multi.json at once, and a re-run skips the arms already there (same
+prompts). Models are loaded when an arm first needs them: at most the four of the fused arms
+(about 12 GB in fp32).
+
+    pip install -e ".[bench-large]"                     # the 1.5B GGUF parts
+    python bench/fusion_qwen_multi.py [--threads 2] [--steps 12] [--repeats 3]
+    python bench/fusion_qwen_multi.py --render [--write-docs]
+"""
+
+from __future__ import annotations
+
+import _common  # noqa: F401  (first: pins BLAS threads)
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import fmt, loadavg, machine, machine_line, publish_results, results_path, save_results, stamp
+from fusion_assets import DEFAULT_CACHE, hf_dir
+from fusion_general import fold
+from fusion_multi import MAX_TOKENS, SKILL_ORDER, paired, run_arm, timing
+from fusion_smol import SKILLS, STOPS, correct, prompt_sets, train
+
+STEM = "fusion_qwen_multi"
+SECTIONS = {STEM: "docs/benchmarks.md"}
+ARMS = ("large", "small", "expert capital", "expert region", "proxy capital", "proxy region", "proxy both", "dynamic both")
+TITLES = {
+    "large": "1.5B large alone", "small": "0.5B small base alone", "expert capital": "expert `capital` alone (0.5B + LoRA)",
+    "expert region": "expert `region` alone (0.5B + LoRA)", "proxy capital": "proxy-tuning, `capital` (α=1)",
+    "proxy region": "proxy-tuning, `region` (α=1)", "proxy both": "proxy-tuning, both (α=1 each)", "dynamic both": "dynamic fusion, both",
+}
+MODELS = {"large": "Qwen2.5-Coder-1.5B-Instruct", "small": "Qwen2.5-Coder-0.5B-Instruct"}
+PAIRS = (("dynamic both", "proxy both"), ("dynamic both", "proxy capital"), ("dynamic both", "proxy region"),
+         ("proxy both", "proxy capital"), ("proxy both", "proxy region"), ("proxy both", "large"), ("dynamic both", "large"))
+
+
+def expert_path(skill: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """The merged 0.5B expert of ``skill`` (fp32 safetensors directory)."""
+    return cache / f"multi-expert-{skill}"
+
+
+def needs(arm: str) -> set[str]:
+    """Models an arm reads (keys of the model dict)."""
+    if arm in ("large", "small"):
+        return {arm}
+    if arm.startswith("expert "):
+        return {arm.split()[1]}
+    experts = set(SKILLS) if arm.endswith("both") else {arm.split()[1]}
+    return {"large", "small", *experts}
+
+
+def load(name: str, m: dict[str, Any]) -> None:
+    """Load model ``name`` ("large", "small" or a skill) into ``m`` (hf-causal, fp32, batches of 16)."""
+    load_dir(name, hf_dir(name) if name in MODELS else expert_path(name), m)
+
+
+def load_dir(name: str, path: Path, m: dict[str, Any]) -> None:
+    """Load the model directory ``path`` into ``m[name]``."""
+    from blackbox.provider import load_provider
+
+    t0 = time.perf_counter()
+    m[name] = load_provider(f"hf-causal:{path}?max_batch=16")
+    print(json.dumps({"loaded": name, "s": round(time.perf_counter() - t0, 1), "load": loadavg()}), flush=True)
+
+
+SWEEP = DEFAULT_CACHE / "multi_expert_sweep.json"
+# The training recipe is chosen on the development set only, by a rule fixed before the
+# sweep ran: the (steps, lr) whose two experts answer the most development prompts of their
+# own skill (10 each); a tie goes to more general development answers kept, then fewer steps.
+# (12, 3e-3) is bench/fusion_smol.py's recipe for SmolLM2.
+SWEEP_GRID = ((12, 3e-3), (40, 1e-3), (40, 3e-3))
+
+
+def sweep_dir(steps: int, lr: float, skill: str) -> Path:
+    return DEFAULT_CACHE / f"sweep-{steps}-{lr:g}-{skill}"
+
+
+def sweep(threads: int, batch: int) -> dict[str, Any]:
+    """Train both experts for every recipe of ``SWEEP_GRID``, score them on the development set
+    and keep the chosen recipe's experts as the benchmark's (the others are deleted)."""
+    import shutil
+
+    rows = prompt_sets()["dev"]
+    done = json.loads(SWEEP.read_text()) if SWEEP.is_file() else {"batch": batch, "threads": threads, "runs": [],
+                                                                  "rule": "most own-skill development answers (both experts), then general, then fewer steps"}
+    for steps, lr in SWEEP_GRID:
+        if any(r["steps"] == steps and r["lr"] == lr for r in done["runs"]):
+            continue
+        run: dict[str, Any] = {"steps": steps, "lr": lr, "experts": {}}
+        for skill in SKILLS:
+            out = sweep_dir(steps, lr, skill)
+            train(skill, steps, threads, lr=lr, batch=batch, base=hf_dir("small"), out=out)
+            m: dict[str, Any] = {}
+            load_dir(skill, out, m)
+            res = run_arm(f"expert {skill}", m, [r["prompt"] for r in rows])
+            sc = score(rows, res["texts"])
+            run["experts"][skill] = {"by_skill": sc["by_skill"], "outputs": sc["outputs"], "train": json.loads((out / "train_info.json").read_text())}
+            del m
+            gc.collect()
+        run["own"] = sum(run["experts"][s]["by_skill"][s][0] for s in SKILLS)
+        run["general"] = sum(run["experts"][s]["by_skill"]["general"][0] for s in SKILLS)
+        print(json.dumps({k: v for k, v in run.items() if k != "experts"} | {"by_skill": {s: e["by_skill"] for s, e in run["experts"].items()}}), flush=True)
+        done["runs"].append(run)
+        SWEEP.write_text(json.dumps(done))
+    best = max(done["runs"], key=lambda r: (r["own"], r["general"], -r["steps"]))
+    done["chosen"] = {"steps": best["steps"], "lr": best["lr"]}
+    for r in done["runs"]:
+        for skill in SKILLS:
+            d = sweep_dir(r["steps"], r["lr"], skill)
+            if r is best and d.is_dir():
+                if expert_path(skill).exists():
+                    shutil.rmtree(expert_path(skill))
+                d.replace(expert_path(skill))
+            elif d.is_dir():
+                shutil.rmtree(d)
+    SWEEP.write_text(json.dumps(done))
+    return done
+
+
+def train_experts(steps: int, threads: int, batch: int, lr: float) -> None:
+    """Train each missing expert with bench/fusion_smol.py's trainer from the 0.5B."""
+    for skill in SKILLS:
+        if not (expert_path(skill) / "train_info.json").is_file():
+            train(skill, steps, threads, lr=lr, batch=batch, base=hf_dir("small"), out=expert_path(skill))
+            gc.collect()
+
+
+def score(rows: list[dict[str, Any]], texts: list[str]) -> dict[str, Any]:
+    """Per-prompt correctness, accuracy and counts by skill of one arm's outputs."""
+    ok = [correct(r, t) for r, t in zip(rows, texts)]
+    return {"correct": ok, "accuracy": sum(ok) / len(ok), "outputs": texts,
+            "by_skill": {s: [sum(o for o, r in zip(ok, rows) if r["skill"] == s), sum(r["skill"] == s for r in rows)] for s in SKILL_ORDER}}
+
+
+def expert_dev(skill: str, m: dict[str, Any]) -> dict[str, Any]:
+    """Train info and the expert's greedy accuracy on the development set (all 30 prompts)."""
+    rows = prompt_sets()["dev"]
+    out = run_arm(f"expert {skill}", m, [r["prompt"] for r in rows])
+    info = json.loads((expert_path(skill) / "train_info.json").read_text())
+    return {"train": info, "dev": {**score(rows, out["texts"]), "seconds": round(out["seconds"], 1)}}
+
+
+def fresh(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """An empty results record for this prompt set (no arm measured yet)."""
+    info = machine()
+    return {**stamp(info), "set": "eval", "n": len(rows), "skills": [r["skill"] for r in rows], "prompts": [r["prompt"] for r in rows],
+            "answers": [r["answer"] for r in rows], "max_tokens": MAX_TOKENS, "stops": list(STOPS), "threads": args.threads,
+            "models": MODELS, "experts": {}, "arms": {}, "paired": {}, "timing": None, "traces": {}, "complete": False, "resumed": []}
+
+
+def checkpoint(res: dict[str, Any]) -> None:
+    res["machine"]["loadavg_at_end"] = loadavg()
+    save_results(STEM, res, SECTIONS)
+
+
+def dynamic_extras(res: dict[str, Any], rows: list[dict[str, Any]], out: dict[str, Any]) -> None:
+    """Dynamic fusion's active expert per step, and the weight trace of each skill's first prompt."""
+    share = {"capital": 0, "region": 0, "none": 0}
+    for ws in out["weights"]:
+        for w in ws:
+            share["capital" if w[0] > 0 else "region" if w[1] > 0 else "none"] += 1
+    res["arms"]["dynamic both"]["active_steps"] = share
+    for skill in ("capital", "region"):
+        i = next(j for j, r in enumerate(rows) if r["skill"] == skill)
+        res["traces"][skill] = {"prompt": rows[i]["prompt"], "tokens": out["token_texts"][i], "weights": [[round(x, 3) for x in w] for w in out["weights"][i]]}
+
+
+def measure(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = prompt_sets()["eval"]
+    res = fresh(rows, args)
+    path = results_path(STEM)
+    if path.is_file() and not args.restart:
+        old = json.loads(path.read_text())
+        if old.get("prompts") == res["prompts"] and old.get("max_tokens") == MAX_TOKENS:
+            res = old
+            res["resumed"].append({"date": stamp()["date"], "load": loadavg(), "arms_done": list(old["arms"])})
+    if SWEEP.is_file():
+        res["expert_sweep"] = json.loads(SWEEP.read_text())
+    train_experts(args.steps, args.train_threads, args.batch, args.lr)
+    m: dict[str, Any] = {}
+    for skill in SKILLS:
+        if skill not in res["experts"]:
+            load(skill, m)
+            res["experts"][skill] = expert_dev(skill, m)
+            print(json.dumps({"expert": skill, "dev_by_skill": res["experts"][skill]["dev"]["by_skill"], "load": loadavg()}), flush=True)
+            checkpoint(res)
+    prompts = [r["prompt"] for r in rows]
+    for arm in ARMS:
+        if arm in res["arms"]:
+            continue
+        for name in sorted(needs(arm) - set(m)):
+            load(name, m)
+        out = run_arm(arm, m, prompts)
+        res["arms"][arm] = {**score(rows, out["texts"]), "seconds": round(out["seconds"], 2), "load": loadavg()}
+        if arm == "dynamic both":
+            dynamic_extras(res, rows, out)
+        print(json.dumps({"arm": arm, "accuracy": res["arms"][arm]["accuracy"], "by_skill": res["arms"][arm]["by_skill"], "s": res["arms"][arm]["seconds"],
+                          "load": loadavg()}), flush=True)
+        checkpoint(res)
+    res["paired"] = {f"{a} vs {b}": paired(res["arms"][a]["correct"], res["arms"][b]["correct"]) for a, b in PAIRS}
+    checkpoint(res)
+    if res["timing"] is None and args.repeats > 0:
+        for name in sorted(needs("proxy both") - set(m)):
+            load(name, m)
+        res["timing"] = {**timing(m, prompts[:16], args.repeats), "load": loadavg()}
+        print(json.dumps({"timing": res["timing"]}), flush=True)
+    res["complete"] = res["timing"] is not None
+    checkpoint(res)
+
+
+# --- the large model behind llama.cpp's server (issue 21 item 3 with a genuinely different small base) ---
+# Fixed before any API result: the first 10 capital, 10 region and 5 general prompts of the
+# reported set; proxy-tuning with both experts (α = 1) and the default tail, as
+# bench/fusion_api.py runs it on the SmolLM2 substitute; k = 5, 10, 20.
+API_SUBSET = {"capital": 10, "region": 10, "general": 5}
+API_ALIAS = "qwen15"
+
+
+def api_rows(rows: list[dict[str, Any]]) -> list[int]:
+    """Indices of the API subset in the reported set (the first of each skill, in order)."""
+    left = dict(API_SUBSET)
+    out = []
+    for i, r in enumerate(rows):
+        if left.get(r["skill"], 0) > 0:
+            left[r["skill"]] -= 1
+            out.append(i)
+    return out
+
+
+def measure_api(args: argparse.Namespace) -> None:
+    """Exact fusion (1.5B local) vs top-k fusion with the 1.5B GGUF behind llama.cpp's server."""
+    import torch
+
+    from blackbox.client import Client
+    from blackbox.methods.fusion.decode import LogitFusion
+    from blackbox.provider import load_provider
+    from fusion_api import _config, forced_rows, teacher_forced  # puts tests/providers on the path
+    from fusion_assets import assemble
+
+    import llama_server
+
+    torch.set_num_threads(args.threads)
+    res = json.loads(results_path(STEM).read_text())
+    rows_all = prompt_sets()["eval"]
+    idx = api_rows(rows_all)
+    rows = [rows_all[i] for i in idx]
+    prompts = [r["prompt"] for r in rows]
+    api = res.get("api") or {"index": idx, "ks": args.ks, "date": stamp()["date"], "load_at_start": loadavg(), "mode": "proxy, both experts, alpha=1", "per_k": {}}
+    m: dict[str, Any] = {}
+    for name in ("large", "small", *SKILLS):
+        load(name, m)
+    experts = [m[s] for s in SKILLS]
+    t0 = time.perf_counter()
+    exact = LogitFusion(m["large"], m["small"], experts, _config()).generate(prompts)
+    ok_exact = [correct(r, t) for r, t in zip(rows, exact.texts)]
+    api["exact"] = {"correct": ok_exact, "outputs": exact.texts, "tokens": exact.n_tokens, "seconds": round(time.perf_counter() - t0, 2)}
+    forced = forced_rows(LogitFusion(m["large"], m["small"], experts, _config(large_top_k=20)), prompts, exact.tokens)
+    del m["large"], experts
+    gc.collect()  # the 1.5B in fp32 leaves before the server's copy comes in
+    experts = [m[s] for s in SKILLS]
+    gguf = assemble("large")
+    with llama_server.serve(n_threads=args.threads, extra=("--model", str(gguf), "--model_alias", API_ALIAS, "--verbose", "false")) as srv:
+        flags = dict(zip(srv.argv[3::2], srv.argv[4::2]))  # a repeated flag: the server's argparse keeps the last value
+        api["server"] = "-m llama_cpp.server " + " ".join(f"{f} {Path(v).name if v.endswith('.gguf') else v}" for f, v in flags.items())
+        prov = Client(load_provider(f"openai:{API_ALIAS}?base_url={srv.base_url}&completions=1&timeout=600"))
+        for k in args.ks:
+            fusion = LogitFusion(prov, m["small"], experts, _config(large_top_k=k))
+            before = srv.count("POST /v1/")
+            t0 = time.perf_counter()
+            got = fusion.generate(prompts)
+            secs = time.perf_counter() - t0
+            requests = srv.count("POST /v1/") - before
+            ok = [correct(r, t) for r, t in zip(rows, got.texts)]
+            agree = teacher_forced(fusion, prompts, exact.tokens, forced, prov)
+            api["per_k"][str(k)] = {"correct": ok, "outputs": got.texts, "same_output": sum(a == b for a, b in zip(got.texts, exact.texts)),
+                                    "token_agreement": list(agree), "seconds": round(secs, 2), "requests": requests, "tokens": got.n_tokens,
+                                    "paired_vs_exact": paired(ok, ok_exact), "load": loadavg()}
+            print(json.dumps({"k": k, "accuracy": sum(ok), "exact": sum(ok_exact), "agree": agree, "s": round(secs, 1), "requests": requests}), flush=True)
+            res["api"] = api
+            checkpoint(res)
+
+
+# --- rendering (pure: everything from the results file) ---------------------------------
+def render_section(name: str, r: dict[str, Any]) -> str:
+    """The docs section; a run still in progress renders the arms it has finished."""
+    n = r["n"]
+    counts = {s: r["skills"].count(s) for s in SKILL_ORDER}
+    ex = r["experts"]
+    lines = [
+        f"## Logit fusion with two experts (T = 2) on the Qwen2.5-Coder pair (1.5B large, 0.5B small), {r['set']} set of {n} prompts",
+        "",
+        f"Command `{r['command']}`, {r['date']}; {machine_line(r['machine'])}; {r['threads']} torch thread(s), `nice -n 5`. "
+        f"Large {r['models']['large']}, small base {r['models']['small']} (GGUF of bench/fusion_assets.py in fp32). "
+        "Experts: the 0.5B LoRA-tuned by bench/fusion_smol.py's trainer on `capital` → ` [[X]]` and `region` → ` {{X}}` "
+        "(80 training countries each, never the other skill; merged). "
+        f"Prompts fixed in bench/fusion_smol.py before any result: {counts['capital']} capital, {counts['region']} region "
+        f"(held-out countries), {counts['general']} general questions. Greedy, at most {r['max_tokens']} tokens, stops `]]`, `}}}}`, newline. "
+        "Dynamic fusion runs the shipped defaults (nothing chosen on this set).",
+    ]
+    sw = r.get("expert_sweep")
+    if sw:
+        lines += ["", f"Training recipe (bench/fusion_smol.py's trainer, {sw['batch']} rows per step, LoRA on the top 4 blocks) chosen on the "
+                  f"development set by a rule fixed before the sweep: {sw['rule']}. Development answers of each expert (10 prompts per skill):", "",
+                  "| steps | lr | `capital` expert: capital | `region` expert: region | general kept (both experts, of 20) | chosen |", "|---|---|---|---|---|---|"]
+        for run in sw["runs"]:
+            e = run["experts"]
+            pick = "**yes**" if sw.get("chosen") == {"steps": run["steps"], "lr": run["lr"]} else ""
+            lines.append(f"| {run['steps']} | {run['lr']:g} | {e['capital']['by_skill']['capital'][0]}/10 | {e['region']['by_skill']['region'][0]}/10 | "
+                         f"{run['general']} | {pick} |")
+    if ex:
+        lines += ["", "| expert | steps × rows | lr | LoRA blocks | training (s) | development set: own skill | other skill | general |", "|---|---|---|---|---|---|---|---|"]
+        for skill, e in ex.items():
+            t, d = e["train"], e["dev"]["by_skill"]
+            other = "region" if skill == "capital" else "capital"
+            lines.append(f"| `{skill}` | {t['steps']} × {t['batch']} | {t['lr']:g} | top {t['lora_layers']} | {t['seconds']:.0f} | "
+                         f"{d[skill][0]}/{d[skill][1]} | {d[other][0]}/{d[other][1]} | {d['general'][0]}/{d['general'][1]} |")
+    lines += ["", "| arm | accuracy | capital | region | general | seconds | load (1 min) at end |", "|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        a = r["arms"].get(arm)
+        if a is None:
+            lines.append(f"| {TITLES[arm]} | *not finished* | | | | | |")
+            continue
+        cells = " | ".join(f"{a['by_skill'][s][0]}/{a['by_skill'][s][1]}" for s in SKILL_ORDER)
+        lines.append(f"| {TITLES[arm]} | {sum(a['correct'])}/{n} ({100 * a['accuracy']:.1f}%) | {cells} | {a['seconds']:.0f} | {a['load'][0]} |")
+    if r["paired"]:
+        lines += ["", "Paired, per prompt (better / worse; two-sided sign test):", "", "| comparison | accuracy difference | better | worse | p |", "|---|---|---|---|---|"]
+        for k, v in r["paired"].items():
+            lines.append(f"| {k} | {100 * v['diff']:+.1f} points | {v['better']} | {v['worse']} | {'< 0.001' if v['p'] < 0.001 else fmt(v['p'])} |")
+        p = r["paired"]
+        met = [p[f"dynamic both vs {b}"]["diff"] >= 0 for b in ("proxy both", "proxy capital", "proxy region")]
+        lines += ["", "Target (dynamic ≥ proxy-tuning with both and ≥ each single-expert proxy, paired, all prompts): "
+                  + ("**met**." if all(met) else "**missed** (" + ", ".join(b for b, ok in zip(("proxy both", "proxy capital", "proxy region"), met) if not ok) + ").")]
+    cap = [i for i, sk in enumerate(r["skills"]) if sk == "capital"]
+    if cap and r["arms"]:
+        # the skill's knowledge apart from its format: the first line without brackets equals the capital
+        loose = {arm: sum(fold(a["outputs"][i].strip().lstrip("[").strip()) == fold(r["answers"][i]) for i in cap) for arm, a in r["arms"].items()}
+        lines += ["", f"Capital prompts whose answer names the right capital in any format (opening brackets ignored), of {len(cap)}: "
+                  + ", ".join(f"{TITLES[a]} {v}" for a, v in loose.items()) + "."]
+    act = r["arms"].get("dynamic both", {}).get("active_steps")
+    if act:
+        lines.append(f"Dynamic fusion's active expert over all its steps: `capital` {act['capital']}, `region` {act['region']}, none (α = 0) {act['none']}.")
+    t = r.get("timing")
+    if t:
+        b = t["best_s_per_token"]
+        ratio = t["ratio_dynamic_to_proxy"]
+        lines += ["", f"Speed ({t['prompts']} prompts, {t['tokens']} tokens, no stop, best of {t['repeats']} in rotating order, load {t['load'][0]} at end): "
+                  f"proxy (both) {b['proxy both']:.3f} s per token, dynamic (both) {b['dynamic both']:.3f} s per token: **{ratio:.2f}×** proxy's time "
+                  f"(target ≤ 1.10×: {'met' if ratio <= 1.10 else 'missed'} on best times). Every repeat, s per token: proxy "
+                  + ", ".join(f"{x:.3f}" for x in t["s_per_token"]["proxy both"]) + "; dynamic " + ", ".join(f"{x:.3f}" for x in t["s_per_token"]["dynamic both"])
+                  + f"; ratio of medians {statistics.median(t['s_per_token']['dynamic both']) / statistics.median(t['s_per_token']['proxy both']):.2f}× "
+                  "(the machine was shared with other jobs, so single repeats vary by more than the difference between the arms)."]
+    a = r.get("api")
+    if a and a.get("per_k"):
+        n_api = len(a["index"])
+        ex = a["exact"]
+        lines += ["", f"**Large model behind an API.** The 1.5B GGUF served by `{a['server']}` (llama.cpp; its own quantised weights) and reached "
+                  f"as `openai:{API_ALIAS}?base_url=...&completions=1` through top-k log-probabilities (default tail); the 0.5B small base and both "
+                  f"experts local. {a['mode']}; prompts fixed before the run: the first {API_SUBSET['capital']} capital, {API_SUBSET['region']} region and "
+                  f"{API_SUBSET['general']} general prompts of the reported set ({n_api}). Exact: the same fusion with the 1.5B local in fp32 "
+                  f"(`hf-causal`): {sum(ex['correct'])}/{n_api} correct, {ex['seconds']:.0f} s for {ex['tokens']} tokens. Token agreement is "
+                  "teacher-forced on the exact output.", "",
+                  "| k | accuracy (API) | vs exact: points (better / worse) | same output as exact | token agreement | requests | seconds |", "|---|---|---|---|---|---|---|"]
+        for k, x in a["per_k"].items():
+            pv, (ag, tot) = x["paired_vs_exact"], x["token_agreement"]
+            lines.append(f"| {k} | {sum(x['correct'])}/{n_api} | {100 * pv['diff']:+.1f} ({pv['better']} / {pv['worse']}) | {x['same_output']}/{n_api} | "
+                         f"{ag}/{tot} ({100 * ag / max(tot, 1):.1f}%) | {x['requests']} | {x['seconds']:.0f} |")
+        k20 = a["per_k"].get("20")
+        if k20:
+            gap = 100 * k20["paired_vs_exact"]["diff"]
+            lines += ["", f"Target: API fusion at k = 20 within 2 points of exact: {gap:+.1f} points — **{'met' if abs(gap) <= 2 else 'missed'}**."]
+    if not r.get("complete"):
+        lines += ["", f"*Run in progress when rendered: {len(r['arms'])} of {len(ARMS)} arms finished"
+                  + ("" if r.get("timing") else ", speed not yet measured") + ".*"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-threads", type=int, default=1, help="torch threads while training the experts")
+    ap.add_argument("--steps", type=int, default=12, help="training steps per expert (fusion_smol's recipe)")
+    ap.add_argument("--batch", type=int, default=8, help="training rows per step")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--repeats", type=int, default=3, help="speed repeats per arm (0: skip the speed comparison)")
+    ap.add_argument("--restart", action="store_true", help="ignore finished arms in the results file")
+    ap.add_argument("--sweep", action="store_true", help="only choose the training recipe on the development set (SWEEP_GRID)")
+    ap.add_argument("--api", action="store_true", help="after the arms: top-k fusion with the 1.5B behind llama.cpp's server vs exact (API_SUBSET)")
+    ap.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--render", action="store_true")
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args(argv)
+    if args.sweep:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(sweep(args.train_threads, args.batch)["chosen"]))
+        return 0
+    if args.api:
+        measure_api(args)
+    elif not args.render:
+        measure(args)
+    publish_results(STEM, render_section, args.write_docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
