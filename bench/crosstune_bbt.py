@@ -33,6 +33,7 @@ from typing import Any
 
 from _common import command_line, loadavg, machine, machine_line, publish_results, save_results, today
 from crosstune_suite import footer, keep, output_args, task_args
+from text_tasks import TASKS  # static task facts (which are sentence pairs); loads no data
 
 FILLER = " *"  # the placeholder token whose embeddings the soft prompt replaces
 
@@ -210,10 +211,10 @@ def _versions(rows: list[dict[str, Any]]) -> list[str]:
     old = sorted({(r["task"], r["seed"]) for r in rows if r.get("pair_similarity", 0.0) == 0.0})
     if not old or len(old) == len(rows):
         return []
-    pairs = sorted({f"{t} seed {s}" for t, s in old if "pair" in t})
+    pairs = sorted({f"{t} seed {s}" for t, s in old if t in TASKS and TASKS[t][2].startswith("pair")})
     return ["", f"{len(old)} of {len(rows)} task-seeds (seed {', '.join(str(s) for s in sorted({s for _, s in old}))}) were measured before "
             "the pair cosine (`pair_similarity`) became the default: their CrossTune and probe columns are the first version's, "
-            "identical on single texts; it matters only for " + (", ".join(pairs) if pairs else "none") + "."]
+            "identical on single texts; it matters only for " + (", ".join(pairs) if pairs else "none") + ".", ""]
 
 
 def main() -> None:
