@@ -93,11 +93,16 @@ def test_pair_task_learnt_end_to_end(featurizer):
         CrossTuneClassifier(featurizer, CrossTuneConfig(**FAST), PAIR_DESCRIPTIONS).fit(tr_x[:8] + ["one text", "two texts"], tr_y[:8] + ["same", "different"])
 
 
-def test_cli_pairs(tmp_path, registered):  # noqa: F811
-    texts, labels = make_pairs(24, 3)
+def pair_file(path: Path, n: int, seed: int) -> Path:
+    """A JSONL file of :func:`make_pairs` with the segments in fields ``a`` and ``b``."""
+    texts, labels = make_pairs(n, seed)
     rows = [{"a": t.split(ct_data.PAIR_SEP)[0], "b": t.split(ct_data.PAIR_SEP)[1], "label": y} for t, y in zip(texts, labels)]
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_pairs(tmp_path, registered):  # noqa: F811
+    train = pair_file(tmp_path / "train.jsonl", 24, 3)
     run = tmp_path / "run"
     r = _invoke("fit", "--features", "ct-test-bow", "--train", str(train), "--text-field", "a,b", "--shots", "8",
                 "--run-dir", str(run), "--set", "max_epochs=20", "--set", "dim=16", "--set", "heads=2", "--set", "rank=16", "--json")
@@ -318,3 +323,23 @@ def test_dev_decision_rule():
     res["decision"] = crosstune_dev.decide(res["rows"])
     out = crosstune_dev.render_section("crosstune_dev", res)
     assert "Chosen: **margin**" in out and out == crosstune_dev.render_section("crosstune_dev", res)
+
+
+def test_run_started_before_the_new_options_resumes_with_their_old_values(tmp_path, registered):  # noqa: F811
+    from blackbox.methods.crosstune.config import LEGACY
+
+    train = pair_file(tmp_path / "train.jsonl", 24, 3)
+    run = tmp_path / "run"
+    args = ["fit", "--features", "ct-test-bow", "--train", str(train), "--text-field", "a,b", "--shots", "8", "--run-dir", str(run),
+            "--set", "max_epochs=5", "--set", "dim=16", "--set", "heads=2", "--set", "rank=16", "--json"]
+    assert _invoke(*args).exit_code == 0
+    # the run directory of the first version: its config.json has none of the new keys
+    cfg = json.loads((run / "config.json").read_text())
+    for k in LEGACY:
+        del cfg["config"][k]
+    (run / "config.json").write_text(json.dumps(cfg))
+    r = _invoke(*args)  # the same command again: not "different settings", and fitted as that run was
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / "model.json").read_text())["config"]
+    assert {k: saved[k] for k in LEGACY} == LEGACY
+    assert set(LEGACY).isdisjoint(json.loads((run / "config.json").read_text())["config"])

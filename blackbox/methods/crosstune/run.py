@@ -28,7 +28,7 @@ from blackbox.errors import RunError
 from blackbox.runs import atomic_write_json, discard_unless_checkpointed, prepare_run_dir
 
 from .augment import AUGMENT_FILE, generate_examples, generator_client
-from .config import CrossTuneConfig
+from .config import LEGACY, CrossTuneConfig
 from .describe import USES_DESCRIPTIONS, choose_descriptions, generate_candidates
 from .data import describe_labels, k_shot, load_dataset, load_descriptions, load_table, save_table
 from .estimator import CrossTuneClassifier
@@ -78,6 +78,11 @@ def fit_run(
         asked["describe_with"] = describe_with
     if (d / CONFIG).is_file():
         old = json.loads((d / CONFIG).read_text())
+        # a run started before an option existed resumes with the value it was started with
+        missing = {k: v for k, v in LEGACY.items() if k not in (old.get("config") or {})}
+        if missing and isinstance(old.get("config"), dict):
+            config = CrossTuneConfig(**{**config.to_json(), **missing})
+            asked["config"] = {k: v for k, v in config.to_json().items() if k not in missing}
         diff = sorted(k for k in asked if k != "version" and old.get(k) != asked[k])
         if diff:
             raise RunError(f"run directory {d}: exists with different settings ({', '.join(diff)}); use a new --run-dir")
