@@ -6,7 +6,8 @@
 * ``crosstune``: the label-enhanced cross-attention head (:mod:`.head`);
 * ``no-labels``: the same head with learnt class queries instead of descriptions;
 * ``linear-probe``: logistic regression on pooled, standardised features (its inverse
-  regularisation picked on a stratified held-out quarter of the few-shot set, then refitted);
+  regularisation picked on a stratified held-out quarter of the few-shot set, then refitted;
+  for sentence pairs the segments' comparison and, with ``pair_similarity``, their cosine);
 * ``zero-shot``: cosine between the pooled input and the pooled label description (both
   centred on the mean of the few-shot inputs, which needs no labels).
 
