@@ -23,6 +23,13 @@ from needs import STRICT_VAR, strict
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One BLAS/OpenMP thread in the tests and in the processes they start, as bench/_common.py does for
+# benchmarks (set before any test module imports numpy or torch; an explicit setting wins). The
+# tiny models and fits here only contend with more threads on a busy machine: on 2 shared cores
+# tests/methods/test_fusion.py took 30.9 s with the default threads and 4.3 s with one.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 
 def _strict_reason(longrepr: Any) -> str:
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
