@@ -574,3 +574,33 @@ def test_real_minilm_features(tmp_path):
     acc = clf.score(te_x, te_y)
     assert f.mode == "tokens" and f.queries == len(texts) + 3 + len(te_x)
     assert acc > 0.5, acc  # chance is 1/3
+
+
+@pytest.mark.parametrize("method", ["crosstune", "linear-probe", "probe-ensemble"])
+def test_logistic_fits_run_with_one_blas_thread(featurizer, monkeypatch, method):
+    """Every probe fit (alone, in the selection, per fold) runs under a one-thread BLAS cap:
+    on a busy 2-core machine a second thread only contends for cores."""
+    import contextlib
+
+    import threadpoolctl
+    from sklearn.linear_model import LogisticRegression
+
+    state = {"cap": None, "fits": []}
+    real_limits, real_fit = threadpoolctl.threadpool_limits, LogisticRegression.fit
+
+    @contextlib.contextmanager
+    def limits(limits=None, **kw):
+        with real_limits(limits=limits, **kw):
+            old, state["cap"] = state["cap"], limits
+            yield
+            state["cap"] = old
+
+    def fit(self, *a, **kw):
+        state["fits"].append(state["cap"])
+        return real_fit(self, *a, **kw)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", limits)
+    monkeypatch.setattr(LogisticRegression, "fit", fit)
+    tr_x, tr_y = make_texts(8, 0)
+    CrossTuneClassifier(featurizer, CrossTuneConfig(method=method, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert state["fits"] and set(state["fits"]) == {1}, state["fits"]
