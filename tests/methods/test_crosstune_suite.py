@@ -148,23 +148,69 @@ def test_selection_falls_back_when_the_head_is_useless(featurizer):
     assert clf.score(te_x, te_y) > float(np.mean([clf.classes_[i] == y for i, y in zip(clf.candidate_scores(te_x, "crosstune").argmax(1), te_y)])) + 0.3
 
 
-def test_stacked_rule_weights_head_probe_and_zero_shot(featurizer, tmp_path):
+def _fit_rule(featurizer: Featurizer, rule: str) -> tuple[CrossTuneClassifier, dict, list[float], list[str]]:
+    """A fit with ``select_rule = rule`` on the synthetic topics: (model, selection, weights, test texts)."""
     tr_x, tr_y = make_texts(8, 0)
     te_x, _ = make_texts(6, 1)
-    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, select_rule="stacked", **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, select_rule=rule, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
     sel = clf.train_info_["selection"]
-    w = clf.stack_weights_
-    assert clf.choice_ == sel["choice"] == "stacked" and sel["rule"] == "stacked"
+    assert clf.choice_ == sel["choice"] == rule and sel["rule"] == rule
+    return clf, sel, clf.stack_weights_, te_x
+
+
+def _check_rule_predicts_and_reloads(clf: CrossTuneClassifier, featurizer: Featurizer, path: Path, te_x: list[str]) -> None:
+    """The rule's candidate is what predicts, and a saved model predicts the same."""
+    rule = clf.config.select_rule
+    np.testing.assert_allclose(clf.decision_function(te_x), clf.candidate_scores(te_x, rule))
+    back = CrossTuneClassifier.load(clf.save(path), featurizer)
+    assert back.choice_ == rule and back.stack_weights_ == clf.stack_weights_
+    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
+
+
+def test_stacked_rule_weights_head_probe_and_zero_shot(featurizer, tmp_path):
+    clf, sel, w, te_x = _fit_rule(featurizer, "stacked")
     assert abs(sum(w) - 1) < 1e-12 and all(4 * v == int(4 * v) for v in w)  # a grid of quarters
     assert sel["weights"] == dict(zip(("crosstune", "linear-probe", "zero-shot"), w))
     # the chosen weights have the lowest out-of-fold log-loss on the grid (recorded as "stacked")
     assert sel["oof_loss"]["stacked"] <= min(sel["oof_loss"][k] for k in ("blend", "crosstune", "linear-probe")) + 1e-9
-    np.testing.assert_allclose(clf.decision_function(te_x), clf.candidate_scores(te_x, "stacked"))
-    back = CrossTuneClassifier.load(clf.save(tmp_path / "st"), featurizer)
-    assert back.stack_weights_ == w
-    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
-    with pytest.raises(ConfigError, match="select_rule: expected one of margin, stacked, received 'best'"):
+    _check_rule_predicts_and_reloads(clf, featurizer, tmp_path / "st", te_x)
+    with pytest.raises(ConfigError, match="select_rule: expected one of margin, stacked, weighted, received 'best'"):
         CrossTuneConfig(select_rule="best")
+
+
+def test_weighted_rule_picks_the_head_weight_on_the_shots(featurizer, tmp_path):
+    from blackbox.methods.crosstune.estimator import BLEND_GRID
+
+    clf, sel, w, te_x = _fit_rule(featurizer, "weighted")
+    assert w[0] in BLEND_GRID and w[0] + w[1] == 1 and w[2] == 0
+    assert sel["weights"] == {"crosstune": w[0], "linear-probe": w[1]}
+    # the grid holds the head alone (1), the probe alone (0) and the plain blend (.5)
+    assert sel["oof_acc"]["weighted"] >= max(sel["oof_acc"][k] for k in ("blend", "crosstune", "linear-probe")) - 1e-12
+    head, probe = clf.candidate_scores(te_x, "crosstune"), clf.candidate_scores(te_x, "linear-probe")
+    ls = lambda s: s - s.max(1, keepdims=True) - np.log(np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True))  # noqa: E731
+    np.testing.assert_allclose(clf.decision_function(te_x), w[0] * ls(head) + w[1] * ls(probe), atol=1e-9)
+    _check_rule_predicts_and_reloads(clf, featurizer, tmp_path / "w", te_x)
+
+
+def test_head_cv_keeps_the_level_with_the_best_out_of_fold_accuracy(featurizer, tmp_path):
+    from blackbox.methods.crosstune.estimator import HEAD_LEVELS
+
+    tr_x, tr_y = make_texts(8, 0)
+    te_x, _ = make_texts(6, 1)
+    cfg = dict(FAST, seed=0, select=False)
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(head_cv=True, **cfg), DESCRIPTIONS).fit(tr_x, tr_y)
+    cv = clf.train_info_["head_cv"]
+    levels = [(FAST["dropout"], 0.5), *HEAD_LEVELS]
+    assert len(cv["oof_acc"]) == 3 and (cv["dropout"], cv["weight_decay"]) in levels
+    assert cv["oof_acc"][f"{cv['dropout']},{cv['weight_decay']}"] == max(cv["oof_acc"].values())
+    # the kept ensemble is the one a plain fit at that level gives (same seeds, same folds)
+    plain = CrossTuneClassifier(featurizer, CrossTuneConfig(**{**cfg, "dropout": cv["dropout"], "weight_decay": cv["weight_decay"]}),
+                                DESCRIPTIONS).fit(tr_x, tr_y)
+    np.testing.assert_allclose(clf.predict_proba(te_x), plain.predict_proba(te_x), atol=1e-9)
+    back = CrossTuneClassifier.load(clf.save(tmp_path / "cv"), featurizer)
+    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
+    with pytest.raises(ConfigError, match="head_cv: expected true or false, received 1"):
+        CrossTuneConfig(head_cv=1)
 
 
 def test_pair_similarity_joins_the_probe(featurizer):
@@ -323,6 +369,18 @@ def test_dev_decision_rule():
     res["decision"] = crosstune_dev.decide(res["rows"])
     out = crosstune_dev.render_section("crosstune_dev", res)
     assert "Chosen: **margin**" in out and out == crosstune_dev.render_section("crosstune_dev", res)
+    assert "third" not in res["decision"] and "Third pass" not in out
+    # third pass, against A with the margin rule: D +1.0 (passes), E +1.5 with one task -1.2 (fails), D + E +0.4 (fails)
+    third = {**base, "pair-similarity": (0.60, 0.50), "pair-similarity:blend": (0.6, 0.5), "stacked-pair-similarity": (0.6, 0.5),
+             "weighted": (0.61, 0.51), "head-cv": (0.588, 0.542), "weighted-head-cv": (0.604, 0.504)}
+    d = crosstune_dev.decide(rows(third))["third"]
+    assert [d["candidates"][a]["passes"] for a in crosstune_dev.THIRD] == [True, False, False] and d["ships"] == "weighted"
+    res = {"rows": rows(third), "info": res["info"]}
+    res["decision"] = crosstune_dev.decide(res["rows"])
+    assert "Ships: **D: weighted blend**" in crosstune_dev.render_section("crosstune_dev", res)
+    res["rows"] = rows({**third, "weighted": (0.6, 0.5)})
+    res["decision"] = crosstune_dev.decide(res["rows"])
+    assert res["decision"]["third"]["ships"] is None and "None ships" in crosstune_dev.render_section("crosstune_dev", res)
 
 
 def test_run_started_before_the_new_options_resumes_with_their_old_values(tmp_path, registered):  # noqa: F811

@@ -40,6 +40,10 @@ SELECT_ORDER = ("blend", "crosstune", "linear-probe", "zero-shot")
 ZS_SCALES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # zero-shot temperatures tried when selecting
 # select_rule "stacked": weights of (head, probe, zero-shot) on a grid of quarters summing to one
 STACK_GRID = tuple((a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5 - a))
+# select_rule "weighted": the head's weight in the head + probe product (the probe has the rest)
+BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+# head_cv: (dropout, weight decay) levels besides the configured one: weaker, stronger
+HEAD_LEVELS = ((0.25, 0.05), (0.75, 5.0))
 
 
 def _log_softmax(s: np.ndarray) -> np.ndarray:
@@ -162,7 +166,7 @@ class CrossTuneClassifier:
             raise bad_value("texts", "all single texts or all sentence pairs", "a mix of both")
         self.classes_ = classes
         self.pairs_ = pairs.pop()
-        self.stack_weights_ = None  # set by select_rule "stacked"
+        self.stack_weights_ = None  # set by select_rule "stacked" or "weighted"
         self.descriptions_ = describe_labels(classes, self.descriptions, self.config.description_template)
         q0 = self.features.queries
         feats = self.features(texts, progress)
@@ -305,12 +309,45 @@ class CrossTuneClassifier:
         labels = self._label_vectors() if method == "crosstune" else None
         self.label_vectors_ = labels
         self.head_, info = fit_head(x, mask, y, labels, len(self.classes_), self.config, self.val_index_, weights=weights, folds=self.fold_index_)
+        if self.config.head_cv and self.fold_index_:
+            self.head_, info = self._head_cv(x, mask, y, labels, weights, self.head_, info)
         oof = info.pop("_oof", None)
         self.choice_ = None
         if method == "crosstune" and self.config.select and oof is not None:
             n = len(orig)
             self.choice_, info["selection"] = self._select(orig, y[:n], oof[:n])
         return info
+
+    def _head_cv(self, x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray | None, weights: np.ndarray | None,
+                 head: Any, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """``head_cv``: refit the head ensemble at the other regularisation levels and keep the
+        one with the best out-of-fold accuracy on the original shots (ties: log-loss, then the
+        configured level). Dropout and weight decay act in training only, so a saved model
+        needs no record of the level to predict; it is kept in the report."""
+        from dataclasses import replace
+
+        from .head import fit_head
+
+        n = int(sum(len(f) for f in self.fold_index_))  # the original shots (generated rows follow them)
+        rows = np.arange(n)
+
+        def key(inf: dict[str, Any]) -> tuple[float, float]:
+            oof = inf["_oof"][:n]
+            return float((oof.argmax(1) == y[:n]).mean()), -float(-oof[rows, y[:n]].mean())
+
+        cfg = self.config
+        levels = [((cfg.dropout, cfg.weight_decay), head, info)]
+        for d, wd in HEAD_LEVELS:
+            h, inf = fit_head(x, mask, y, labels, len(self.classes_), replace(cfg, dropout=d, weight_decay=wd), self.val_index_,
+                              weights=weights, folds=self.fold_index_)
+            levels.append(((d, wd), h, inf))
+        best = max(range(len(levels)), key=lambda i: (key(levels[i][2]), -i))  # ties: the earlier (configured first)
+        (d, wd), head, info = levels[best]
+        info = {**info, "head_cv": {"dropout": d, "weight_decay": wd,
+                                    "oof_acc": {f"{lv[0][0]},{lv[0][1]}": key(lv[2])[0] for lv in levels}},
+                "train_seconds": sum(lv[2]["train_seconds"] for lv in levels),
+                "train_cpu_seconds": sum(lv[2].get("train_cpu_seconds", 0.0) for lv in levels)}
+        return head, info
 
     def _probe_oof(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, list[Any]]:
         """Out-of-fold log-probabilities of the linear probe over ``fold_index_``, for the
@@ -367,6 +404,20 @@ class CrossTuneClassifier:
             choice = "stacked"
             accs["stacked"], nlls["stacked"] = float((s.argmax(1) == y).mean()), float(-s[rows, y].mean())
             extra = {"weights": dict(zip(("crosstune", "linear-probe", "zero-shot"), self.stack_weights_))}
+        elif self.config.select_rule == "weighted":
+            # the head's weight against the probe's, by out-of-fold accuracy on the shots; ties:
+            # log-loss, then the weight nearest the plain blend (the margin rule's default)
+            def score(w: float) -> tuple[float, float, float]:
+                s = _log_softmax(w * head_oof + (1 - w) * probe_oof)
+                return float((s.argmax(1) == y).mean()), round(float(s[rows, y].mean()), 9), -abs(w - 0.5)
+
+            w = max(BLEND_GRID, key=score)
+            s = _log_softmax(w * head_oof + (1 - w) * probe_oof)
+            self.stack_weights_, self.zero_shot_scale_ = [float(w), float(1 - w), 0.0], float(temp)
+            choice = "weighted"
+            accs["weighted"], nlls["weighted"] = float((s.argmax(1) == y).mean()), float(-s[rows, y].mean())
+            extra = {"weights": {"crosstune": float(w), "linear-probe": float(1 - w)},
+                     "grid_oof_acc": {str(v): score(v)[0] for v in BLEND_GRID}}
         mu, sd = self._standardise(z)
         m = fit_logistic((z - mu) / sd, y, c)
         self.probe_ = {"mu": mu, "sd": sd, "coef": m.coef_, "intercept": m.intercept_, "C": c}
@@ -434,10 +485,10 @@ class CrossTuneClassifier:
 
     def candidate_scores(self, texts: Sequence[str], choice: str) -> np.ndarray:
         """``(n, C)`` scores of one candidate of the selection (``crosstune``, ``blend``,
-        ``linear-probe``, ``zero-shot``; ``stacked`` with select_rule stacked), whichever was
+        ``linear-probe``, ``zero-shot``; ``stacked`` / ``weighted`` with that select_rule), whichever was
         chosen; for ablations and reports."""
         self._check_fitted()
-        valid = SELECT_ORDER + (("stacked",) if getattr(self, "stack_weights_", None) is not None else ())
+        valid = SELECT_ORDER + ((self.config.select_rule,) if getattr(self, "stack_weights_", None) is not None else ())
         if choice not in valid or getattr(self, "choice_", None) is None:
             raise bad_value("choice", f"one of {', '.join(valid)} on a model fitted with select=true", choice)
         return self._scores(self.features(list(texts)), choice)
@@ -450,7 +501,7 @@ class CrossTuneClassifier:
                 return self._zero_shot_scores(feats)
             if choice == "linear-probe":
                 return self._probe_scores(self.probe_, feats)
-            if choice == "stacked":
+            if choice in ("stacked", "weighted"):  # weighted: zero-shot's weight is 0
                 w = self.stack_weights_
                 zs = self.zero_shot_scale_ / 20.0 * self._zero_shot_scores(feats)
                 return (w[0] * _log_softmax(self._head_scores(feats)) + w[1] * _log_softmax(self._probe_scores(self.probe_, feats))
