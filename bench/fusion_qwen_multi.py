@@ -172,8 +172,12 @@ def fresh(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any
             "models": MODELS, "experts": {}, "arms": {}, "paired": {}, "timing": None, "traces": {}, "complete": False, "resumed": []}
 
 
-def checkpoint(res: dict[str, Any]) -> None:
-    res["machine"]["loadavg_at_end"] = loadavg()
+def checkpoint(res: dict[str, Any], api: bool = False) -> None:
+    # the API phase keeps the arms' machine record and notes its own load
+    if api:
+        res["api"]["load_at_end"] = loadavg()
+    else:
+        res["machine"]["loadavg_at_end"] = loadavg()
     save_results(STEM, res, SECTIONS)
 
 
@@ -272,7 +276,7 @@ def measure_api(args: argparse.Namespace) -> None:
     idx = api_rows(rows_all)
     rows = [rows_all[i] for i in idx]
     prompts = [r["prompt"] for r in rows]
-    api = res.get("api") or {"index": idx, "ks": args.ks, "date": stamp()["date"], "load_at_start": loadavg(), "mode": "proxy, both experts, alpha=1", "per_k": {}}
+    api = {"index": idx, "ks": args.ks, "date": stamp()["date"], "load_at_start": loadavg(), "mode": "proxy, both experts, alpha=1", "per_k": {}}
     m: dict[str, Any] = {}
     for name in ("large", "small", *SKILLS):
         load(name, m)
@@ -281,8 +285,20 @@ def measure_api(args: argparse.Namespace) -> None:
     exact = LogitFusion(m["large"], m["small"], experts, _config()).generate(prompts)
     ok_exact = [correct(r, t) for r, t in zip(rows, exact.texts)]
     api["exact"] = {"correct": ok_exact, "outputs": exact.texts, "tokens": exact.n_tokens, "seconds": round(time.perf_counter() - t0, 2)}
+    res["api"] = api
+    checkpoint(res, api=True)
     forced = forced_rows(LogitFusion(m["large"], m["small"], experts, _config(large_top_k=20)), prompts, exact.tokens)
-    del m["large"], experts
+    # the truncation alone: the local 1.5B's own top-k with the same tail (no server, no quantisation)
+    for k in args.ks:
+        local = LogitFusion(m["large"], m["small"], experts, _config(large_top_k=k))
+        got = local.generate(prompts)
+        ok = [correct(r, t) for r, t in zip(rows, got.texts)]
+        api.setdefault("local_top_k", {})[str(k)] = {"correct": ok, "outputs": got.texts, "paired_vs_exact": paired(ok, ok_exact),
+                                                     "same_output": sum(a == b for a, b in zip(got.texts, exact.texts)),
+                                                     "token_agreement": list(teacher_forced(local, prompts, exact.tokens, forced, None))}
+        print(json.dumps({"local k": k, "accuracy": sum(ok), "agree": api["local_top_k"][str(k)]["token_agreement"]}), flush=True)
+    checkpoint(res, api=True)
+    del m["large"], experts, local
     gc.collect()  # the 1.5B in fp32 leaves before the server's copy comes in
     experts = [m[s] for s in SKILLS]
     gguf = assemble("large")
@@ -303,8 +319,7 @@ def measure_api(args: argparse.Namespace) -> None:
                                     "token_agreement": list(agree), "seconds": round(secs, 2), "requests": requests, "tokens": got.n_tokens,
                                     "paired_vs_exact": paired(ok, ok_exact), "load": loadavg()}
             print(json.dumps({"k": k, "accuracy": sum(ok), "exact": sum(ok_exact), "agree": agree, "s": round(secs, 1), "requests": requests}), flush=True)
-            res["api"] = api
-            checkpoint(res)
+            checkpoint(res, api=True)
 
 
 # --- rendering (pure: everything from the results file) ---------------------------------
@@ -380,17 +395,25 @@ def render_section(name: str, r: dict[str, Any]) -> str:
     if a and a.get("per_k"):
         n_api = len(a["index"])
         ex = a["exact"]
-        lines += ["", f"**Large model behind an API.** The 1.5B GGUF served by `{a['server']}` (llama.cpp; its own quantised weights) and reached "
+        when = f"Run {a['date']}, 1-min load average {a['load_at_start'][0]} at start, {a.get('load_at_end', [None])[0]} at end. "
+        lines += ["", f"**Large model behind an API.** {when}The 1.5B GGUF served by `{a['server']}` (llama.cpp; its own quantised weights) and reached "
                   f"as `openai:{API_ALIAS}?base_url=...&completions=1` through top-k log-probabilities (default tail); the 0.5B small base and both "
                   f"experts local. {a['mode']}; prompts fixed before the run: the first {API_SUBSET['capital']} capital, {API_SUBSET['region']} region and "
                   f"{API_SUBSET['general']} general prompts of the reported set ({n_api}). Exact: the same fusion with the 1.5B local in fp32 "
                   f"(`hf-causal`): {sum(ex['correct'])}/{n_api} correct, {ex['seconds']:.0f} s for {ex['tokens']} tokens. Token agreement is "
-                  "teacher-forced on the exact output.", "",
-                  "| k | accuracy (API) | vs exact: points (better / worse) | same output as exact | token agreement | requests | seconds |", "|---|---|---|---|---|---|---|"]
-        for k, x in a["per_k"].items():
-            pv, (ag, tot) = x["paired_vs_exact"], x["token_agreement"]
-            lines.append(f"| {k} | {sum(x['correct'])}/{n_api} | {100 * pv['diff']:+.1f} ({pv['better']} / {pv['worse']}) | {x['same_output']}/{n_api} | "
-                         f"{ag}/{tot} ({100 * ag / max(tot, 1):.1f}%) | {x['requests']} | {x['seconds']:.0f} |")
+                  "teacher-forced on the exact output. *local top-k*: the local fp32 1.5B's own top-k with the same tail (the truncation alone, "
+                  "without the server's quantised arithmetic).", "",
+                  "| k (large model) | accuracy | vs exact: points (better / worse) | same output as exact | token agreement | requests | seconds |", "|---|---|---|---|---|---|---|"]
+        for where, per_k in (("server", a["per_k"]), ("local top-k", a.get("local_top_k", {}))):
+            for k, x in per_k.items():
+                pv, (ag, tot) = x["paired_vs_exact"], x["token_agreement"]
+                cost = f"{x['requests']} | {x['seconds']:.0f}" if where == "server" else "— | —"
+                lines.append(f"| {k} ({where}) | {sum(x['correct'])}/{n_api} | {100 * pv['diff']:+.1f} ({pv['better']} / {pv['worse']}) | {x['same_output']}/{n_api} | "
+                             f"{ag}/{tot} ({100 * ag / max(tot, 1):.1f}%) | {cost} |")
+        loc = a.get("local_top_k", {})
+        if loc:
+            same = ", ".join(f"k = {k}: {sum(x == y for x, y in zip(a['per_k'][k]['outputs'], loc[k]['outputs']))}/{n_api}" for k in a["per_k"] if k in loc)
+            lines += ["", f"Server outputs identical to the local top-k's: {same} (so what is lost is the truncation and its tail, not the server)."]
         k20 = a["per_k"].get("20")
         if k20:
             gap = 100 * k20["paired_vs_exact"]["diff"]
