@@ -18,6 +18,32 @@ Variants are this script's subclasses of ``LogitFusion``; one would move into
 development run: a variant becomes the default only if its accuracy on the development set is
 strictly above ``dynamic``'s and not below ``proxy``'s.
 
+**Second pass (issue 21 item 2), written down before any of its runs.** On the Qwen pair
+(bench/fusion_qwen_multi.py's reported run) dynamic fusion scored 10/50 against proxy-tuning
+with both experts' 18/50; the stored traces show the one-expert-per-step search switching
+experts *inside an answer* (` {{` written under the ``region`` expert, then the ``capital``
+expert at α = 2 for the next token, and the answer breaks). Two candidates aim at that
+failure, both the library option ``FusionConfig.expert_choice`` (``step`` is the shipped
+per-step search):
+
+* ``first`` (persistence): as ``step`` until some expert is given α > 0; from then on that
+  expert stays active for the rest of the answer, only its α searched at each step;
+* ``cumulative`` (smoothing of the choice across steps): the active expert is the one whose
+  best objective, summed over the answer's steps so far, is lowest; its α is searched per step.
+  A switch needs the other expert to be better on the whole answer so far, not on one step.
+
+Decision rule, fixed before the runs: a candidate ships (becomes the default, ``step`` kept as
+an option) only if on the development set (30 prompts, paired, all prompts) its accuracy is
+≥ proxy-tuning with both experts **and** ≥ the shipped ``step`` search on **both** the Qwen
+pair (``--pair qwen``: 1.5B large, 0.5B small base and bench/fusion_qwen_multi.py's experts)
+**and** the SmolLM2 substitute (``--pair smol``), and its time per token is ≤ 1.10× proxy's
+(``--cost``: SmolLM2, 16 dev prompts × 12 tokens, no stop, best of 3 in rotating order). If
+both pass, the one with the higher development accuracy summed over the two pairs ships; a
+tie goes to ``first``. Only then are the dynamic arms of the reported runs re-run.
+
+    python bench/fusion_dynamic.py --pair qwen --arms proxy dynamic first cumulative
+    python bench/fusion_dynamic.py --arms first cumulative --cost        # SmolLM2; earlier rows kept
+
 ``--profile`` (with the set's run) also times where dynamic fusion's extra time per token goes
 (proxy vs dynamic on 16 prompts × 12 tokens, no stop, rotating order, best of the repeats;
 the share spent in the weight search) and what two ways of shrinking the search's vocabulary
@@ -48,8 +74,13 @@ from fusion_smol import STOPS, correct, prompt_sets, publish_sets
 
 STEMS = {"eval": "fusion_dynamic", "dev": "fusion_dynamic_dev"}
 MAX_TOKENS = 10
-ARMS = ("proxy", "dynamic", "own", "each", "smooth")
+OLD_ARMS = ("proxy", "dynamic", "own", "each", "smooth")  # the first pass (its own rule)
+CANDIDATES = ("first", "cumulative")  # the second pass: FusionConfig.expert_choice
+ARMS = OLD_ARMS + CANDIDATES
+QWEN_ARMS = ("proxy", "dynamic") + CANDIDATES
 TITLES = {
+    "first": "dynamic, `expert_choice=first` (the first expert given α > 0 kept for the answer)",
+    "cumulative": "dynamic, `expert_choice=cumulative` (the expert with the lowest summed objective so far)",
     "proxy": "proxy-tuning (α = 1 each)", "dynamic": "dynamic, shipped (one expert, targets summed over experts)",
     "own": "dynamic, one expert matched to its own targets", "each": "dynamic, every expert on its own targets, all active",
     "smooth": "dynamic, weights averaged with the previous step's",
@@ -110,8 +141,60 @@ def run(arm: str, m: dict[str, Any], prompts: list[str], max_tokens: int = MAX_T
     from blackbox.methods.fusion.decode import FusionConfig
 
     mode = "proxy" if arm == "proxy" else "dynamic"
-    cls = fusion_class(arm)
-    return cls(m["base"], m["base"], [m["capital"], m["region"]], FusionConfig(mode=mode, max_tokens=max_tokens, stop=stop, batch_size=16)).generate(prompts, on_step=on_step)
+    cls = fusion_class(arm) if arm in OLD_ARMS else fusion_class("dynamic")
+    choice = {"dynamic": "step", **{c: c for c in CANDIDATES}}.get(arm, "step")
+    # m holds "base" (SmolLM2: large = small) or "large" and "small" (the Qwen pair)
+    large, small = (m["large"], m["small"]) if "large" in m else (m["base"], m["base"])
+    cfg = FusionConfig(mode=mode, max_tokens=max_tokens, stop=stop, batch_size=16, expert_choice=choice)
+    return cls(large, small, [m["capital"], m["region"]], cfg).generate(prompts, on_step=on_step)
+
+
+def load_pair(pair: str, threads: int) -> dict[str, Any]:
+    """The models of ``pair``: smol (bench/fusion_smol.py's) or qwen (bench/fusion_qwen_multi.py's)."""
+    if pair == "smol":
+        return load_models(threads)
+    import torch
+
+    from fusion_qwen_multi import load
+
+    torch.set_num_threads(threads)
+    m: dict[str, Any] = {}
+    for name in ("large", "small", "capital", "region"):
+        load(name, m)
+    return m
+
+
+def cost(m: dict[str, Any], prompts: list[str], arms: tuple[str, ...], repeats: int, tokens: int = 12) -> dict[str, Any]:
+    """Seconds per token of ``arms`` (16 prompts × ``tokens``, no stop), rotating order, best of ``repeats``; ratios to proxy."""
+    secs: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(repeats):
+        k = r % len(arms)
+        for arm in arms[k:] + arms[:k]:
+            out = run(arm, m, prompts, max_tokens=tokens, stop=())
+            secs[arm].append(out.seconds / max(out.n_tokens, 1))
+    best = {a: min(v) for a, v in secs.items()}
+    return {"prompts": len(prompts), "tokens": tokens, "repeats": repeats, "s_per_token": {a: [round(x, 5) for x in v] for a, v in secs.items()},
+            "best_s_per_token": {a: round(v, 5) for a, v in best.items()}, "ratio_to_proxy": {a: round(best[a] / best["proxy"], 3) for a in arms},
+            "load": loadavg()}
+
+
+def decision(res: dict[str, Any]) -> dict[str, Any] | None:
+    """The second pass's rule (module doc) on the recorded development results; None until every input is there."""
+    pairs = {"smol": res.get("arms", {}), "qwen": res.get("qwen", {}).get("arms", {})}
+    c = res.get("choice_cost")
+    if c is None or any(a not in arms for arms in pairs.values() for a in ("proxy", "dynamic") + CANDIDATES):
+        return None
+    out: dict[str, Any] = {"per_candidate": {}}
+    for cand in CANDIDATES:
+        checks = {}
+        for pair, arms in pairs.items():
+            for ref in ("proxy", "dynamic"):
+                checks[f"{pair}: ≥ {ref}"] = sum(arms[cand]["correct"]) >= sum(arms[ref]["correct"])
+        checks["cost ≤ 1.10× proxy"] = c["ratio_to_proxy"][cand] <= 1.10
+        out["per_candidate"][cand] = {"checks": checks, "passes": all(checks.values()), "dev_total": sum(sum(arms[cand]["correct"]) for arms in pairs.values())}
+    ok = [cand for cand in CANDIDATES if out["per_candidate"][cand]["passes"]]
+    out["ships"] = max(ok, key=lambda cand: (out["per_candidate"][cand]["dev_total"], cand == "first")) if ok else None
+    return out
 
 
 def profile(m: dict[str, Any], prompts: list[str], repeats: int, tokens: int = 12) -> dict[str, Any]:
@@ -186,23 +269,46 @@ def shrink_checks(rows: list[tuple[Any, Any, Any]], delta: float = 1e-6, ks: tup
             "bound_kept_min": min(kept), "topk_same_weights": {str(k): v for k, v in same.items()}}
 
 
-def measure(which: str, threads: int, repeats: int, with_profile: bool) -> None:
+def measure(which: str, threads: int, repeats: int, with_profile: bool, pair: str = "smol", only: tuple[str, ...] | None = None, with_cost: bool = False) -> None:
+    """Run the arms ``only`` (default: every arm of the pair) missing from the set's results file; rows already there are kept."""
+    from _common import results_path
+
     info = machine()
     rows = prompt_sets()[which]
     prompts = [r["prompt"] for r in rows]
-    m = load_models(threads)
-    arms: dict[str, Any] = {}
-    res: dict[str, Any] = {"set": which, "n": len(rows), "skills": [r["skill"] for r in rows], "max_tokens": MAX_TOKENS, "arms": arms}
+    path = results_path(STEMS[which])
+    old = json.loads(path.read_text()) if path.is_file() else None
+    res: dict[str, Any] = {"set": which, "n": len(rows), "skills": [r["skill"] for r in rows], "max_tokens": MAX_TOKENS, "arms": {}}
+    if old and old.get("set") == which and old.get("n") == len(rows) and old.get("max_tokens") == MAX_TOKENS:
+        res = {k: v for k, v in old.items() if k not in ("script", "sections")}
+        # each run's stamp, so rows kept from an earlier run keep theirs
+        res.setdefault("runs", [{"command": old["command"], "date": old["date"], "machine": old["machine"], "did": sorted(old["arms"])
+                                 + [k for k in ("profile", "shrink") if k in old]}])
+    this_run = {**stamp(info), "did": []}
+    res.setdefault("runs", []).append(this_run)
+    if pair == "qwen":
+        res.setdefault("qwen", {"models": {"large": "Qwen2.5-Coder-1.5B-Instruct", "small": "Qwen2.5-Coder-0.5B-Instruct"},
+                                "experts": "bench/fusion_qwen_multi.py's (multi-expert-capital, multi-expert-region)", "threads": threads, "arms": {}})
+    arms: dict[str, Any] = res["qwen"]["arms"] if pair == "qwen" else res["arms"]
+    todo = [a for a in (only or (QWEN_ARMS if pair == "qwen" else ARMS)) if a not in arms]
+    if pair == "qwen" and any(a not in QWEN_ARMS for a in todo):
+        raise SystemExit(f"--arms: expected some of {', '.join(QWEN_ARMS)} with --pair qwen, received {' '.join(todo)}")
 
     def save() -> None:
         info["loadavg_at_end"] = loadavg()
-        if "dynamic" in arms:
-            res["paired"] = {f"{a} vs {b}": paired(arms[a]["correct"], arms[b]["correct"]) for a in ARMS[2:] + ("dynamic",) for b in ("dynamic", "proxy")
-                             if a in arms and a != b}
-        if which == "dev" and all(a in arms for a in ARMS):
-            ok = [a for a in ARMS[2:] if arms[a]["accuracy"] > arms["dynamic"]["accuracy"] and arms[a]["accuracy"] >= arms["proxy"]["accuracy"]]
+        res.update({k: v for k, v in stamp(info).items()})  # the latest run's stamp at the top (the renderer lists every run)
+        for block in (res, res.get("qwen")):
+            if block and "dynamic" in block["arms"]:
+                a = block["arms"]
+                block["paired"] = {f"{x} vs {y}": paired(a[x]["correct"], a[y]["correct"]) for x in ARMS[2:] + ("dynamic",) for y in ("dynamic", "proxy")
+                                   if x in a and y in a and x != y}
+        if which == "dev" and all(a in res["arms"] for a in OLD_ARMS):
+            ok = [a for a in OLD_ARMS[2:] if res["arms"][a]["accuracy"] > res["arms"]["dynamic"]["accuracy"]
+                  and res["arms"][a]["accuracy"] >= res["arms"]["proxy"]["accuracy"]]
             res["holds_on_dev"] = ok
-        save_results(STEMS[which], {**stamp(info), **res}, {STEMS[which]: "docs/benchmarks.md"})
+        if which == "dev":
+            res["decision"] = decision(res)
+        save_results(STEMS[which], res, {STEMS[which]: "docs/benchmarks.md"})
 
     recorded: list[tuple[Any, Any, Any]] = []
 
@@ -210,13 +316,18 @@ def measure(which: str, threads: int, repeats: int, with_profile: bool) -> None:
         if len(recorded) < 64:  # the dynamic arm's first steps, for shrink_checks
             recorded.append((i["large"].float().clone(), i["small"].float().clone(), i["experts"].float().clone()))
 
-    for arm in ARMS:
+    m = load_pair(pair, threads) if todo or with_profile or with_cost else {}
+    for arm in todo:
         out = run(arm, m, prompts, on_step=record if arm == "dynamic" and with_profile else None)
         ok = [correct(r, t) for r, t in zip(rows, out.texts)]
         arms[arm] = {"correct": ok, "accuracy": sum(ok) / len(ok), "seconds": round(out.seconds, 2), "tokens": out.n_tokens,
                      "by_skill": {s: sum(o for o, r in zip(ok, rows) if r["skill"] == s) for s in ("capital", "region", "general")},
-                     "outputs": out.texts}
-        print(json.dumps({"arm": arm, "accuracy": round(arms[arm]["accuracy"], 4), "by_skill": arms[arm]["by_skill"], "s": arms[arm]["seconds"], "load": loadavg()}), flush=True)
+                     "outputs": out.texts, "load": loadavg()}
+        if arm != "proxy":  # which expert was active at each step (0 capital, 1 region, None: α = 0 for both)
+            arms[arm]["active"] = [[next((t for t, x in enumerate(w) if x > 0), None) for w in ws] for ws in out.weights]
+        this_run["did"].append(f"{pair}:{arm}")
+        print(json.dumps({"pair": pair, "arm": arm, "accuracy": round(arms[arm]["accuracy"], 4), "by_skill": arms[arm]["by_skill"], "s": arms[arm]["seconds"],
+                          "load": loadavg()}), flush=True)
         save()
     if with_profile:
         res["profile"] = profile(m, prompts[:16], repeats)
@@ -225,6 +336,13 @@ def measure(which: str, threads: int, repeats: int, with_profile: bool) -> None:
         res["shrink"] = shrink_checks(recorded)
         print(json.dumps(res["shrink"]), flush=True)
         save()
+    if with_cost:
+        if pair != "smol":
+            raise SystemExit("--cost: expected --pair smol (the rule measures the cost on the SmolLM2 substitute), received --pair qwen")
+        res["choice_cost"] = cost(m, prompts[:16], ("proxy", "dynamic") + CANDIDATES, repeats)
+        this_run["did"].append("cost")
+        print(json.dumps(res["choice_cost"]), flush=True)
+    save()
 
 
 def render_section(name: str, r: dict[str, Any]) -> str:
@@ -283,11 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--pair", choices=("smol", "qwen"), default="smol", help="SmolLM2 substitute or the Qwen2.5-Coder pair")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, help="arms to run (those already in the results file are kept, not re-run)")
+    ap.add_argument("--cost", action="store_true", help="time per token of proxy, dynamic and the expert_choice candidates (SmolLM2)")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
     if not args.render:
-        measure(args.which, args.threads, args.repeats, args.profile)
+        measure(args.which, args.threads, args.repeats, args.profile, args.pair, tuple(args.arms) if args.arms else None, args.cost)
     publish_sets(STEMS, args.which, args.render, render_section, args.write_docs)
     return 0
 

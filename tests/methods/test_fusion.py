@@ -645,3 +645,69 @@ def test_package_init_does_not_import_torch():
     code = "import sys, blackbox.methods.fusion, blackbox.methods.fusion.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# --- which expert is active: expert_choice (issue 21 item 2) ---------------------------
+def _obj(rows):
+    """(1, T, C) objective from per-expert rows of candidate values."""
+    return torch.tensor([rows], dtype=torch.float64)
+
+
+def test_choose_weights_step_first_and_cumulative_on_hand_made_objectives():
+    grid = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    # step 1: expert 0 best at α = 1; step 2: expert 1 better by a little; step 3: expert 1 better by a lot
+    steps = [_obj([[5, 1, 4], [5, 2, 3]]), _obj([[5, 1.5, 4], [5, 3, 1.2]]), _obj([[5, 4, 4], [5, 3, 0.1]])]
+    w_step = [arith.choose_weights_batch(o, grid)[0][0].tolist() for o in steps]
+    assert w_step == [[1, 0], [0, 2], [0, 2]]  # switches at every better step
+    mem = torch.zeros(1, 2, dtype=torch.float64)
+    w_first = [arith.choose_weights_batch(o, grid, "first", mem)[0][0].tolist() for o in steps]
+    assert w_first == [[1, 0], [1, 0], [1, 0]] and mem.tolist() == [[1, 0]]  # locked on expert 0, only its α searched
+    mem = torch.zeros(1, 2, dtype=torch.float64)
+    w_cum = [arith.choose_weights_batch(o, grid, "cumulative", mem)[0][0].tolist() for o in steps]
+    # sums of the best values: (1, 2) → (2.5, 3.2) → (6.5, 3.3): switches only at step 3
+    assert w_cum == [[1, 0], [1, 0], [0, 2]] and torch.allclose(mem, torch.tensor([[6.5, 3.3]], dtype=torch.float64))
+    # first: no lock while the best weight is 0 (every expert ties at α = 0)
+    mem = torch.zeros(1, 2, dtype=torch.float64)
+    w, _ = arith.choose_weights_batch(_obj([[1, 2, 3], [1, 4, 5]]), grid, "first", mem)
+    assert w.tolist() == [[0, 0]] and mem.tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="memory: expected a"):
+        arith.choose_weights_batch(steps[0], grid, "first")
+    with pytest.raises(ValueError, match="choice: expected one of step, first, cumulative"):
+        arith.choose_weights_batch(steps[0], grid, "vote")
+
+
+@pytest.mark.parametrize("choice", ["first", "cumulative"])
+def test_expert_choice_decoding_is_batch_independent_and_keeps_first_experts(models, tok, choice):
+    m = models
+    experts = [m["expert"], m["expert2"]]
+    kw = dict(mode="dynamic", expert_choice=choice, max_tokens=8)
+    batched = LogitFusion(m["large"], m["small"], experts, _cfg(batch_size=4, **kw)).generate(PROMPTS)
+    single = LogitFusion(m["large"], m["small"], experts, _cfg(batch_size=1, **kw)).generate(PROMPTS)
+    assert batched.tokens == single.tokens
+    for wb, ws in zip(batched.weights, single.weights):
+        assert np.allclose(wb, ws, atol=1e-6)
+    assert all(sum(x != 0 for x in step) <= 1 for w in batched.weights for step in w)
+    if choice == "first":  # one expert per answer once a weight > 0 was given
+        assert all(len({i for step in w for i, x in enumerate(step) if x != 0}) <= 1 for w in batched.weights)
+    # the emulated top-k path with k covering the vocabulary carries the same state
+    full_k = LogitFusion(m["large"], m["small"], experts, _cfg(batch_size=4, large_top_k=len(tok), **kw)).generate(PROMPTS)
+    assert full_k.tokens == batched.tokens
+    # a step fused alone is an answer's first step: the same as the per-step search there
+    step = LogitFusion(m["large"], m["small"], experts, _cfg(mode="dynamic", max_tokens=1)).generate(PROMPTS)
+    assert [w[0] for w in batched.weights] == [w[0] for w in step.weights]
+
+
+def test_expert_choice_with_one_expert_is_the_per_step_search(models):
+    m = models
+    ref = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic")).generate(PROMPTS)
+    for choice in ("first", "cumulative"):
+        got = LogitFusion(m["large"], m["small"], [m["expert"]], _cfg(mode="dynamic", expert_choice=choice)).generate(PROMPTS)
+        assert got.tokens == ref.tokens and got.weights == ref.weights
+
+
+def test_expert_choice_is_validated():
+    assert FusionConfig().expert_choice == "step"
+    with pytest.raises(ConfigError, match="expert_choice: expected one of step, first, cumulative, received 'vote'"):
+        FusionConfig(expert_choice="vote")
+    with pytest.raises(ConfigError, match=r"refine: expected 0 with expert_choice=first"):
+        FusionConfig(expert_choice="first", refine=3)

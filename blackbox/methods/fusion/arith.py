@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from .config import EXPERT_CHOICES
+
 PRUNE_NATS = 50.0
 _INVPHI = (5 ** 0.5 - 1) / 2
 
@@ -343,30 +345,73 @@ def dynamic_objective_batch(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor
     return ((kf[..., None] - a[:, None, None]) ** 2 + (kr[..., None] - b[:, None, None]) ** 2).sum(-1)
 
 
+def choose_weights_batch(obj: torch.Tensor, alphas: torch.Tensor, choice: str = "step", memory: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``(B, T)`` (float64, one expert active per row) and their objective ``(B,)`` from ``obj`` (B, T, C).
+
+    ``choice`` says which expert is active (ties: the first expert, then the smaller α):
+
+    * ``step``: the pair (expert, α) minimising this step's objective (the paper's search);
+    * ``first``: as ``step`` until some expert gets α > 0, then that expert for the rest of
+      the answer (only its α is searched);
+    * ``cumulative``: the expert whose best objective, summed over the answer's steps so far,
+      is lowest (a switch needs the other expert to be better on the sum, not on one step).
+
+    ``first`` and ``cumulative`` keep per-row state across steps in ``memory`` (B, T) float64,
+    updated in place (zeros at an answer's first step): the locked expert's 1 (``first``) or
+    the running sums (``cumulative``).
+    """
+    if choice not in EXPERT_CHOICES:
+        raise ValueError(f"choice: expected one of {', '.join(EXPERT_CHOICES)}, received {choice!r}")
+    B, T, C = obj.shape
+    alphas = torch.as_tensor(alphas, dtype=torch.float64)
+    if choice != "step" and (memory is None or tuple(memory.shape) != (B, T)):
+        raise ValueError(f"memory: expected a ({B}, {T}) tensor for choice={choice!r}, received {None if memory is None else tuple(memory.shape)}")
+    rows = torch.arange(B)
+    if choice == "cumulative":
+        memory += obj.amin(-1).double()
+        t = torch.argmin(memory, dim=1)  # first minimum: ties go to the first expert
+        c = torch.argmin(obj[rows, t], dim=1)
+    else:
+        o = obj
+        if choice == "first":
+            locked = memory > 0  # (B, T); rows with no lock search every expert
+            o = obj.masked_fill((locked.any(1, keepdim=True) & ~locked)[..., None], float("inf"))
+        flat = torch.argmin(o.reshape(B, T * C), dim=1)  # first minimum: expert-major, then α
+        t, c = flat // C, flat % C
+        if choice == "first":
+            new = (alphas[c] > 0) & ~(memory > 0).any(1)
+            memory[rows[new], t[new]] = 1.0
+    best = obj[rows, t, c].double()
+    w = torch.zeros(B, T, dtype=torch.float64)
+    w[rows, t] = alphas[c]
+    return w, best
+
+
 def dynamic_weights_batch(
-    zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, refine: int = 0, dtype: torch.dtype = torch.float32
+    zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, alphas: torch.Tensor, *, refine: int = 0, dtype: torch.dtype = torch.float32,
+    choice: str = "step", memory: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights ``(B, T)`` (float64) minimising the objective per row, and the objective ``(B,)``.
 
     One tensor operation over rows × experts × candidates × vocabulary; ``dtype`` float32
     (default, fast) or float64. Ties go to the first expert, then the smaller α (as
     :func:`dynamic_weights`). ``refine`` golden-section steps (float64 reference, per row)
-    as in :func:`dynamic_weights`.
+    as in :func:`dynamic_weights` (``choice="step"`` only). ``choice`` and ``memory``: which
+    expert is active, :func:`choose_weights_batch`.
     """
     alphas = torch.as_tensor(alphas, dtype=torch.float64)
     # Tiny or irregular grids, and refinement (which re-searches each row in float64 anyway):
     # the reference, row by row.
     if refine or alphas.numel() < 3 or not _uniform_from_zero(alphas):
-        out = [dynamic_weights(zl[i], zs[i], ze[i], alphas, refine=refine) for i in range(zl.shape[0])]
-        return torch.stack([w for w, _ in out]), torch.tensor([j for _, j in out], dtype=torch.float64)
-    obj = dynamic_objective_batch(zl, zs, ze, alphas, dtype)  # (B, T, C)
-    B, T, C = obj.shape
-    flat = torch.argmin(obj.reshape(B, T * C), dim=1)  # first minimum: expert-major, then α
-    t, c = flat // C, flat % C
-    best = obj.reshape(B, T * C).gather(1, flat[:, None])[:, 0].double()
-    w = torch.zeros(B, T, dtype=torch.float64)
-    w[torch.arange(B), t] = alphas[c]
-    return w, best
+        if choice == "step":
+            out = [dynamic_weights(zl[i], zs[i], ze[i], alphas, refine=refine) for i in range(zl.shape[0])]
+            return torch.stack([w for w, _ in out]), torch.tensor([j for _, j in out], dtype=torch.float64)
+        if refine:
+            raise ValueError(f"refine: expected 0 with choice={choice!r} (refinement re-searches one step alone), received {refine}")
+        obj = torch.stack([dynamic_objective(zl[i], zs[i], ze[i], alphas) for i in range(zl.shape[0])])
+    else:
+        obj = dynamic_objective_batch(zl, zs, ze, alphas, dtype)  # (B, T, C)
+    return choose_weights_batch(obj, alphas, choice, memory)
 
 
 def proxy_logits_batch(zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

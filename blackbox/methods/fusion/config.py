@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 MODES = ("proxy", "dynamic")
 PRECISIONS = ("float32", "float64")
 LARGE_TAILS = ("small", "uniform", "floor")
+EXPERT_CHOICES = ("step", "first", "cumulative")  # as blackbox.methods.fusion.arith (which imports torch)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class FusionConfig(Config):
                                                         "floor (the lowest returned value, fused over the returned and experts' top-k tokens only)"})
     use_cache: bool = field(default=True, metadata={"help": 'reuse KV caches between steps'})
     precision: str = field(default="float32", metadata={"help": 'dynamic search arithmetic: float32 (fast) or float64 (reference)'})
+    expert_choice: str = field(default="step", metadata={"help": "dynamic, several experts: which expert is active at a step: step (this step's best, the paper's), "
+                                                                 "first (the first expert given a weight > 0 stays active for the rest of the answer), "
+                                                                 "cumulative (the expert with the lowest best objective summed over the answer's steps so far)"})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -70,6 +74,10 @@ class FusionConfig(Config):
             raise bad_value("seed", "an int or None", self.seed)
         if self.large_tail not in LARGE_TAILS:
             raise bad_value("large_tail", f"one of {', '.join(LARGE_TAILS)}", self.large_tail)
+        if self.expert_choice not in EXPERT_CHOICES:
+            raise bad_value("expert_choice", f"one of {', '.join(EXPERT_CHOICES)}", self.expert_choice)
+        if self.expert_choice != "step" and self.refine:
+            raise bad_value("refine", f"0 with expert_choice={self.expert_choice} (refinement re-searches one step alone)", self.refine)
         if self.precision not in PRECISIONS:
             raise bad_value("precision", f"one of {', '.join(PRECISIONS)}", self.precision)
 

@@ -203,27 +203,32 @@ class LogitFusion:
         self._sampling = GenerateRequest(prompts=("",), temperature=c.temperature, top_p=c.top_p, seed=c.seed)
 
     # one step -------------------------------------------------------------------------
-    def fuse_batch(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def fuse_batch(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, memory: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(fused logits (B, V) float64, weights (B, T))`` for a batch of rows: ``zl``, ``zs`` (B, V), ``ze`` (B, T, V).
 
         Dynamic mode searches every row, expert and candidate in one tensor operation
-        (:func:`arith.dynamic_weights_batch`, in ``config.precision``).
+        (:func:`arith.dynamic_weights_batch`, in ``config.precision``). With
+        ``expert_choice`` other than ``step``, ``memory`` (B, T) carries each row's state
+        from the answer's earlier steps (zeros at its first step; updated in place).
         """
         c = self.config
         if c.mode == "proxy":
             w = torch.full(ze.shape[:2], float(c.alpha), dtype=torch.float64)
         else:
             dtype = torch.float32 if c.precision == "float32" else torch.float64
-            w, _ = arith.dynamic_weights_batch(zl, zs, ze, self._grid, refine=c.refine, dtype=dtype)
+            if c.expert_choice != "step" and memory is None:
+                memory = torch.zeros(ze.shape[:2], dtype=torch.float64)  # a lone step: the answer's first
+            w, _ = arith.dynamic_weights_batch(zl, zs, ze, self._grid, refine=c.refine, dtype=dtype, choice=c.expert_choice, memory=memory)
         return arith.proxy_logits_batch(zl, zs, ze, w), w
 
-    def fuse_row(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fused logits, weights (T,))`` for one row of full-vocabulary logits."""
-        fused, w = self.fuse_batch(zl[None], zs[None], ze[None])
+    def fuse_row(self, zl: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, memory: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused logits, weights (T,))`` for one row of full-vocabulary logits (``memory``: (1, T), as :meth:`fuse_batch`)."""
+        fused, w = self.fuse_batch(zl[None], zs[None], ze[None], memory)
         return fused[0], w[0]
 
     def fuse_topk_row(
-        self, large_ids: torch.Tensor, large_lp: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, k: int | None = None
+        self, large_ids: torch.Tensor, large_lp: torch.Tensor, zs: torch.Tensor, ze: torch.Tensor, k: int | None = None,
+        memory: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(ids (U,), fused logits over them, weights)`` for the top-k variant.
 
@@ -235,11 +240,11 @@ class LogitFusion:
         tail = self.config.large_tail
         if tail != "floor":
             zl = arith.topk_fill(large_ids, large_lp, zs, tail)
-            fused, w = self.fuse_row(zl, zs.double(), ze.double())
+            fused, w = self.fuse_row(zl, zs.double(), ze.double(), memory)
             return torch.arange(zl.numel()), fused, w
         k = int(k or self.config.large_top_k or large_ids.numel())
         ids, zl_u, zs_u, ze_u = arith.topk_union(large_ids, large_lp, zs, ze, k)
-        fused, w = self.fuse_row(zl_u, zs_u, ze_u)
+        fused, w = self.fuse_row(zl_u, zs_u, ze_u, memory)
         return ids, fused, w
 
     def _pick(self, logits: torch.Tensor, gen: Any) -> int:
@@ -302,6 +307,8 @@ class LogitFusion:
         api = _ApiTopK(self.large, self.tokenizer, self.n_vocab, int(c.large_top_k)) if self.api_large else None
         pad = next(iter(sorted(self.eos_ids)), 0)
         with torch.inference_mode():
+            # each answer's state of the expert choice across its steps (expert_choice first/cumulative)
+            memory = torch.zeros(b, len(self.experts), dtype=torch.float64)
             first = {k: s.start(seqs) for k, s in uniq.items()}
             logits = {role: first[id(p)] for role, p in self.roles.items()}
             for step in range(c.max_tokens):
@@ -311,7 +318,9 @@ class LogitFusion:
                 next_ids = [pad] * b
                 if c.large_top_k is None:  # all active rows in one call
                     rows_t = torch.tensor(active)
-                    fused_all, w_all = self.fuse_batch(logits["large"][rows_t], logits["small"][rows_t], ze_all[rows_t])
+                    mem = memory[rows_t]
+                    fused_all, w_all = self.fuse_batch(logits["large"][rows_t], logits["small"][rows_t], ze_all[rows_t], mem)
+                    memory[rows_t] = mem
                 for j, r in enumerate(active):
                     zs, ze = logits["small"][r], ze_all[r]
                     if c.large_top_k is None:
@@ -324,7 +333,7 @@ class LogitFusion:
                             zl = logits["large"][r]
                             top = torch.topk(torch.log_softmax(zl, -1), min(c.large_top_k, zl.numel()))
                             lid, llp = top.indices, top.values
-                        ids, fused, w = self.fuse_topk_row(lid, llp, zs, ze)
+                        ids, fused, w = self.fuse_topk_row(lid, llp, zs, ze, memory=memory[r : r + 1])
                         tok = int(ids[self._pick(fused, gens[r])])
                     next_ids[r] = tok
                     row = rows[r]
