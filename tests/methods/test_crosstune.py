@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from blackbox.client import Client, Ledger
-from blackbox.errors import CapabilityError, ConfigError, RunError
+from blackbox.errors import CapabilityError, ConfigError
 from blackbox.provider import Provider
 from blackbox.registry import providers as provider_registry
 from blackbox.types import Capability, EmbedResult, GenerateResult, HiddenStatesResult, Usage
