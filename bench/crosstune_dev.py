@@ -32,6 +32,26 @@ Decision: each passes if its dev suite mean is at least 0.5 points above ``pair-
 and no task is more than 1.0 point below it; of those that pass, the one with the highest
 suite mean ships (none passing: the default stays).
 
+Fourth pass (stated here before its runs, same tasks, splits, seeds and features; earlier rows
+kept, not re-run): a correctness fix of the estimator, not a tuning. Each fold's head was
+early-stopped on the fold that then scores it out of fold, so the head's (and the blend's)
+out-of-fold accuracy, which the model selection reads, is biased upward. **F** ``inner_epochs``:
+fold ``k``'s head trains for an epoch count chosen on inner splits of the other folds only
+(one head per pair of folds, early-stopped on each of the pair; fold ``k``'s count is the mean
+of the counts found on the other folds), margin rule, pair cosine. Decision: F passes if its
+dev suite mean is at least 0.5 points above ``pair-similarity`` (the shipped default) and no
+task is more than 1.0 point below it; then it becomes the default. Either way the bias is
+reported: for ``pair-similarity`` and F, the mean out-of-fold accuracy on the shots of the
+head and of the blend minus their accuracy on the dev split (same fits).
+
+Fourth pass, second candidate (added after F's run, stated here before its own run): F's table
+of out-of-fold minus dev accuracy showed the linear probe's out-of-fold accuracy overstated too
+(+4.1 points on average): its ``probe_cs`` value is the one with the best out-of-fold accuracy
+over all folds, and that maximum is what the selection reads. **G** = F + ``probe_inner``: in the
+out-of-fold estimate, fold ``k``'s probe takes the C chosen on the other folds only (nested;
+the final probe's C is chosen as before). Same rule against ``pair-similarity``; if F and G
+both pass, the one with the higher dev suite mean becomes the default. The bias table gains G.
+
 Per-seed lines go to ``--log`` (``--from-log`` summarises one); the summary is written to
 ``bench/results/crosstune_dev.json`` and renders the ``crosstune_dev`` section of docs/crosstune.md.
 
@@ -52,7 +72,9 @@ from typing import Any
 from _common import command_line, loadavg, machine, machine_line, publish_results, save_results, today
 from crosstune_suite import SUITE_TASKS, run, run_args, summarise
 
-V1 = {"select_rule": "margin", "pair_similarity": 0.0}
+# the arms before the fourth pass pin inner_epochs = probe_inner = False: they were measured before those existed
+V1 = {"select_rule": "margin", "pair_similarity": 0.0, "inner_epochs": False, "probe_inner": False}
+OLD = {"inner_epochs": False, "probe_inner": False}
 DEV_ARMS = {
     "crosstune-v1": dict(V1),
     "linear-probe-v1": {"method": "linear-probe", **V1},
@@ -60,19 +82,25 @@ DEV_ARMS = {
     "pair-similarity": {**V1, "pair_similarity": 10.0},
     "linear-probe-pair-similarity": {"method": "linear-probe", "pair_similarity": 10.0},
     "stacked": {**V1, "select_rule": "stacked"},
-    "stacked-pair-similarity": {"select_rule": "stacked", "pair_similarity": 10.0},
+    "stacked-pair-similarity": {"select_rule": "stacked", "pair_similarity": 10.0, **OLD},
     # third pass (D, E, D + E; all with A)
-    "weighted": {"select_rule": "weighted", "pair_similarity": 10.0},
-    "head-cv": {"select_rule": "margin", "pair_similarity": 10.0, "head_cv": True},
-    "weighted-head-cv": {"select_rule": "weighted", "pair_similarity": 10.0, "head_cv": True},
+    "weighted": {"select_rule": "weighted", "pair_similarity": 10.0, **OLD},
+    "head-cv": {"select_rule": "margin", "pair_similarity": 10.0, "head_cv": True, **OLD},
+    "weighted-head-cv": {"select_rule": "weighted", "pair_similarity": 10.0, "head_cv": True, **OLD},
+    # fourth pass (F: the out-of-fold fix, with A and the margin rule)
+    "inner-epochs": {"select_rule": "margin", "pair_similarity": 10.0, "inner_epochs": True, "probe_inner": False},
+    "inner-epochs-probe": {"select_rule": "margin", "pair_similarity": 10.0, "inner_epochs": True, "probe_inner": True},
 }
 THIRD = ("weighted", "head-cv", "weighted-head-cv")
+FOURTH = ("inner-epochs", "inner-epochs-probe")
 LABELS = {
     "crosstune-v1": "CrossTune v1 (margin rule)", "linear-probe-v1": "linear probe v1", "zero-shot": "zero-shot",
     "pair-similarity": "A: + pair cosine", "linear-probe-pair-similarity": "probe + pair cosine",
     "crosstune-v1:blend": "C: always blend", "pair-similarity:blend": "A + C",
     "stacked": "B: stacked", "stacked-pair-similarity": "A + B",
     "weighted": "D: weighted blend", "head-cv": "E: head CV", "weighted-head-cv": "D + E",
+    "inner-epochs": "F: inner epochs", "inner-epochs:blend": "F, blend",
+    "inner-epochs-probe": "G: F + nested probe C", "inner-epochs-probe:blend": "G, blend",
 }
 
 
@@ -106,13 +134,41 @@ def decide(rows_list: list[dict[str, Any]]) -> dict[str, Any]:
     out = {"pair_similarity": {"ships": a_ok, "gain": a_gain, "worst": a_worst}, "rules": verdicts, "rule": rule, "arm": rules[rule]}
     if all(_mean(rows, tasks, a) is not None for a in THIRD):
         # third pass: each candidate against the shipped default (A with the margin rule)
-        third = {}
-        for arm in THIRD:
-            ok, gain, worst = _passes(rows, tasks, arm, "pair-similarity")
-            third[arm] = {"passes": ok, "gain": gain, "worst": worst}
-        passing = [a for a, v in third.items() if v["passes"]]
-        out["third"] = {"candidates": third, "ships": max(passing, key=lambda a: third[a]["gain"]) if passing else None}
+        out["third"] = _against_default(rows, tasks, THIRD)
+    fourth = tuple(a for a in FOURTH if _mean(rows, tasks, a) is not None)
+    if fourth:  # fourth pass (F, then G): the same, for the candidates measured
+        out["fourth"] = _against_default(rows, tasks, fourth)
     return out
+
+
+def _against_default(rows: dict[tuple[str, str], dict[str, Any]], tasks: list[str], arms: tuple[str, ...]) -> dict[str, Any]:
+    """Each of ``arms`` against the shipped default (``pair-similarity``); the passing one
+    with the highest suite-mean gain ships (None: none passes)."""
+    cands = {}
+    for arm in arms:
+        ok, gain, worst = _passes(rows, tasks, arm, "pair-similarity")
+        cands[arm] = {"passes": ok, "gain": gain, "worst": worst}
+    passing = [a for a, v in cands.items() if v["passes"]]
+    return {"candidates": cands, "ships": max(passing, key=lambda a: cands[a]["gain"]) if passing else None}
+
+
+def oof_bias(records: list[dict[str, Any]], arms: tuple[str, ...] = ("pair-similarity", *FOURTH)) -> dict[str, Any] | None:
+    """Per arm and task: mean out-of-fold accuracy on the shots minus mean dev accuracy, for the
+    head ensemble and the blend (same fits; points). Positive: the shots overstate it."""
+    out: dict[str, Any] = {}
+    for arm in arms:
+        recs = [r for r in records if r["arm"] == arm and r.get("oof_acc") and r.get("candidate_acc")]
+        if not recs:
+            continue
+        per: dict[str, Any] = {}
+        for t in dict.fromkeys(r["task"] for r in recs):
+            rs = [r for r in recs if r["task"] == t]
+            per[t] = {c: 100 * statistics.mean(r["oof_acc"][c] - r["candidate_acc"][c] for r in rs)
+                      for c in ("crosstune", "blend", "linear-probe")}
+        out[arm] = {"tasks": per, "mean": {c: statistics.mean(v[c] for v in per.values()) for c in ("crosstune", "blend", "linear-probe")},
+                    "choices": {t: dict(sorted({c: sum(r["task"] == t and r.get("choice") == c for r in recs)
+                                                 for c in {r.get("choice") for r in recs}}.items())) for t in per}}
+    return out or None
 
 
 def reuse_check(records: list[dict[str, Any]]) -> dict[str, int] | None:
@@ -159,6 +215,23 @@ def render_section(name: str, results: dict[str, Any]) -> str:
         if rc:
             out[-1] += (f" The earlier columns were not re-run: {rc['identical']} of {rc['fits']} third-pass fits of D reproduce the earlier "
                         "A fit's out-of-fold accuracies (head, probe, blend) exactly.")
+    if d.get("fourth"):
+        fo = d["fourth"]
+        out += ["", "Fourth pass (the out-of-fold fix), against the shipped default: "
+                + "; ".join(f"{LABELS[a]} {v['gain']:+.2f} (worst task {v['worst']:+.1f}, {'passes' if v['passes'] else 'fails'})"
+                            for a, v in fo["candidates"].items())
+                + ". " + (f"**{LABELS[fo['ships']].split(':')[0]} becomes the default.**" if fo["ships"]
+                          else "The default stays; the fix is kept as options.")]
+    bias = results.get("oof_bias")
+    if bias:
+        out += ["", "Out-of-fold accuracy on the shots minus accuracy on the dev split (points, mean over the seeds; same fits): "
+                "positive means the shots overstate the candidate the selection reads.", "",
+                "| task | " + " | ".join(f"{LABELS[a]}: {c}" for a in bias for c in ("head", "blend", "probe")) + " |",
+                "|" + "---|" * (1 + 3 * len(bias))]
+        for t in tasks:
+            if all(t in bias[a]["tasks"] for a in bias):
+                out.append(f"| {t} | " + " | ".join(f"{bias[a]['tasks'][t][c]:+.1f}" for a in bias for c in ("crosstune", "blend", "linear-probe")) + " |")
+        out.append("| **mean** | " + " | ".join(f"**{bias[a]['mean'][c]:+.1f}**" for a in bias for c in ("crosstune", "blend", "linear-probe")) + " |")
     out += ["",
             f"Command: `{info['command']}` ({info['date']}); {info['machine']}."]
     if results.get("note"):
@@ -193,7 +266,8 @@ def main() -> None:
     info = {"command": command_line().split(" --note ")[0], "date": today(), "machine": machine_line(m),
             "seeds": f"{seeds[0]}-{seeds[-1]}" if seeds else ""}
     rows = summarise(records, {})
-    save_results("crosstune_dev", {"info": info, "note": args.note, "rows": rows, "decision": decide(rows), "reuse_check": reuse_check(records)},
+    save_results("crosstune_dev", {"info": info, "note": args.note, "rows": rows, "decision": decide(rows), "reuse_check": reuse_check(records),
+                                  "oof_bias": oof_bias(records)},
                  {"crosstune_dev": "docs/crosstune.md"})
     publish_results("crosstune_dev", render_section, args.write_docs)
 

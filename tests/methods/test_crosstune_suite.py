@@ -213,6 +213,66 @@ def test_head_cv_keeps_the_level_with_the_best_out_of_fold_accuracy(featurizer, 
         CrossTuneConfig(head_cv=1)
 
 
+def test_inner_epochs_score_each_fold_with_no_choice_made_on_it(featurizer, tmp_path):
+    from blackbox.methods.crosstune.estimator import fold_indices
+    from blackbox.methods.crosstune.head import fit_head
+
+    tr_x, tr_y = make_texts(8, 0)
+    classes = sorted(set(tr_y))
+    y = np.array([classes.index(c) for c in tr_y])
+    f = featurizer(tr_x)
+    labels = featurizer([DESCRIPTIONS[c] for c in classes]).pooled().astype(np.float32)
+    folds = fold_indices(y, 4, 0)
+
+    def oof(cfg: CrossTuneConfig, yy: np.ndarray) -> tuple[np.ndarray, dict]:
+        _, info = fit_head(f.x, f.mask, yy, labels, len(classes), cfg, folds=folds)
+        return info.pop("_oof"), info
+
+    cfg = CrossTuneConfig(seed=0, inner_epochs=True, **FAST)
+    base, info = oof(cfg, y)
+    assert info["inner_epochs"] and len(info["best_epochs"]) == 4 and all(1 <= e <= FAST["max_epochs"] for e in info["best_epochs"])
+    # fold 0's labels changed (each row to the next class): fold 0's out-of-fold scores are
+    # unchanged (no choice on it), while the other folds' change (fold 0 trains them)
+    flipped = y.copy()
+    flipped[folds[0]] = (y[folds[0]] + 1) % len(classes)
+    moved, _ = oof(cfg, flipped)
+    np.testing.assert_array_equal(moved[folds[0]], base[folds[0]])
+    assert not np.allclose(moved[folds[1]], base[folds[1]])
+    legacy = CrossTuneConfig(seed=0, inner_epochs=False, **FAST)  # early-stopped on the scored fold: its labels leak in
+    assert not np.array_equal(oof(legacy, flipped)[0][folds[0]], oof(legacy, y)[0][folds[0]])
+    # the estimator: recorded, saved and reloaded as fitted; the legacy value is the old path
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, inner_epochs=True, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert clf.train_info_["inner_epochs"] is True
+    te_x, _ = make_texts(6, 1)
+    back = CrossTuneClassifier.load(clf.save(tmp_path / "inner"), featurizer)
+    np.testing.assert_allclose(back.predict_proba(te_x), clf.predict_proba(te_x), atol=1e-9)
+    old = CrossTuneClassifier(featurizer, CrossTuneConfig(seed=0, inner_epochs=False, **FAST), DESCRIPTIONS).fit(tr_x, tr_y)
+    assert old.train_info_["inner_epochs"] is False
+    with pytest.raises(ConfigError, match="inner_epochs: expected true or false, received 1"):
+        CrossTuneConfig(inner_epochs=1)
+
+
+def test_probe_inner_chooses_each_folds_c_without_that_fold(featurizer):
+    tr_x, tr_y = make_texts(8, 0)
+    cfg = dict(FAST, seed=0, inner_epochs=True, probe_cs=(0.001, 0.01, 1.0))
+    clf = CrossTuneClassifier(featurizer, CrossTuneConfig(probe_inner=True, **cfg), DESCRIPTIONS).fit(tr_x, tr_y)
+    plain = CrossTuneClassifier(featurizer, CrossTuneConfig(probe_inner=False, **cfg), DESCRIPTIONS).fit(tr_x, tr_y)
+    y = np.array([clf.classes_.index(c) for c in tr_y])
+    z = featurizer(tr_x).probe_input()
+    nested = clf._probe_oof_nested(z, y)
+    sel = clf.train_info_["selection"]
+    assert sel["oof_acc"]["linear-probe"] == float((nested.argmax(1) == y).mean())
+    # only the estimate is nested: the final probe (and its C) is the plain fit's
+    assert sel["probe_C"] == plain.train_info_["selection"]["probe_C"] and np.array_equal(clf.probe_["coef"], plain.probe_["coef"])
+    # fold 0's labels changed: its nested out-of-fold scores are unchanged (no choice made on it)
+    f0 = clf.fold_index_[0]
+    flipped = y.copy()
+    flipped[f0] = (y[f0] + 1) % len(clf.classes_)
+    np.testing.assert_array_equal(clf._probe_oof_nested(z, flipped)[f0], nested[f0])
+    with pytest.raises(ConfigError, match="probe_inner: expected true or false, received 1"):
+        CrossTuneConfig(probe_inner=1)
+
+
 def test_pair_similarity_joins_the_probe(featurizer):
     from blackbox.methods.crosstune.features import segment_cosine
 
@@ -381,6 +441,22 @@ def test_dev_decision_rule():
     res["rows"] = rows({**third, "weighted": (0.6, 0.5)})
     res["decision"] = crosstune_dev.decide(res["rows"])
     assert res["decision"]["third"]["ships"] is None and "None ships" in crosstune_dev.render_section("crosstune_dev", res)
+    # fourth pass (F, the out-of-fold fix), against A with the margin rule
+    for f_acc, ships in (((0.61, 0.51), True), ((0.63, 0.485), False), ((0.602, 0.502), False)):
+        res["rows"] = rows({**third, "weighted": (0.6, 0.5), "inner-epochs": f_acc})
+        res["decision"] = crosstune_dev.decide(res["rows"])
+        assert (res["decision"]["fourth"]["ships"] == "inner-epochs") is ships
+        assert ("F becomes the default" in crosstune_dev.render_section("crosstune_dev", res)) is ships
+    # both pass: the higher suite mean ships
+    res["rows"] = rows({**third, "weighted": (0.6, 0.5), "inner-epochs": (0.61, 0.51), "inner-epochs-probe": (0.615, 0.51)})
+    res["decision"] = crosstune_dev.decide(res["rows"])
+    assert res["decision"]["fourth"]["ships"] == "inner-epochs-probe" and "G becomes the default" in crosstune_dev.render_section("crosstune_dev", res)
+    # the out-of-fold bias: mean out-of-fold accuracy minus dev accuracy, per task and arm
+    recs = [{"task": "x", "arm": "inner-epochs", "seed": s, "choice": "blend", "oof_acc": {"crosstune": 0.7, "blend": 0.6, "linear-probe": 0.5},
+             "candidate_acc": {"crosstune": 0.6, "blend": 0.6, "linear-probe": 0.55}} for s in (0, 1)]
+    bias = crosstune_dev.oof_bias(recs)
+    assert set(bias) == {"inner-epochs"} and bias["inner-epochs"]["tasks"]["x"] == pytest.approx({"crosstune": 10.0, "blend": 0.0, "linear-probe": -5.0})
+    assert bias["inner-epochs"]["choices"] == {"x": {"blend": 2}}
 
 
 def test_run_started_before_the_new_options_resumes_with_their_old_values(tmp_path, registered):  # noqa: F811

@@ -11,7 +11,7 @@ from blackbox.errors import bad_value
 METHODS = ("crosstune", "no-labels", "linear-probe", "zero-shot", "probe-ensemble")
 SELECT_RULES = ("margin", "stacked", "weighted")
 # values that models saved before an option existed were fitted with (load fills them in)
-LEGACY = {"select_rule": "margin", "pair_similarity": 0.0, "head_cv": False}
+LEGACY = {"select_rule": "margin", "pair_similarity": 0.0, "head_cv": False, "inner_epochs": False, "probe_inner": False}
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -51,6 +51,8 @@ class CrossTuneConfig(Config):
     select_margin: float = field(default=0.05, metadata={"help": "the blend of head and probe predicts unless another candidate beats its criterion by more than this (accuracy: a fraction of the shots)"})
     select_rule: str = field(default="margin", metadata={"help": "margin: the blend of head and probe unless another candidate beats it by select_margin; stacked: predict with a weighted product of head, probe and zero-shot, the weights (a grid of quarters summing to one) picked by out-of-fold log-loss on the few-shot set; weighted: predict with a weighted product of head and probe, the head's weight (0, .25, .5, .75 or 1) picked by out-of-fold accuracy on the few-shot set (ties: log-loss, then nearest .5)"})
     head_cv: bool = field(default=False, metadata={"help": "head ensembles: fit the heads at three regularisation levels (dropout, weight decay: 0.5, 0.5 as configured; 0.25, 0.05 weaker; 0.75, 5 stronger) and keep the level with the best out-of-fold accuracy on the few-shot set (ties: log-loss, then the configured one); false: the configured dropout and weight_decay only"})
+    inner_epochs: bool = field(default=False, metadata={"help": "head ensembles: fold k's head trains for an epoch count chosen on inner splits of the other folds (one head per pair of folds, early-stopped on each), so its out-of-fold score on fold k, which the model selection reads, involves no choice made on fold k; false: each head is early-stopped on the fold that then scores it (out-of-fold accuracy biased upward)"})
+    probe_inner: bool = field(default=False, metadata={"help": "model selection: fold k's linear probe in the out-of-fold estimate takes the probe_cs value chosen on the other folds only (nested), not the one with the best out-of-fold accuracy over all folds (biased upward); the final probe's C is chosen as before"})
     pair_similarity: float = field(default=10.0, metadata={"help": "sentence pairs: the cosine of the two segments joins the linear probe's input (alone, in the probe ensemble and in CrossTune's blend) as a feature this many times the scale of a standardised one, so its L2 penalty is this squared times weaker; 0 leaves it out (models saved before this option)"})
     attention: bool = field(default=True, metadata={"help": "the cross-attention term of the head; false leaves the learnt prior and class biases (ablation)"})
     linear: bool = field(default=False, metadata={"help": "add a residual linear term on the pooled, projected input to the cross-attention score"})
@@ -91,7 +93,7 @@ class CrossTuneConfig(Config):
         if not isinstance(self.refit, bool):
             raise bad_value("refit", "true or false", self.refit)
         _int("folds", self.folds, 1, 64)
-        for name in ("select", "attention", "head_cv"):
+        for name in ("select", "attention", "head_cv", "inner_epochs", "probe_inner"):
             if not isinstance(getattr(self, name), bool):
                 raise bad_value(name, "true or false", getattr(self, name))
         if self.select_by not in ("log-loss", "accuracy"):

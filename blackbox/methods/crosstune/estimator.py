@@ -369,6 +369,31 @@ class CrossTuneClassifier:
         assert best is not None
         return best[1], best[2], best[3]
 
+    def _probe_oof_nested(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Out-of-fold log-probabilities of the linear probe where fold ``k``'s probe takes the
+        ``probe_cs`` value that :meth:`_probe_oof`'s criterion prefers on the other folds alone
+        (leave one of them out in turn), so no choice is made on the fold it scores."""
+        n, k = len(y), len(self.classes_)
+        folds = self.fold_index_
+        oof = np.zeros((n, k))
+
+        def fit_score(tr: np.ndarray, vi: np.ndarray, c: float) -> np.ndarray:
+            mu, sd = self._standardise(z[tr])
+            m = fit_logistic((z[tr] - mu) / sd, y[tr], c)
+            return np.log(np.clip(m.predict_proba((z[vi] - mu) / sd), 1e-12, None))
+
+        for i, vi in enumerate(folds):
+            others = [f for j, f in enumerate(folds) if j != i]
+            rows = np.concatenate(others)
+
+            def key(c: float) -> tuple[float, float]:
+                inner = np.concatenate([fit_score(np.concatenate([g for g in others if g is not f]), f, c) for f in others])
+                return float((inner.argmax(1) == y[rows]).mean()), float(inner[np.arange(len(rows)), y[rows]].mean())
+
+            c = max(self.config.probe_cs, key=key) if len(others) > 1 else self.config.probe_cs[len(self.config.probe_cs) // 2]
+            oof[vi] = fit_score(np.setdiff1d(np.arange(n), vi), vi, c)
+        return oof
+
     def _select(self, orig: Features, y: np.ndarray, head_oof: np.ndarray) -> tuple[str, dict[str, Any]]:
         """Choose what predicts, on the few-shot set only: the blend of the head ensemble and
         the linear probe, unless the head, the probe or zero-shot beats the blend's
@@ -377,6 +402,9 @@ class CrossTuneClassifier:
         temperature (for the log-loss) is fitted on the shots. The evidence is returned."""
         z = orig.probe_input(self._similarity())
         c, probe_oof, _ = self._probe_oof(z, y)
+        if self.config.probe_inner:
+            # the final probe keeps C chosen on all folds; only its out-of-fold estimate is nested
+            probe_oof = self._probe_oof_nested(z, y)
         zs = self._zero_shot_scores(orig) / 20.0  # cosines
         rows = np.arange(len(y))
         temp = min(ZS_SCALES, key=lambda t: -_log_softmax(t * zs)[rows, y].mean())

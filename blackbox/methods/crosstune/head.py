@@ -19,8 +19,9 @@ head is a description-conditioned bilinear classifier.
 
 Training (:func:`fit_head`): by default a cross-validated ensemble
 (:class:`CrossTuneEnsemble`): one head per stratified fold of the few-shot set, trained on
-the other folds and early-stopped on its own; predictions average the heads'
-log-probabilities. ``folds=1`` gives the single head (held-out quarter, then refit).
+the other folds and early-stopped on its own (``inner_epochs``: trained for an epoch count
+chosen on the other folds only, so its own fold scores it with no choice made there);
+predictions average the heads' log-probabilities. ``folds=1`` gives the single head (held-out quarter, then refit).
 """
 
 from __future__ import annotations
@@ -237,6 +238,38 @@ def _train(head: CrossTuneHead, data: _Batch, config: Any, epochs: int, val: _Ba
     return best_epoch, history, (best if val is not None else float("nan"))
 
 
+def _train_curves(head: CrossTuneHead, data: _Batch, config: Any, vals: list[_Batch]) -> list[int]:
+    """Full-batch AdamW as :func:`_train`, watching several held-out sets at once; returns the
+    best epoch on each (lowest loss, same tolerance and patience), stopping when every set has
+    run out of patience. No state is kept: only the epoch counts are used."""
+    rest = [p for n, p in head.named_parameters() if p.requires_grad and n != "alpha"]
+    groups = [{"params": rest}]
+    if head.alpha.requires_grad:
+        groups.append({"params": [head.alpha], "lr": config.lr * 30, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    best = [float("inf")] * len(vals)
+    best_epoch = [config.max_epochs] * len(vals)
+    bad = [0] * len(vals)
+    wsum = data.w.sum()
+    for epoch in range(1, config.max_epochs + 1):
+        head.train()
+        opt.zero_grad()
+        loss = (nn.functional.cross_entropy(data.scores(head), data.y, reduction="none") * data.w).sum() / wsum
+        loss.backward()
+        opt.step()
+        head.eval()
+        with torch.no_grad():
+            for i, val in enumerate(vals):
+                vloss = float(nn.functional.cross_entropy(val.scores(head), val.y))
+                if vloss < best[i] - 1e-4:
+                    best[i], best_epoch[i], bad[i] = vloss, epoch, 0
+                else:
+                    bad[i] += 1
+        if min(bad) >= config.patience:
+            break
+    return best_epoch
+
+
 def _pca_basis(z: np.ndarray, rank: int, seed: int) -> np.ndarray:
     """Top-``rank`` principal directions ``(d, rank)`` of the rows of ``z`` (already centred-ish)."""
     d = z.shape[1]
@@ -309,7 +342,26 @@ def _fit_folds(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarra
     members, epochs, run = [], [], 0
     oof = np.zeros((n, n_classes))
     held = np.zeros(n, dtype=bool)
+    inner = _inner_epochs(x, mask, y, tl, n_classes, config, folds, w, (mu, sd, basis)) if getattr(config, "inner_epochs", False) else None
     for k, vi in enumerate(folds):
+        if inner is not None:
+            # fold k's head trains for an epoch count chosen without fold k (inner splits of
+            # the other folds), so fold k scores it out of fold with no choice made on it
+            _seed_all(config.seed * 1009 + k)
+            head = build_head(x.shape[2], n_classes, config)
+            head.set_stats(mu, sd, basis)
+            ti = np.setdiff1d(np.flatnonzero(w[k] > 0), vi)
+            tvi, tti = torch.as_tensor(vi), torch.as_tensor(ti)
+            train = _Batch(head, tx[tti], tm[tti], ty[tti], torch.as_tensor(np.ascontiguousarray(w[k][ti])), tl)
+            _, history, _ = _train(head, train, config, inner[k], None)
+            val = _Batch(head, tx[tvi], tm[tvi], ty[tvi], torch.ones(len(vi)), tl)
+            with torch.no_grad():
+                oof[vi] = torch.log_softmax(val.scores(head), -1).double().numpy()
+            held[vi] = True
+            members.append(head)
+            epochs.append(inner[k])
+            run += len(history)
+            continue
         _seed_all(config.seed * 1009 + k)
         head = build_head(x.shape[2], n_classes, config)
         head.set_stats(mu, sd, basis)
@@ -328,12 +380,42 @@ def _fit_folds(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarra
     oof_loss = float(-oof[held][np.arange(len(yi)), yi].mean())
     oof_acc = float((oof[held].argmax(1) == yi).mean())
     info: dict[str, Any] = {
+        "inner_epochs": inner is not None,
         "members": len(folds), "n_train": int(n), "n_val": int(held.sum()), "best_epoch": int(round(float(np.mean(epochs)))),
         "best_epochs": [int(e) for e in epochs], "epochs_run": int(run), "oof_loss": oof_loss, "oof_acc": oof_acc,
         "val_acc": oof_acc, "train_seconds": time.perf_counter() - t0, "train_cpu_seconds": time.process_time() - c0,
         "_oof": oof,  # out-of-fold log-probabilities (n, C), for the model selection; not stored
     }
     return CrossTuneEnsemble(members), info
+
+
+def _inner_epochs(x: np.ndarray, mask: np.ndarray, y: np.ndarray, tl: torch.Tensor | None, n_classes: int, config: Any,
+                  folds: list[np.ndarray], w: np.ndarray, stats: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[int]:
+    """Epoch count per fold ``k``, chosen on the other folds only: for each other fold ``j``, a
+    head trained on the folds other than ``j`` and ``k`` is early-stopped on ``j``; fold ``k``
+    gets the mean of those best epochs. One head per pair of folds serves both (its best epoch
+    on ``j`` counts for ``k`` and its best epoch on ``k`` for ``j``): K(K-1)/2 inner heads.
+    Generated rows train a pair's head only when neither fold's weights exclude them."""
+    mu, sd, basis = stats
+    tx, tm, ty = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(mask), torch.as_tensor(y, dtype=torch.long)
+    found: dict[int, list[int]] = {k: [] for k in range(len(folds))}
+    p = 0
+    for k in range(len(folds)):
+        for j in range(k + 1, len(folds)):
+            _seed_all(config.seed * 1009 + 100 + p)
+            p += 1
+            head = build_head(x.shape[2], n_classes, config)
+            head.set_stats(mu, sd, basis)
+            wk = np.minimum(w[k], w[j])
+            ti = np.setdiff1d(np.flatnonzero(wk > 0), np.concatenate([folds[k], folds[j]]))
+            tti = torch.as_tensor(ti)
+            train = _Batch(head, tx[tti], tm[tti], ty[tti], torch.as_tensor(np.ascontiguousarray(wk[ti])), tl)
+            vals = [_Batch(head, tx[torch.as_tensor(folds[i])], tm[torch.as_tensor(folds[i])], ty[torch.as_tensor(folds[i])],
+                           torch.ones(len(folds[i])), tl) for i in (j, k)]
+            on_j, on_k = _train_curves(head, train, config, vals)
+            found[k].append(on_j)  # chosen on j, used for k's head
+            found[j].append(on_k)
+    return [max(1, int(round(float(np.mean(e))))) for e in (found[k] for k in range(len(folds)))]
 
 
 def _fit_head(x: np.ndarray, mask: np.ndarray, y: np.ndarray, labels: np.ndarray | None, n_classes: int, config: Any,
