@@ -269,8 +269,10 @@ def shrink_checks(rows: list[tuple[Any, Any, Any]], delta: float = 1e-6, ks: tup
             "bound_kept_min": min(kept), "topk_same_weights": {str(k): v for k, v in same.items()}}
 
 
-def measure(which: str, threads: int, repeats: int, with_profile: bool, pair: str = "smol", only: tuple[str, ...] | None = None, with_cost: bool = False) -> None:
-    """Run the arms ``only`` (default: every arm of the pair) missing from the set's results file; rows already there are kept."""
+def measure(which: str, threads: int, repeats: int, with_profile: bool, pair: str = "smol", only: tuple[str, ...] | None = None, with_cost: bool = False,
+            redo: bool = False) -> None:
+    """Run the arms ``only`` (default: every arm of the pair) missing from the set's results file (``redo``: every one of
+    them); rows already there are kept, a re-run row records whether it reproduced the earlier outputs."""
     from _common import results_path
 
     info = machine()
@@ -290,7 +292,8 @@ def measure(which: str, threads: int, repeats: int, with_profile: bool, pair: st
         res.setdefault("qwen", {"models": {"large": "Qwen2.5-Coder-1.5B-Instruct", "small": "Qwen2.5-Coder-0.5B-Instruct"},
                                 "experts": "bench/fusion_qwen_multi.py's (multi-expert-capital, multi-expert-region)", "threads": threads, "arms": {}})
     arms: dict[str, Any] = res["qwen"]["arms"] if pair == "qwen" else res["arms"]
-    todo = [a for a in (only or (QWEN_ARMS if pair == "qwen" else ARMS)) if a not in arms]
+    todo = [a for a in (only or (QWEN_ARMS if pair == "qwen" else ARMS)) if a not in arms or redo]
+    earlier = {a: arms[a]["outputs"] for a in todo if a in arms}  # --redo: the outputs the re-run must reproduce
     if pair == "qwen" and any(a not in QWEN_ARMS for a in todo):
         raise SystemExit(f"--arms: expected some of {', '.join(QWEN_ARMS)} with --pair qwen, received {' '.join(todo)}")
 
@@ -323,6 +326,8 @@ def measure(which: str, threads: int, repeats: int, with_profile: bool, pair: st
         arms[arm] = {"correct": ok, "accuracy": sum(ok) / len(ok), "seconds": round(out.seconds, 2), "tokens": out.n_tokens,
                      "by_skill": {s: sum(o for o, r in zip(ok, rows) if r["skill"] == s) for s in ("capital", "region", "general")},
                      "outputs": out.texts, "load": loadavg()}
+        if arm in earlier:
+            arms[arm]["same_outputs_as_earlier_run"] = sum(x == y for x, y in zip(out.texts, earlier[arm]))
         if arm != "proxy":  # which expert was active at each step (0 capital, 1 region, None: α = 0 for both)
             arms[arm]["active"] = [[next((t for t, x in enumerate(w) if x > 0), None) for w in ws] for ws in out.weights]
         this_run["did"].append(f"{pair}:{arm}")
@@ -345,33 +350,72 @@ def measure(which: str, threads: int, repeats: int, with_profile: bool, pair: st
     save()
 
 
+def switches(active: list[list[int | None]]) -> int:
+    """Answers whose active expert (ignoring steps with no expert) changes between steps."""
+    return sum(len({t for t in steps if t is not None}) > 1 for steps in active)
+
+
+def table(arms: dict[str, Any], n: int, counts: dict[str, int]) -> list[str]:
+    """The accuracy table of one pair's arms."""
+    lines = ["| arm | accuracy | capital | region | general | seconds |", "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        if arm in arms:
+            a = arms[arm]
+            b = a["by_skill"]
+            lines.append(f"| {TITLES[arm]} | {sum(a['correct'])}/{n} ({100 * a['accuracy']:.1f}%) | {b['capital']}/{counts['capital']} | "
+                         f"{b['region']}/{counts['region']} | {b['general']}/{counts['general']} | {a['seconds']:.1f} |")
+    same = {a: x["same_outputs_as_earlier_run"] for a, x in arms.items() if "same_outputs_as_earlier_run" in x}
+    if same:
+        lines += ["", "Re-run here, outputs identical to the earlier run's on " + ", ".join(f"{a} {v}/{n}" for a, v in same.items()) + " prompts."]
+    return lines
+
+
 def render_section(name: str, r: dict[str, Any]) -> str:
     """The docs section (pure)."""
     n = r["n"]
     counts = {s: r["skills"].count(s) for s in ("capital", "region", "general")}
     dev = r["set"] == "dev"
-    lines = [
-        f"## Dynamic fusion, two experts: variants of the weight search, {'development' if dev else 'reported'} set",
-        "",
-        f"Command `{r['command']}`, {r['date']}; {machine_line(r['machine'])}. Models and prompts of bench/fusion_smol.py "
-        f"({counts['capital']} capital, {counts['region']} region, {counts['general']} general); both experts in every arm; greedy, at most "
-        f"{r['max_tokens']} tokens. Variants are defined in bench/fusion_dynamic.py.",
-        "",
-        "| arm | accuracy | capital | region | general | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for arm in ARMS:
-        if arm in r["arms"]:
-            a = r["arms"][arm]
-            b = a["by_skill"]
-            lines.append(f"| {TITLES[arm]} | {sum(a['correct'])}/{n} ({100 * a['accuracy']:.1f}%) | {b['capital']}/{counts['capital']} | "
-                         f"{b['region']}/{counts['region']} | {b['general']}/{counts['general']} | {a['seconds']:.1f} |")
+    what = (f"Models and prompts of bench/fusion_smol.py ({counts['capital']} capital, {counts['region']} region, {counts['general']} general); "
+            f"both experts in every arm; greedy, at most {r['max_tokens']} tokens. Variants are defined in bench/fusion_dynamic.py.")
+    lines = [f"## Dynamic fusion, two experts: variants of the weight search, {'development' if dev else 'reported'} set", ""]
+    runs = r.get("runs")
+    if runs:  # several runs added rows, each kept with its own stamp
+        lines += [what + " Each run added rows and kept the earlier ones:", ""]
+        lines += [f"* `{u['command']}`, {u['date']}; {machine_line(u['machine'])}: {', '.join(u['did']) or 'nothing new'}." for u in runs]
+        lines += ["", "SmolLM2-135M substitute (large = small base):", ""]
+    else:
+        lines += [f"Command `{r['command']}`, {r['date']}; {machine_line(r['machine'])}. " + what, ""]
+    lines += table(r["arms"], n, counts)
     if r.get("paired"):
         lines += ["", "Paired, per prompt: " + "; ".join(f"{k} {100 * v['diff']:+.1f} points ({v['better']} better / {v['worse']} worse, p = {v['p']:g})"
                                                         for k, v in r["paired"].items()) + "."]
+    q = r.get("qwen")
+    if q and q["arms"]:
+        lines += ["", f"Qwen pair ({q['models']['large']} large, {q['models']['small']} small base, experts {q['experts']}; {q['threads']} torch thread):", ""]
+        lines += table(q["arms"], n, counts)
+        if q.get("paired"):
+            lines += ["", "Paired, per prompt: " + "; ".join(f"{k} {100 * v['diff']:+.1f} points ({v['better']} better / {v['worse']} worse, p = {v['p']:g})"
+                                                            for k, v in q["paired"].items()) + "."]
+        sw = {a: switches(x["active"]) for a, x in q["arms"].items() if "active" in x}
+        if sw:
+            lines += ["", "Answers in which the active expert changes between steps (of " + str(n) + "): "
+                      + ", ".join(f"{a} {v}" for a, v in sw.items()) + "."]
+    c = r.get("choice_cost")
+    if c:
+        b = c["best_s_per_token"]
+        lines += ["", f"Cost of the candidates (SmolLM2, {c['prompts']} prompts × {c['tokens']} tokens, no stop, best of {c['repeats']} in rotating order, "
+                  f"load {c['load'][0]} at end): " + ", ".join(f"{a} {1000 * b[a]:.1f} ms per token ({c['ratio_to_proxy'][a]:.2f}× proxy)" for a in b) + "."]
+    d = r.get("decision")
+    if d:
+        lines += ["", "Second-pass rule (bench/fusion_dynamic.py, fixed before these runs): a candidate ships only if its accuracy is ≥ proxy-tuning "
+                  "(both experts) and ≥ the shipped per-step search on both pairs, at ≤ 1.10× proxy's time per token."]
+        for cand, x in d["per_candidate"].items():
+            failed = [k for k, ok in x["checks"].items() if not ok]
+            lines.append(f"`{cand}`: {'passes' if x['passes'] else 'fails (' + '; '.join(failed) + ')'}.")
+        lines.append(f"Ships: {'`' + d['ships'] + '`' if d['ships'] else 'none (the default stays `step`)'}.")
     if dev and "holds_on_dev" in r:
         held = r["holds_on_dev"]
-        lines += ["", "Rule fixed before this run: a variant replaces the shipped search only if it scores strictly above it here and not "
+        lines += ["", ("First pass's rule" if r.get("runs") else "Rule") + " fixed before " + ("its run" if r.get("runs") else "this run") + ": a variant replaces the shipped search only if it scores strictly above it here and not "
                   f"below proxy-tuning. Variants that pass: {', '.join(held) if held else 'none'}."]
         if "each" in held and r["arms"]["each"]["outputs"] == r["arms"]["proxy"]["outputs"]:
             lines.append("`each` gave proxy-tuning's output on every prompt: with the large model equal to the small base, each expert alone at "
@@ -381,7 +425,7 @@ def render_section(name: str, r: dict[str, Any]) -> str:
     if p:
         b = p["best_s_per_token"]
         extra = b["dynamic"] - b["proxy"]
-        lines += ["", f"Cost ({p['prompts']} prompts × {p['tokens']} tokens, no stop, best of {p['repeats']} in rotating order; load at the end "
+        lines += ["", ("First pass's profile, on the first run's machine: " if r.get("runs") else "") + f"Cost ({p['prompts']} prompts × {p['tokens']} tokens, no stop, best of {p['repeats']} in rotating order; load at the end "
                   f"{p['load'][0] if p['load'] else 'n/a'}): proxy {1000 * b['proxy']:.1f} ms per token, dynamic {1000 * b['dynamic']:.1f} ms: "
                   f"**{p['ratio_dynamic_to_proxy']:.2f}×** (target ≤ 1.10×). The weight search took {1000 * p['search_s_per_token']:.1f} ms per token "
                   f"of dynamic's run, against {1000 * extra:.1f} ms of difference between the two arms' best times: the search is all of the extra time "
@@ -403,12 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--pair", choices=("smol", "qwen"), default="smol", help="SmolLM2 substitute or the Qwen2.5-Coder pair")
     ap.add_argument("--arms", nargs="+", choices=ARMS, help="arms to run (those already in the results file are kept, not re-run)")
+    ap.add_argument("--redo", action="store_true", help="re-run the --arms already in the results file (records whether the outputs reproduce)")
     ap.add_argument("--cost", action="store_true", help="time per token of proxy, dynamic and the expert_choice candidates (SmolLM2)")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
     if not args.render:
-        measure(args.which, args.threads, args.repeats, args.profile, args.pair, tuple(args.arms) if args.arms else None, args.cost)
+        measure(args.which, args.threads, args.repeats, args.profile, args.pair, tuple(args.arms) if args.arms else None, args.cost, args.redo)
     publish_sets(STEMS, args.which, args.render, render_section, args.write_docs)
     return 0
 
