@@ -137,3 +137,16 @@ def test_queries_are_counted_in_one_process_and_in_a_replicas_share(specs, tmp_p
     finally:
         body.close()
     assert rows[0]["queries"] == q and rows[1]["queries"] is None
+
+
+def test_expert_choice_reaches_the_search_from_the_cli(specs):
+    """--expert-choice first: one expert active per answer (the trace shows it); a bad value is one line."""
+    base = ["--large", specs["large"], "--small", specs["small"], "--expert", specs["e1"], "--expert", specs["e2"],
+            "--mode", "dynamic", "--max-tokens", "8", "--prompt", "the cat sat", "--json", "--no-progress"]
+    res = _cli(*base, "--expert-choice", "first")
+    assert res.exit_code == 0, res.output
+    weights = json.loads(res.stdout.strip().splitlines()[-1])["weights"][0]
+    active = {i for row in weights for i, w in enumerate(row) if w > 0}
+    assert len(weights) > 0 and len(active) <= 1, weights
+    bad = _cli(*base, "--expert-choice", "vote")
+    assert bad.exit_code == 1 and bad.output.strip() == "error: expert_choice: expected one of step, first, cumulative, received 'vote'"

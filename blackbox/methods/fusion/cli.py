@@ -76,6 +76,7 @@ def generate(
     mode: str = typer.Option("proxy", "--mode", help="proxy (fixed alpha) or dynamic (per-step KL-matched weights)."),
     alpha: float = typer.Option(1.0, "--alpha", help="proxy: the fixed expert weight, in [0, 2]."),
     refine: int = typer.Option(0, "--refine", help="dynamic: golden-section steps after the 0..2 grid (0 = grid only)."),
+    expert_choice: str = typer.Option("step", "--expert-choice", help="dynamic, several experts: the active expert is this step's best (step), the first one given weight, kept (first), or the best summed over the answer (cumulative)."),
     precision: str = typer.Option("float32", "--precision", help="dynamic: arithmetic of the weight search, float32 (fast) or float64 (reference)."),
     max_tokens: int = typer.Option(32, "--max-tokens", help="Tokens to generate at most per prompt."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default); > 0 samples."),
@@ -105,7 +106,7 @@ def generate(
     config = FusionConfig(
         mode=mode, alpha=alpha, refine=refine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         stop=tuple(stop), batch_size=batch_size, large_top_k=large_top_k, precision=precision,
-        large_tail=large_tail,
+        large_tail=large_tail, expert_choice=expert_choice,
     )
     if replicas != 1 or ray_address is not None:
         # The prompt set split across Ray replicas, each decoding its share with the whole fused
