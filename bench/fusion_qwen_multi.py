@@ -21,8 +21,24 @@ bench/results/fusion_qwen_multi.json at once, and a re-run skips the arms alread
 prompts). Models are loaded when an arm first needs them: at most the four of the fused arms
 (about 12 GB in fp32).
 
+Tail check on the development set (``--tail-dev``; rule written here before its run). The
+``--api`` run showed the server's outputs equal to the local fp32 1.5B cut to its own top-k, so
+this check uses that local emulation only (no server). Prompts: bench/fusion_smol.py's
+development set, disjoint from the reported one, cut by ``API_SUBSET``'s rule (the first 10
+capital, 10 region and 5 general development prompts: 25). Proxy-tuning, both experts, α = 1,
+k = 5, 10, 20, each of ``large_tail`` small, uniform, floor; reference: exact fusion (the 1.5B
+local in fp32). Measures, against exact: teacher-forced token agreement (as in ``--api``) and
+the prompts whose output equals exact's. Rule: the tail with the most token agreement summed
+over the three k is the one recommended for a small base unlike the served model; a tie goes
+to more equal outputs summed over k, then to ``small`` (the shipped default). Only if that
+tail is not ``small``, the same local top-k runs on the ``--api`` prompts of the reported set
+(``API_SUBSET``) for the chosen tail and for ``small`` (a re-run that checks a437593's outputs),
+paired against exact. The shipped default is not changed by this run. Results:
+bench/results/fusion_qwen_tail_dev.json, section ``fusion_qwen_tail_dev``.
+
     pip install -e ".[bench-large]"                     # the 1.5B GGUF parts
     python bench/fusion_qwen_multi.py [--threads 2] [--steps 12] [--repeats 3]
+    python bench/fusion_qwen_multi.py --tail-dev --threads 1 [--write-docs]
     python bench/fusion_qwen_multi.py --render [--write-docs]
 """
 
