@@ -39,7 +39,7 @@ bench/results/fusion_qwen_tail_dev.json, section ``fusion_qwen_tail_dev``.
     pip install -e ".[bench-large]"                     # the 1.5B GGUF parts
     python bench/fusion_qwen_multi.py [--threads 2] [--steps 12] [--repeats 3]
     python bench/fusion_qwen_multi.py --tail-dev --threads 1 [--write-docs]
-    python bench/fusion_qwen_multi.py --render [--write-docs]
+    python bench/fusion_qwen_multi.py --render [--write-docs]     # both sections
 """
 
 from __future__ import annotations
@@ -338,9 +338,125 @@ def measure_api(args: argparse.Namespace) -> None:
             checkpoint(res, api=True)
 
 
+# --- the tail check on the development set (rule in the module doc, fixed before the run) ---
+TAIL_STEM = "fusion_qwen_tail_dev"
+TAILS = ("small", "uniform", "floor")
+
+
+def choose_tail_dev(per_tail: dict[str, dict[str, Any]], ks: list[int]) -> str | None:
+    """The module doc's rule: most token agreement summed over k, then most equal outputs, then ``small``."""
+    if set(per_tail) != set(TAILS) or any(set(v) != {str(k) for k in ks} for v in per_tail.values()):
+        return None  # an unfinished run chooses nothing
+    key = {t: (sum(x["token_agreement"][0] for x in v.values()), sum(x["same_output"] for x in v.values()), t == "small") for t, v in per_tail.items()}
+    return max(TAILS, key=lambda t: key[t])
+
+
+def tail_runs(m: dict[str, Any], rows: list[dict[str, Any]], tails: list[str], ks: list[int], rec: dict[str, Any], save: Any) -> None:
+    """Exact fusion and the local top-k fusion for each tail and k on ``rows``, into ``rec``."""
+    from blackbox.methods.fusion.decode import LogitFusion
+    from fusion_api import _config, forced_rows, teacher_forced
+
+    prompts = [r["prompt"] for r in rows]
+    experts = [m[s] for s in SKILLS]
+    t0 = time.perf_counter()
+    exact = LogitFusion(m["large"], m["small"], experts, _config()).generate(prompts)
+    ok_exact = [correct(r, t) for r, t in zip(rows, exact.texts)]
+    rec["exact"] = {"correct": ok_exact, "outputs": exact.texts, "tokens": exact.n_tokens, "seconds": round(time.perf_counter() - t0, 2), "load": loadavg()}
+    save()
+    forced = forced_rows(LogitFusion(m["large"], m["small"], experts, _config(large_top_k=20)), prompts, exact.tokens)
+    for tail in tails:
+        for k in ks:
+            fusion = LogitFusion(m["large"], m["small"], experts, _config(large_top_k=k, large_tail=tail))
+            t0 = time.perf_counter()
+            got = fusion.generate(prompts)
+            secs = time.perf_counter() - t0
+            ok = [correct(r, t) for r, t in zip(rows, got.texts)]
+            x = {"correct": ok, "outputs": got.texts, "paired_vs_exact": paired(ok, ok_exact), "same_output": sum(a == b for a, b in zip(got.texts, exact.texts)),
+                 "token_agreement": list(teacher_forced(fusion, prompts, exact.tokens, forced, None)), "seconds": round(secs, 2), "load": loadavg()}
+            rec.setdefault("tails", {}).setdefault(tail, {})[str(k)] = x
+            print(json.dumps({"tail": tail, "k": k, "accuracy": sum(ok), "exact": sum(ok_exact), "same": x["same_output"], "agree": x["token_agreement"],
+                              "s": x["seconds"], "load": loadavg()}), flush=True)
+            save()
+
+
+def measure_tail_dev(args: argparse.Namespace) -> None:
+    """The development tail check, then (only for a chosen tail other than ``small``) the reported API subset."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = machine()
+    res: dict[str, Any] = {**stamp(info), "threads": args.threads, "models": MODELS, "ks": args.ks, "mode": "proxy, both experts, alpha=1",
+                           "max_tokens": MAX_TOKENS, "rule": "most token agreement summed over k, then most equal outputs, then small", "chosen": None}
+
+    def save() -> None:
+        info["loadavg_at_end"] = loadavg()
+        save_results(TAIL_STEM, res, {TAIL_STEM: "docs/benchmarks.md"})
+
+    m: dict[str, Any] = {}
+    for name in ("large", "small", *SKILLS):
+        load(name, m)
+    sets = prompt_sets()
+    for which in ("dev", "eval"):
+        if which == "eval" and res["chosen"] in (None, "small"):
+            break
+        idx = api_rows(sets[which])
+        rows = [sets[which][i] for i in idx]
+        res[which] = {"index": idx, "prompts": [r["prompt"] for r in rows], "skills": [r["skill"] for r in rows]}
+        tails = list(TAILS) if which == "dev" else ["small", res["chosen"]]
+        tail_runs(m, rows, tails, args.ks, res[which], save)
+        if which == "dev":
+            res["chosen"] = choose_tail_dev(res["dev"]["tails"], args.ks)
+            print(json.dumps({"chosen": res["chosen"]}), flush=True)
+        if which == "eval":
+            res["eval"]["paired_vs_small"] = {str(k): paired(res["eval"]["tails"][res["chosen"]][str(k)]["correct"], res["eval"]["tails"]["small"][str(k)]["correct"])
+                                              for k in args.ks}
+        save()
+
+
+def render_tail_dev(r: dict[str, Any]) -> str:
+    """The ``fusion_qwen_tail_dev`` section (pure: everything from its results file)."""
+    lines = ["## Top-k tail of the large model on the Qwen pair (1.5B large, 0.5B small base): development check",
+             "",
+             f"Command `{r['command']}`, {r['date']}; {machine_line(r['machine'])}; {r['threads']} torch thread(s), `nice -n 5`. "
+             f"Large {r['models']['large']} and small base {r['models']['small']} (fp32), both experts of the `fusion_qwen_multi` section; "
+             f"{r['mode']}; greedy, at most {r['max_tokens']} tokens. The large model's top-k is the local fp32 1.5B's own (the `--api` run showed the "
+             "server's outputs identical to it); its other tokens are filled by `large_tail`. Reference: exact fusion (whole vocabulary). "
+             "Token agreement is teacher-forced on the exact output; *same output*: prompts whose text equals exact's. "
+             f"Rule fixed before the run (bench/fusion_qwen_multi.py's docstring): {r['rule']}."]
+    for which, title in (("dev", "Development set"), ("eval", "Reported set, `--api` prompts (run only because the development rule picked a tail other than `small`)")):
+        d = r.get(which)
+        if not d or "exact" not in d:
+            continue
+        n = len(d["index"])
+        counts = {s: d["skills"].count(s) for s in SKILL_ORDER}
+        ex = d["exact"]
+        lines += ["", f"**{title}**: the first {counts['capital']} capital, {counts['region']} region and {counts['general']} general prompts ({n}). "
+                  f"Exact fusion: {sum(ex['correct'])}/{n} correct, {ex['tokens']} tokens, {ex['seconds']:.0f} s.", "",
+                  "| tail | k | accuracy | vs exact: points (better / worse) | same output as exact | token agreement | seconds |", "|---|---|---|---|---|---|---|"]
+        for tail, per_k in d.get("tails", {}).items():
+            for k, x in per_k.items():
+                pv, (ag, tot) = x["paired_vs_exact"], x["token_agreement"]
+                lines.append(f"| `{tail}` | {k} | {sum(x['correct'])}/{n} | {100 * pv['diff']:+.1f} ({pv['better']} / {pv['worse']}) | {x['same_output']}/{n} | "
+                             f"{ag}/{tot} ({100 * ag / max(tot, 1):.1f}%) | {x['seconds']:.0f} |")
+        if which == "dev":
+            sums = [f"`{t}` {sum(x['token_agreement'][0] for x in v.values())} agreeing tokens, {sum(x['same_output'] for x in v.values())} equal outputs"
+                    for t, v in d.get("tails", {}).items()]
+            lines += ["", "Summed over k: " + "; ".join(sums) + ". "
+                      + (f"Recommended tail for a small base unlike the served model: **`{r['chosen']}`**." if r.get("chosen") else "*Run unfinished: nothing chosen.*")]
+        pvs = d.get("paired_vs_small")
+        if pvs:
+            lines += ["", f"`{r['chosen']}` vs `small`, paired per prompt: " + "; ".join(
+                f"k = {k}: {100 * p['diff']:+.1f} points ({p['better']} / {p['worse']}, p = {fmt(p['p'])})" for k, p in pvs.items()) + "."]
+    if r.get("chosen") == "small":
+        lines += ["", "The rule kept `small`, so the reported prompts were not re-run (their figures are the `fusion_qwen_multi` section's)."]
+    return "\n".join(lines)
+
+
 # --- rendering (pure: everything from the results file) ---------------------------------
 def render_section(name: str, r: dict[str, Any]) -> str:
     """The docs section; a run still in progress renders the arms it has finished."""
+    if name == TAIL_STEM:
+        return render_tail_dev(r)
     n = r["n"]
     counts = {s: r["skills"].count(s) for s in SKILL_ORDER}
     ex = r["experts"]
@@ -451,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restart", action="store_true", help="ignore finished arms in the results file")
     ap.add_argument("--sweep", action="store_true", help="only choose the training recipe on the development set (SWEEP_GRID)")
     ap.add_argument("--api", action="store_true", help="after the arms: top-k fusion with the 1.5B behind llama.cpp's server vs exact (API_SUBSET)")
+    ap.add_argument("--tail-dev", action="store_true", help="the large_tail check on the development set (module doc), local top-k only")
     ap.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--write-docs", action="store_true")
@@ -461,11 +578,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         print(json.dumps(sweep(args.train_threads, args.batch)["chosen"]))
         return 0
+    if args.tail_dev:
+        measure_tail_dev(args)
+        publish_results(TAIL_STEM, render_section, args.write_docs)
+        return 0
     if args.api:
         measure_api(args)
     elif not args.render:
         measure(args)
     publish_results(STEM, render_section, args.write_docs)
+    if args.render and results_path(TAIL_STEM).is_file():
+        publish_results(TAIL_STEM, render_section, args.write_docs)
     return 0
 
 
