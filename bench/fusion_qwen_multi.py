@@ -36,9 +36,16 @@ tail is not ``small``, the same local top-k runs on the ``--api`` prompts of the
 paired against exact. The shipped default is not changed by this run. Results:
 bench/results/fusion_qwen_tail_dev.json, section ``fusion_qwen_tail_dev``.
 
+``--tail-why`` (analysis, nothing chosen): the same 25 development prompts, ``small`` tail, each
+k; teacher-forced on exact fusion's output, every step where the top-k pick differs from exact's
+token, with that token's rank in the large model's full distribution, whether it was returned,
+whether the cap below the lowest returned log-probability bound it, and the token picked.
+Results: bench/results/fusion_qwen_tail_why.json, section ``fusion_qwen_tail_why``.
+
     pip install -e ".[bench-large]"                     # the 1.5B GGUF parts
     python bench/fusion_qwen_multi.py [--threads 2] [--steps 12] [--repeats 3]
     python bench/fusion_qwen_multi.py --tail-dev --threads 1 [--write-docs]
+    python bench/fusion_qwen_multi.py --tail-why --threads 1 [--write-docs]
     python bench/fusion_qwen_multi.py --render [--write-docs]     # both sections
 """
 
@@ -452,11 +459,144 @@ def render_tail_dev(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- why the small tail disagrees with exact (analysis of the dev check; no choice made) ---
+WHY_STEM = "fusion_qwen_tail_why"
+
+
+def _rank(lp: Any, tok: int) -> int:
+    """1-based rank of ``tok`` in the log-probabilities ``lp`` (ties count in its favour)."""
+    return 1 + int((lp > lp[tok]).sum())
+
+
+def tail_why_steps(fusion: Any, toks: list[int], rr: dict[str, list[Any]], k: int) -> list[dict[str, Any]]:
+    """Every step of one exact output where the ``small``-tail top-k pick differs from the exact token."""
+    import torch
+
+    from blackbox.methods.fusion import arith
+
+    out = []
+    for s, tok in enumerate(toks):
+        lpl = torch.log_softmax(rr["large"][s].double(), -1)
+        top = torch.topk(lpl, k)
+        zs, ze = rr["small"][s].double(), torch.stack([rr["e1"][s], rr["e2"][s]]).double()
+        zl = arith.topk_fill(top.indices, top.values, zs, "small")
+        pick = int(torch.argmax(fusion.fuse_row(zl, zs, ze)[0]))
+        if pick == tok:
+            continue
+        # the same fill without the cap (arith.topk_fill's formula): does the cap decide the step?
+        seen = torch.zeros_like(zs, dtype=torch.bool)
+        seen[top.indices] = True
+        lq = torch.log_softmax(zs, -1)
+        missing = torch.log1p(-torch.logsumexp(top.values, 0).exp().clamp_max(1 - 1e-12))
+        raw = missing + lq - torch.logsumexp(lq[~seen], 0)
+        raw[top.indices] = top.values
+        uncapped = int(torch.argmax(fusion.fuse_row(raw, zs, ze)[0]))
+        # proxy, alpha = 1: fused = log p_L + sum of expert shifts, so compare each token's shift
+        shift = (torch.log_softmax(ze, -1) - lq).sum(0)
+        lowest = float(top.values.min())
+
+        def side(t: int) -> dict[str, Any]:
+            ins = bool(seen[t])
+            return {"id": t, "text": fusion.tokenizer.decode([t]), "large_rank": _rank(lpl, t), "in_top_k": ins, "large_lp": round(float(lpl[t]), 3),
+                    "filled_lp": None if ins else round(float(zl[t]), 3), "uncapped_fill": None if ins else round(float(raw[t]), 3),
+                    "capped": (not ins) and float(raw[t]) > lowest, "expert_shift": round(float(shift[t]), 3)}
+
+        out.append({"step": s, "exact": side(tok), "top_k": side(pick), "lowest_returned_lp": round(lowest, 3),
+                    "uncapped_pick_is_exact": uncapped == tok})
+    return out
+
+
+def why_summary(steps: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts over the disagreeing steps of one k."""
+    ex = [d["exact"] for d in steps]
+    tk = [d["top_k"] for d in steps]
+    return {"disagreements": len(steps), "exact_outside": sum(not e["in_top_k"] for e in ex),
+            "exact_outside_capped": sum(e["capped"] for e in ex),
+            "exact_outside_underfilled": sum((not e["in_top_k"]) and e["filled_lp"] < e["large_lp"] for e in ex),
+            "exact_inside_pick_filled": sum(e["in_top_k"] and not t["in_top_k"] for e, t in zip(ex, tk)),
+            "pick_inside": sum(t["in_top_k"] for t in tk), "pick_filled_capped": sum(t["capped"] for t in tk),
+            "uncapped_fixes": sum(d["uncapped_pick_is_exact"] for d in steps)}
+
+
+def measure_tail_why(args: argparse.Namespace) -> None:
+    """The disagreeing steps of the ``small`` tail on the dev check's prompts (module doc)."""
+    import torch
+
+    from blackbox.methods.fusion.decode import LogitFusion
+    from fusion_api import _config, forced_rows
+
+    torch.set_num_threads(args.threads)
+    info = machine()
+    m: dict[str, Any] = {}
+    for name in ("large", "small", *SKILLS):
+        load(name, m)
+    dev = prompt_sets()["dev"]
+    idx = api_rows(dev)
+    rows = [dev[i] for i in idx]
+    prompts = [r["prompt"] for r in rows]
+    experts = [m[s] for s in SKILLS]
+    exact = LogitFusion(m["large"], m["small"], experts, _config()).generate(prompts)
+    forced = forced_rows(LogitFusion(m["large"], m["small"], experts, _config(large_top_k=20)), prompts, exact.tokens)
+    res: dict[str, Any] = {**stamp(info), "threads": args.threads, "models": MODELS, "ks": args.ks, "mode": "proxy, both experts, alpha=1, large_tail=small",
+                           "index": idx, "skills": [r["skill"] for r in rows], "exact_outputs": exact.texts, "steps": sum(len(t) for t in exact.tokens), "per_k": {}}
+    for k in args.ks:
+        fusion = LogitFusion(m["large"], m["small"], experts, _config(large_top_k=k, large_tail="small"))
+        steps = []
+        for p, (toks, rr) in enumerate(zip(exact.tokens, forced)):
+            steps += [{"prompt": p, **d} for d in tail_why_steps(fusion, toks, rr, k)]
+        res["per_k"][str(k)] = {"summary": why_summary(steps), "steps": steps}
+        print(json.dumps({"k": k, **why_summary(steps)}), flush=True)
+    info["loadavg_at_end"] = loadavg()
+    save_results(WHY_STEM, res, {WHY_STEM: "docs/benchmarks.md"})
+
+
+def render_tail_why(r: dict[str, Any]) -> str:
+    """The ``fusion_qwen_tail_why`` section (pure: everything from its results file)."""
+    n = len(r["index"])
+    lines = ["## Why the `small` top-k tail disagrees with exact fusion on the Qwen pair: development prompts",
+             "",
+             f"Command `{r['command']}`, {r['date']}; {machine_line(r['machine'])}; {r['threads']} torch thread(s), `nice -n 5`. "
+             f"The {n} development prompts of the `fusion_qwen_tail_dev` section, {r['mode']}, the large model's top-k from its local fp32 copy; "
+             f"teacher-forced on exact fusion's output ({r['steps']} steps). For every step where the top-k pick differs from exact's token: "
+             "exact's token, its rank in the large model's full distribution, whether it was returned (in the top-k), whether the cap "
+             "(just below the lowest returned log-probability) was binding for it (its small-shaped fill was above the cap), and the token top-k chose. "
+             "Analysis only: nothing is chosen from it.", "",
+             "| k | disagreements | exact's token outside top-k | … of which capped | … filled below its true log-prob | exact's token returned, a filled token chosen | "
+             "top-k's pick returned | top-k's pick filled and capped | pick = exact without the cap |", "|---|---|---|---|---|---|---|---|---|"]
+    for k, x in r["per_k"].items():
+        s = x["summary"]
+        lines.append(f"| {k} | {s['disagreements']} | {s['exact_outside']} | {s['exact_outside_capped']} | {s['exact_outside_underfilled']} | "
+                     f"{s['exact_inside_pick_filled']} | {s['pick_inside']} | {s['pick_filled_capped']} | {s['uncapped_fixes']} |")
+    keys = [{(d["prompt"], d["step"]) for d in x["steps"]} for x in r["per_k"].values()]
+    every = [d for d in next(iter(r["per_k"].values()))["steps"] if all((d["prompt"], d["step"]) in ks for ks in keys)]
+    allx = [d["exact"] for x in r["per_k"].values() for d in x["steps"]]
+    under = [e["large_lp"] - e["filled_lp"] for e in allx if not e["in_top_k"]]
+    if allx:
+        lines += ["", f"Disagreeing steps shared by every k: {len(every)}. Exact's token at the disagreeing steps (all k): rank "
+                  f"{min(e['large_rank'] for e in allx)}–{max(e['large_rank'] for e in allx)} in the large model's distribution"
+                  + (f"; where unreturned, filled {min(under):.2f}–{max(under):.2f} nats below its true log-probability" if under else "") + "."]
+    for k, x in r["per_k"].items():
+        lines += ["", f"Steps at k = {k} (log-probs of the large model: true / filled; *shift*: the experts' summed log-ratio to the small base):", "",
+                  "| prompt | step | exact's token | its large rank | true / filled | capped | shift | top-k's token | its large rank | true / filled | shift |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for d in x["steps"]:
+            e, t = d["exact"], d["top_k"]
+
+            def lp(v: dict[str, Any]) -> str:
+                return f"{v['large_lp']:.2f} / " + ("returned" if v["in_top_k"] else f"{v['filled_lp']:.2f}")
+
+            lines.append(f"| {d['prompt']} ({r['skills'][d['prompt']]}) | {d['step']} | `{e['text']!r}` | {e['large_rank']} | {lp(e)} | "
+                         f"{'yes' if e['capped'] else 'no'} | {e['expert_shift']:+.2f} | `{t['text']!r}` | {t['large_rank']} | {lp(t)} | {t['expert_shift']:+.2f} |")
+    return "\n".join(lines)
+
+
 # --- rendering (pure: everything from the results file) ---------------------------------
 def render_section(name: str, r: dict[str, Any]) -> str:
     """The docs section; a run still in progress renders the arms it has finished."""
     if name == TAIL_STEM:
         return render_tail_dev(r)
+    if name == WHY_STEM:
+        return render_tail_why(r)
     n = r["n"]
     counts = {s: r["skills"].count(s) for s in SKILL_ORDER}
     ex = r["experts"]
@@ -568,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="only choose the training recipe on the development set (SWEEP_GRID)")
     ap.add_argument("--api", action="store_true", help="after the arms: top-k fusion with the 1.5B behind llama.cpp's server vs exact (API_SUBSET)")
     ap.add_argument("--tail-dev", action="store_true", help="the large_tail check on the development set (module doc), local top-k only")
+    ap.add_argument("--tail-why", action="store_true", help="the small tail's disagreeing steps on the dev check's prompts (module doc)")
     ap.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--write-docs", action="store_true")
@@ -582,13 +723,18 @@ def main(argv: list[str] | None = None) -> int:
         measure_tail_dev(args)
         publish_results(TAIL_STEM, render_section, args.write_docs)
         return 0
+    if args.tail_why:
+        measure_tail_why(args)
+        publish_results(WHY_STEM, render_section, args.write_docs)
+        return 0
     if args.api:
         measure_api(args)
     elif not args.render:
         measure(args)
     publish_results(STEM, render_section, args.write_docs)
-    if args.render and results_path(TAIL_STEM).is_file():
-        publish_results(TAIL_STEM, render_section, args.write_docs)
+    for stem in (TAIL_STEM, WHY_STEM):
+        if args.render and results_path(stem).is_file():
+            publish_results(stem, render_section, args.write_docs)
     return 0
 
 
