@@ -120,6 +120,15 @@ def teacher_forced(fusion: Any, prompts: list[str], exact_tokens: list[list[int]
     return agree, total
 
 
+def served_generate(fusion: Any, prompts: list[str], srv: Any) -> tuple[Any, float, int]:
+    """Generate through the served large model: (result, seconds, requests the server logged)."""
+    before = srv.count("POST /v1/")
+    t0 = time.perf_counter()
+    got = fusion.generate(prompts)
+    secs = time.perf_counter() - t0
+    return got, secs, srv.count("POST /v1/") - before
+
+
 def choose_tail(dev: dict[str, Any]) -> str | None:
     """The development set's pick (module doc): most teacher-forced API agreement summed over k; ties to uniform."""
     score: dict[str, int] = {}
@@ -179,11 +188,7 @@ def measure(ks: list[int], tails: list[str], threads: int, which: str) -> None:
         for tail, k in [(t, k) for t in tails for k in ks]:
             res: dict[str, Any] = {}
             fusion = LogitFusion(api, m["base"], experts, _config(large_top_k=k, large_tail=tail))
-            before = srv.count("POST /v1/")
-            t0 = time.perf_counter()
-            got = fusion.generate(prompts)
-            secs = time.perf_counter() - t0
-            requests = srv.count("POST /v1/") - before
+            got, secs, requests = served_generate(fusion, prompts, srv)
             ok = [correct(r, t) for r, t in zip(rows, got.texts)]
             agree, total = teacher_forced(fusion, prompts, exact.tokens, forced, api)
             res["api"] = {"correct": ok, "accuracy": sum(ok) / len(rows), "same_output": sum(a == b for a, b in zip(got.texts, exact.texts)),

@@ -288,7 +288,7 @@ def measure_api(args: argparse.Namespace) -> None:
     from blackbox.client import Client
     from blackbox.methods.fusion.decode import LogitFusion
     from blackbox.provider import load_provider
-    from fusion_api import _config, forced_rows, teacher_forced  # puts tests/providers on the path
+    from fusion_api import _config, forced_rows, served_generate, teacher_forced  # puts tests/providers on the path
     from fusion_assets import assemble
 
     import llama_server
@@ -331,11 +331,7 @@ def measure_api(args: argparse.Namespace) -> None:
         prov = Client(load_provider(f"openai:{API_ALIAS}?base_url={srv.base_url}&completions=1&timeout=600"))
         for k in args.ks:
             fusion = LogitFusion(prov, m["small"], experts, _config(large_top_k=k))
-            before = srv.count("POST /v1/")
-            t0 = time.perf_counter()
-            got = fusion.generate(prompts)
-            secs = time.perf_counter() - t0
-            requests = srv.count("POST /v1/") - before
+            got, secs, requests = served_generate(fusion, prompts, srv)
             ok = [correct(r, t) for r, t in zip(rows, got.texts)]
             agree = teacher_forced(fusion, prompts, exact.tokens, forced, prov)
             api["per_k"][str(k)] = {"correct": ok, "outputs": got.texts, "same_output": sum(a == b for a, b in zip(got.texts, exact.texts)),
